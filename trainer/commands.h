@@ -1,0 +1,7 @@
+#pragma once
+// One function per kvmtrain subcommand; each parses its own flags (argv[2..]) and returns the
+// exit status. main.cpp only dispatches. Errors are thrown (cli::UsageError or std::exception)
+// and become one line on stderr with exit status 2.
+
+int cmd_prepare(int argc, char** argv);
+int cmd_train(int argc, char** argv);
