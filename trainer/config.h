@@ -1,0 +1,87 @@
+#pragma once
+// The typed configuration of a run: ONE schema for every section (model, data, train, parallel,
+// checkpoint, log). YAML files with `base:` inheritance and `--set key=value` overrides are
+// checked key by key against it; any error names the file and line (or the --set) and the key.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace config {
+
+struct DataSource {
+  std::string path;     // a shard directory, a glob, or one .h5 file
+  double weight = 1.0;  // share of the mixture (normalised over the sources)
+};
+
+struct ModelConfig {
+  int vocab_size = 50257;        // the tokenizer's
+  int padded_vocab_size = 0;     // 0: vocab_size rounded up to a multiple of 128 (resolved at load)
+  int n_layer = 12;
+  int n_head = 12;
+  int d_model = 768;
+  int max_seq_len = 1024;
+  bool tie_embeddings = true;    // GPT-2 ties the head to the token embedding
+};
+
+struct DataConfig {
+  std::vector<DataSource> train;
+  std::vector<DataSource> val;
+  std::string tokenizer = "gpt2";  // what the shards must have been prepared with
+};
+
+struct TrainConfig {
+  std::string device = "cpu";
+  int batch_size = 4;          // sequences per data-parallel rank per micro-step
+  int seq_len = 64;
+  int grad_accum = 1;
+  int steps = 100;
+  double lr = 3e-4;
+  double min_lr = 0.0;
+  int warmup_steps = 0;
+  std::string lr_schedule = "cosine";
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;      // 0 disables clipping
+  int eval_every = 0;          // 0: only at the end
+  int eval_steps = 10;
+  int sample_tokens = 64;
+  int64_t seed = 1337;
+};
+
+struct ParallelConfig {
+  int data = 1;
+  int tensor = 1;
+};
+
+struct CheckpointConfig {
+  int every = 0;       // steps between checkpoints; 0: none
+  int keep_last = 3;
+};
+
+struct LogConfig {
+  std::string dir = "runs/default";  // the run directory: log.jsonl, config.yaml, checkpoints/
+  int print_every = 1;               // progress line every N steps
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  ParallelConfig parallel;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+};
+
+// Loads `path` (following `base:` chains) and applies `overrides` ("key=value", value parsed as
+// YAML). Throws cli::UsageError with one line on any error.
+Config load(const std::string& path, const std::vector<std::string>& overrides = {});
+// Same, from YAML text (for tests); `origin` names it in errors.
+Config load_string(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides = {});
+// The resolved config as YAML, every key, in schema order.
+std::string to_yaml(const Config& c);
+// A Markdown table of every key: name, type, default, meaning (for docs and `--help`).
+std::string reference_markdown();
+
+}  // namespace config
