@@ -12,6 +12,7 @@ packages=(
   python3-torch python3-numpy python3-h5py   # reference models and interop tests (/usr/bin/python3)
   bible-kjv                           # the default corpus
   nodejs                              # the independent GPT-2 tokenizer used to make test fixtures
+  libtcmalloc-minimal4                # the tuned PyTorch peer in bench/
 )
 
 missing=()

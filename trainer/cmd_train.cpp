@@ -1,8 +1,27 @@
-// Placeholder until the training loop lands.
+#include <cstdio>
+
 #include "trainer/cli.h"
 #include "trainer/commands.h"
+#include "trainer/config.h"
+#include "trainer/train_loop.h"
+
 int cmd_train(int argc, char** argv) {
-  cli::Args args("train", "train a model from a YAML config");
+  cli::Args args("train", "Train a model from a YAML config. The resolved config is printed and saved to "
+                          "<log.dir>/config.yaml; the log is <log.dir>/log.jsonl.");
+  args.positional("CONFIG", "YAML config (may name a `base:` to inherit from)", false);
+  args.multi("set", "KEY=VALUE", "override a config key; VALUE is parsed as YAML (repeatable)");
+  args.flag("print-config", "print the resolved config and exit");
+  args.flag("config-keys", "print every config key (type, default, meaning) as a Markdown table and exit");
   args.parse(argc, argv, 2);
-  throw cli::UsageError("train: not built yet");
+  if (args.has("config-keys")) {
+    std::fputs(config::reference_markdown().c_str(), stdout);
+    return 0;
+  }
+  if (!args.has("CONFIG")) throw cli::UsageError("train: missing CONFIG (see kvmtrain train --help)");
+  config::Config cfg = config::load(args.str("CONFIG"), args.list("set"));
+  if (args.has("print-config")) {
+    std::fputs(config::to_yaml(cfg).c_str(), stdout);
+    return 0;
+  }
+  return run_training(cfg);
 }

@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <charconv>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -70,12 +71,20 @@ Field number(const std::string& key, Ref<double> ref, double lo, double hi, bool
   std::ostringstream e;
   e << "a number in " << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
   std::string expected = e.str();
-  return make<double>(key, "float", ref, [=](const YAML::Node& n) {
+  Field f = make<double>(key, "float", ref, [=](const YAML::Node& n) {
     double v;
     if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || v < lo || v > hi || (lo_open && v == lo))
       throw Expected{expected};
     return v;
   }, doc);
+  // the shortest text that reads back to the same double (0.1, not 0.10000000000000001)
+  f.get = [ref](const Config& c) {
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, ref(const_cast<Config&>(c)));
+    return YAML::Node(std::string(buf, r.ptr));
+  };
+  f.default_text = scalar_text(f.get(Config{}));
+  return f;
 }
 
 Field boolean(const std::string& key, Ref<bool> ref, const std::string& doc) {

@@ -144,3 +144,10 @@ TEST(Config, EveryShippedConfigLoads) {
   }
   EXPECT_GT(n, 0);
 }
+
+TEST(Config, ReadmeCarriesTheCurrentKeyReference) {
+  std::ifstream in(fs::path(KVMTRAIN_SOURCE_DIR) / "README.md");
+  std::string readme((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(readme.find(config::reference_markdown()), std::string::npos)
+      << "README.md's config reference is stale: paste the output of `kvmtrain train --config-keys`";
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# kvmtrain vs tuned PyTorch fp32 on CPU for GPT-2 124M at B=4, T=64 and T=256, same threads,
+# same run. PyTorch gets its best configuration: tcmalloc preloaded, OMP_WAIT_POLICY=PASSIVE,
+# OPENBLAS_THREAD_TIMEOUT=4. OPENBLAS_CORETYPE stays as the environment sets it.
+# Writes bench/results/train_bench.json and prints a table of the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads="${THREADS:-$(nproc)}"
+steps="${STEPS:-4}"
+out=bench/results
+mkdir -p "$out"
+tcmalloc=$(ls /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 2>/dev/null || true)
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+for T in 64 256; do
+  ./build/bench/train_bench --B 4 --T $T --steps "$steps" --out "$out/kvmtrain_T$T.json"
+  LD_PRELOAD="$tcmalloc" OMP_WAIT_POLICY=PASSIVE OPENBLAS_THREAD_TIMEOUT=4 \
+    /usr/bin/python3 bench/torch_gpt2_bench.py --B 4 --T $T --steps "$steps" --out "$out/pytorch_T$T.json"
+done
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys, os
+d = sys.argv[1]
+rows = []
+print(f"\n{'T':>5} {'kvmtrain tok/s':>15} {'pytorch tok/s':>14} {'ratio':>6} {'kvmtrain MFU':>13} {'sgemm peak GF/s':>16}")
+for T in (64, 256):
+    k = json.load(open(os.path.join(d, f"kvmtrain_T{T}.json")))
+    p = json.load(open(os.path.join(d, f"pytorch_T{T}.json")))
+    r = k["tokens_per_s"] / p["tokens_per_s"]
+    rows.append({"T": T, "kvmtrain": k, "pytorch": p, "ratio": r})
+    print(f"{T:>5} {k['tokens_per_s']:>15.1f} {p['tokens_per_s']:>14.1f} {r:>6.2f} {100*k['mfu']:>12.1f}% {k['sgemm_peak_flops']/1e9:>16.1f}")
+json.dump(rows, open(os.path.join(d, "train_bench.json"), "w"), indent=2)
+PY

@@ -1,0 +1,317 @@
+#include "data/shard.h"
+
+#include <glob.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <stdexcept>
+
+namespace fs = std::filesystem;
+
+namespace data {
+
+namespace {
+
+constexpr hsize_t kChunkTokens = 1 << 16;        // 128 KiB chunks: cheap random windows, fast appends
+constexpr size_t kFlushTokens = 1 << 22;         // writer buffer: 8 MiB
+// Chunk cache of a reader. Compressed chunks (shards from other writers) must be decompressed
+// whole, so a window would cost a chunk each without a cache big enough for the chunks in use:
+// 64 MiB. Uncompressed chunks (ours) are read by HDF5 straight into the window when the cache is
+// smaller than a chunk: 4x the random windows/s of a 64 MiB cache (which copies in 128 KiB per
+// 2 KiB window) and no memory per open shard.
+constexpr size_t kCompressedCacheBytes = 64u << 20;
+constexpr size_t kChunkCacheSlots = 10007;  // prime, ~20x the 512 chunks of 128 KiB that fit in 64 MiB
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw std::runtime_error(path + ": " + what);
+}
+
+// HDF5 prints its error stack to stderr by default; we report our own one-line errors instead.
+// The setting is per thread in a thread-safe build, so every entry point calls this.
+void quiet_hdf5() {
+  thread_local bool done = false;
+  if (!done) H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), done = true;
+}
+
+void write_int_attr(hid_t loc, const char* name, int value) {
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(loc, name, H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
+  herr_t st = attr < 0 ? -1 : H5Awrite(attr, H5T_NATIVE_INT, &value);
+  if (attr >= 0) H5Aclose(attr);
+  H5Sclose(space);
+  if (st < 0) throw std::runtime_error(std::string("cannot write attribute ") + name);
+}
+
+// A variable-length UTF-8 string: h5py reads it back as str.
+void write_string_attr(hid_t loc, const char* name, const std::string& value) {
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, H5T_VARIABLE);
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t attr = H5Acreate2(loc, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  const char* p = value.c_str();
+  herr_t st = attr < 0 ? -1 : H5Awrite(attr, type, &p);
+  if (attr >= 0) H5Aclose(attr);
+  H5Sclose(space);
+  H5Tclose(type);
+  if (st < 0) throw std::runtime_error(std::string("cannot write attribute ") + name);
+}
+
+int read_int_attr(const std::string& path, hid_t loc, const char* name) {
+  if (H5Aexists(loc, name) <= 0) fail(path, std::string("not a kvmtrain shard (no '") + name + "' attribute)");
+  hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
+  int value = 0;
+  herr_t st = attr < 0 ? -1 : H5Aread(attr, H5T_NATIVE_INT, &value);
+  if (attr >= 0) H5Aclose(attr);
+  if (st < 0) fail(path, std::string("attribute '") + name + "' is not an integer");
+  return value;
+}
+
+// Accepts variable- and fixed-length strings (other writers, e.g. h5py, may use either).
+std::string read_string_attr(const std::string& path, hid_t loc, const char* name) {
+  if (H5Aexists(loc, name) <= 0) fail(path, std::string("not a kvmtrain shard (no '") + name + "' attribute)");
+  hid_t attr = H5Aopen(loc, name, H5P_DEFAULT);
+  hid_t type = attr < 0 ? -1 : H5Aget_type(attr);
+  std::string value;
+  herr_t st = -1;
+  if (type >= 0 && H5Tget_class(type) == H5T_STRING) {
+    if (H5Tis_variable_str(type) > 0) {
+      char* p = nullptr;
+      hid_t mem = H5Tcopy(H5T_C_S1);
+      H5Tset_size(mem, H5T_VARIABLE);
+      H5Tset_cset(mem, H5Tget_cset(type));  // HDF5 will not convert between ASCII and UTF-8
+      st = H5Aread(attr, mem, &p);
+      if (st >= 0 && p) value = p, H5free_memory(p);
+      H5Tclose(mem);
+    } else {
+      std::string buf(H5Tget_size(type), '\0');
+      st = H5Aread(attr, type, buf.data());
+      value = buf.substr(0, buf.find('\0'));
+    }
+  }
+  if (type >= 0) H5Tclose(type);
+  if (attr >= 0) H5Aclose(attr);
+  if (st < 0) fail(path, std::string("attribute '") + name + "' is not a string");
+  return value;
+}
+
+// Opens a 1-D dataset of integers of `bytes` size; returns its id and length.
+hid_t open_vector(const std::string& path, hid_t file, const char* name, hid_t dapl, size_t bytes,
+                  uint64_t* length) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) fail(path, std::string("missing dataset '") + name + "'");
+  hid_t ds = H5Dopen2(file, name, dapl);
+  if (ds < 0) fail(path, std::string("cannot open dataset '") + name + "'");
+  hid_t type = H5Dget_type(ds), space = H5Dget_space(ds);
+  bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes && H5Sget_simple_extent_ndims(space) == 1;
+  hsize_t dims[1] = {0};
+  if (ok) H5Sget_simple_extent_dims(space, dims, nullptr);
+  H5Tclose(type);
+  H5Sclose(space);
+  if (!ok) {
+    H5Dclose(ds);
+    fail(path, std::string("dataset '") + name + "' is not a 1-D array of " + std::to_string(8 * bytes) +
+                   "-bit integers");
+  }
+  *length = dims[0];
+  return ds;
+}
+
+}  // namespace
+
+// ---- writer ------------------------------------------------------------------------------
+
+ShardWriter::ShardWriter(std::string path, ShardInfo info)
+    : path_(std::move(path)), tmp_path_(path_ + ".tmp"), info_(std::move(info)) {
+  quiet_hdf5();
+  if (info_.vocab_size > 65536)
+    fail(path_, "vocab_size " + std::to_string(info_.vocab_size) + " does not fit uint16 ids");
+  file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (file_ < 0) fail(tmp_path_, "cannot create shard file");
+  hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {kChunkTokens};
+  hid_t space = H5Screate_simple(1, dims, maxdims);
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 1, chunk);
+  tokens_ = H5Dcreate2(file_, "tokens", H5T_STD_U16LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
+  H5Sclose(space);
+  if (tokens_ < 0) fail(tmp_path_, "cannot create dataset 'tokens'");
+  buf_.reserve(kFlushTokens);
+}
+
+ShardWriter::~ShardWriter() {
+  if (file_ < 0) return;
+  H5Dclose(tokens_);
+  H5Fclose(file_);
+  std::error_code ec;
+  fs::remove(tmp_path_, ec);
+}
+
+void ShardWriter::add_document(const uint32_t* ids, size_t n) {
+  doc_offsets_.push_back(int64_t(tokens()));
+  for (size_t i = 0; i < n; i++) {
+    if (ids[i] >= uint32_t(info_.vocab_size))
+      fail(path_, "token id " + std::to_string(ids[i]) + " >= vocab_size " + std::to_string(info_.vocab_size));
+    buf_.push_back(uint16_t(ids[i]));
+    if (buf_.size() == kFlushTokens) flush();
+  }
+  buf_.push_back(uint16_t(info_.eot));
+  if (buf_.size() == kFlushTokens) flush();
+}
+
+void ShardWriter::flush() {
+  if (buf_.empty()) return;
+  hsize_t start[1] = {tokens_written_}, count[1] = {buf_.size()}, size[1] = {tokens_written_ + buf_.size()};
+  herr_t st = H5Dset_extent(tokens_, size);
+  hid_t file_space = H5Dget_space(tokens_);
+  hid_t mem_space = H5Screate_simple(1, count, nullptr);
+  if (st >= 0) st = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  if (st >= 0) st = H5Dwrite(tokens_, H5T_NATIVE_UINT16, mem_space, file_space, H5P_DEFAULT, buf_.data());
+  H5Sclose(mem_space);
+  H5Sclose(file_space);
+  if (st < 0) fail(tmp_path_, "cannot write tokens (disk full?)");
+  tokens_written_ += buf_.size();
+  buf_.clear();
+}
+
+void ShardWriter::finish() {
+  flush();
+  hsize_t n[1] = {doc_offsets_.size()};
+  hid_t space = H5Screate_simple(1, n, nullptr);
+  hid_t ds = H5Dcreate2(file_, "doc_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  herr_t st = ds < 0 ? -1 : 0;
+  if (st >= 0 && n[0] > 0) st = H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, doc_offsets_.data());
+  if (ds >= 0) H5Dclose(ds);
+  H5Sclose(space);
+  if (st < 0) fail(tmp_path_, "cannot write dataset 'doc_offsets'");
+  try {
+    write_int_attr(file_, "format_version", kShardFormatVersion);
+    write_string_attr(file_, "tokenizer", info_.tokenizer);
+    write_int_attr(file_, "vocab_size", info_.vocab_size);
+    write_int_attr(file_, "eot", info_.eot);
+  } catch (const std::exception& e) {
+    fail(tmp_path_, e.what());
+  }
+  H5Dclose(tokens_);
+  st = H5Fclose(file_);
+  file_ = tokens_ = -1;
+  if (st < 0) fail(tmp_path_, "cannot close shard file (disk full?)");
+  std::error_code ec;
+  fs::rename(tmp_path_, path_, ec);
+  if (ec) fail(path_, "cannot rename from " + tmp_path_ + ": " + ec.message());
+}
+
+// ---- reader ------------------------------------------------------------------------------
+
+ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, int vocab_size) : path_(path) {
+  quiet_hdf5();
+  std::error_code ec;
+  if (!fs::is_regular_file(path_, ec)) fail(path_, "no such shard file");
+  // STRONG: closing the file closes every object still open in it, so a reader never pins a file
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+  file_ = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
+  if (file_ < 0 && H5Fis_hdf5(path_.c_str()) <= 0) fail(path_, "not an HDF5 file (corrupt shard?)");
+  if (file_ < 0) fail(path_, "cannot open as HDF5 (truncated or corrupt shard?)");
+  try {
+    int version = read_int_attr(path_, file_, "format_version");
+    if (version != kShardFormatVersion)
+      fail(path_, "unknown shard format_version " + std::to_string(version) + " (this build reads " +
+                      std::to_string(kShardFormatVersion) + ")");
+    info_.tokenizer = read_string_attr(path_, file_, "tokenizer");
+    info_.vocab_size = read_int_attr(path_, file_, "vocab_size");
+    info_.eot = read_int_attr(path_, file_, "eot");
+    if (info_.tokenizer != tokenizer || info_.vocab_size != vocab_size)
+      fail(path_, "made by tokenizer '" + info_.tokenizer + "' (" + std::to_string(info_.vocab_size) +
+                      " ids) but the model expects '" + tokenizer + "' (" + std::to_string(vocab_size) + " ids)");
+    hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+    try {
+      H5Pset_chunk_cache(dapl, kChunkCacheSlots, 0, 1.0);
+      tokens_ = open_vector(path_, file_, "tokens", dapl, 2, &n_tokens_);
+      hid_t dcpl = H5Dget_create_plist(tokens_);
+      bool compressed = H5Pget_nfilters(dcpl) > 0;
+      H5Pclose(dcpl);
+      if (compressed) {  // reopen with a cache (the cache is fixed when a dataset is opened)
+        H5Dclose(tokens_);
+        tokens_ = -1;
+        H5Pset_chunk_cache(dapl, kChunkCacheSlots, kCompressedCacheBytes, 1.0);
+        tokens_ = open_vector(path_, file_, "tokens", dapl, 2, &n_tokens_);
+        cache_bytes_ = kCompressedCacheBytes;
+      }
+    } catch (...) {
+      H5Pclose(dapl);
+      throw;
+    }
+    H5Pclose(dapl);
+    H5Dclose(open_vector(path_, file_, "doc_offsets", H5P_DEFAULT, 8, &n_docs_));
+    space_ = H5Dget_space(tokens_);
+  } catch (...) {
+    if (tokens_ >= 0) H5Dclose(tokens_);
+    H5Fclose(file_);
+    throw;
+  }
+}
+
+ShardReader::~ShardReader() {
+  H5Sclose(space_);
+  H5Dclose(tokens_);
+  H5Fclose(file_);
+}
+
+void ShardReader::read(uint64_t offset, size_t n, uint16_t* out) {
+  quiet_hdf5();
+  if (offset + n > n_tokens_)
+    fail(path_, "read of tokens [" + std::to_string(offset) + ", " + std::to_string(offset + n) + ") past its " +
+                    std::to_string(n_tokens_) + " tokens");
+  hsize_t start[1] = {offset}, count[1] = {n};
+  hid_t mem = H5Screate_simple(1, count, nullptr);
+  herr_t st = H5Sselect_hyperslab(space_, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  if (st >= 0) st = H5Dread(tokens_, H5T_NATIVE_UINT16, mem, space_, H5P_DEFAULT, out);
+  H5Sclose(mem);
+  if (st < 0) fail(path_, "cannot read tokens at offset " + std::to_string(offset) + " (truncated or corrupt shard?)");
+  uint16_t max = 0;
+  for (size_t i = 0; i < n; i++) max = std::max(max, out[i]);  // vectorises; the search below runs only on failure
+  if (max >= info_.vocab_size) {
+    size_t i = 0;
+    while (out[i] < info_.vocab_size) i++;
+    fail(path_, "token id " + std::to_string(out[i]) + " >= vocab_size " + std::to_string(info_.vocab_size) +
+                    " at offset " + std::to_string(offset + i));
+  }
+}
+
+std::vector<int64_t> ShardReader::doc_offsets() {
+  quiet_hdf5();
+  std::vector<int64_t> out(n_docs_);
+  hid_t ds = H5Dopen2(file_, "doc_offsets", H5P_DEFAULT);
+  herr_t st = ds < 0 ? -1 : 0;
+  if (st >= 0 && !out.empty()) st = H5Dread(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data());
+  if (ds >= 0) H5Dclose(ds);
+  if (st < 0) fail(path_, "cannot read dataset 'doc_offsets'");
+  return out;
+}
+
+// ---- listing -----------------------------------------------------------------------------
+
+std::vector<std::string> list_shards(const std::string& source) {
+  auto is_shard = [](const std::string& p) { return p.size() > 3 && p.compare(p.size() - 3, 3, ".h5") == 0; };
+  std::vector<std::string> out;
+  std::error_code ec;
+  if (fs::is_directory(source, ec)) {
+    for (const auto& e : fs::directory_iterator(source, ec))
+      if (e.is_regular_file() && is_shard(e.path().string())) out.push_back(e.path().string());
+  } else if (source.find_first_of("*?[") != std::string::npos) {
+    glob_t g;
+    if (glob(source.c_str(), 0, nullptr, &g) == 0)
+      for (size_t i = 0; i < g.gl_pathc; i++)
+        if (is_shard(g.gl_pathv[i])) out.push_back(g.gl_pathv[i]);
+    globfree(&g);
+  } else {
+    if (!fs::exists(source, ec)) fail(source, "no such shard file or directory");
+    out.push_back(source);
+  }
+  if (out.empty()) fail(source, "no .h5 shards found");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace data

@@ -1,0 +1,86 @@
+#pragma once
+// Every kernel of the model, declared once for both backends so the twins cannot drift apart:
+// kernels::cpu takes host pointers, kernels::cuda device pointers (launched on the default stream).
+// All tensors are fp32, row-major, shapes in the comments. Conventions, as in llm.c:
+//  - forward outputs are OVERWRITTEN;
+//  - gradient outputs ACCUMULATE (+=): the trainer zeroes the gradients once per step and sums
+//    over micro-steps, and a tensor feeding two consumers collects both contributions in place;
+//  - crossentropy_forward_backward is the one exception, see there.
+// An entry is X(return type, name, (parameters)); comments inside must be /* */ because the
+// lists are macros.
+#include <cstddef>
+
+// Kernels that both backends implement. A kernel moves here from the list below once its CUDA
+// twin exists.
+#define KVM_KERNELS_ALL_BACKENDS(X)                                                                  \
+  /* tanh approximation, as GPT-2 */                                                                 \
+  X(void, gelu_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                       \
+  X(void, gelu_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
+                          int N))                                                                    \
+  X(void, residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/, const float* inp2 /*(N)*/, \
+                             int N))                                                                 \
+  X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
+                              int N))
+
+// Kernels that only the CPU backend implements so far.
+#define KVM_KERNELS_CPU_ONLY(X)                                                                      \
+  /* out = wte[inp] + wpe[t]; wpe nullptr: no learned positions */                                   \
+  X(void, encoder_forward, (float* out /*(B,T,C)*/, const int* inp /*(B,T)*/,                       \
+                            const float* wte /*(Vp,C)*/, const float* wpe /*(maxT,C) or nullptr*/,   \
+                            int B, int T, int C))                                                    \
+  X(void, encoder_backward, (float* dwte /*(Vp,C)*/, float* dwpe /*(maxT,C) or nullptr*/,           \
+                             const float* dout /*(B,T,C)*/, const int* inp /*(B,T)*/, int B, int T,  \
+                             int C))                                                                 \
+  /* eps 1e-5, biased variance; mean and rstd are saved for the backward */                          \
+  X(void, layernorm_forward, (float* out /*(N,C)*/, float* mean /*(N)*/, float* rstd /*(N)*/,       \
+                              const float* inp /*(N,C)*/, const float* weight /*(C)*/,              \
+                              const float* bias /*(C)*/, int N, int C))                             \
+  X(void, layernorm_backward, (float* dinp /*(N,C)*/, float* dweight /*(C)*/, float* dbias /*(C)*/, \
+                               const float* dout /*(N,C)*/, const float* inp /*(N,C)*/,             \
+                               const float* weight /*(C)*/, const float* mean /*(N)*/,               \
+                               const float* rstd /*(N)*/, int N, int C))                             \
+  /* out = inp @ weight^T + bias */                                                                  \
+  X(void, matmul_forward, (float* out /*(N,OC)*/, const float* inp /*(N,IC)*/,                      \
+                           const float* weight /*(OC,IC)*/, const float* bias /*(OC) or nullptr*/,   \
+                           int N, int IC, int OC))                                                   \
+  X(void, matmul_backward, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,          \
+                            float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,          \
+                            const float* inp /*(N,IC)*/, const float* weight /*(OC,IC)*/, int N,    \
+                            int IC, int OC))                                                         \
+  /* Causal multi-head attention, scale 1/sqrt(hs), hs = C/NH. qkv rows are q,k,v each C wide,     \
+     head h at columns [h*hs,(h+1)*hs) of each. window 0: query t sees keys [0,t]; window > 0:     \
+     keys (t-window, t]. Flash-style: the T x T matrix is never stored; lse (the per-row           \
+     logsumexp of the scaled scores) lets the backward recompute the probabilities. */              \
+  X(void, attention_forward, (float* out /*(B,T,C)*/, float* lse /*(B,NH,T)*/,                      \
+                              const float* qkv /*(B,T,3C)*/, int B, int T, int C, int NH, int window)) \
+  X(void, attention_backward, (float* dqkv /*(B,T,3C)*/, const float* dout /*(B,T,C)*/,            \
+                               const float* qkv /*(B,T,3C)*/, const float* out /*(B,T,C)*/,         \
+                               const float* lse /*(B,NH,T)*/, int B, int T, int C, int NH,          \
+                               int window))                                                          \
+  /* Fused softmax + cross-entropy over the padded vocabulary; columns [V,Vp) never take part.     \
+     Writes losses[i] = -log softmax(logits[i])[targets[i]] (0 where targets[i] == ignore_index).  \
+     With dloss != 0 it OVERWRITES logits with d(sum_i dloss*losses[i])/dlogits, 0 in the padded    \
+     columns and on ignored rows. Probabilities never go to memory. */                              \
+  X(void, crossentropy_forward_backward, (float* logits /*(N,Vp) in: logits, out: dlogits*/,        \
+                                          float* losses /*(N)*/, const int* targets /*(N)*/, int N, \
+                                          int V, int Vp, float dloss, int ignore_index))             \
+  /* Fused AdamW with decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p), where the    \
+     gradient is grads*grad_scale (clipping) and t is the 1-based step for the bias correction. */  \
+  X(void, adamw_update, (float* params /*(n)*/, const float* grads /*(n)*/, float* m /*(n)*/,       \
+                         float* v /*(n)*/, size_t n, float lr, float beta1, float beta2, float eps,  \
+                         float weight_decay, float grad_scale, int t))                               \
+  /* sum of g^2, accumulated in double */                                                            \
+  X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))
+
+#define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
+
+namespace kernels::cpu {
+KVM_KERNELS_ALL_BACKENDS(KVM_DECLARE_KERNEL)
+KVM_KERNELS_CPU_ONLY(KVM_DECLARE_KERNEL)
+}  // namespace kernels::cpu
+
+namespace kernels::cuda {
+KVM_KERNELS_ALL_BACKENDS(KVM_DECLARE_KERNEL)
+// Visible CUDA devices; 0, without throwing, where there is no driver or no GPU.
+int device_count();
+}  // namespace kernels::cuda

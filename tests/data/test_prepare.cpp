@@ -1,0 +1,315 @@
+// `prepare` end to end: loading the shards back gives exactly the tokenizer's output of the
+// documents joined with EOT; the val split; no document spans two shards; the manifest; input
+// forms (directories, .jsonl, --doc-sep); and the CLI's layout and its one-line errors (exit 2).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "data/json.h"
+#include "data/loader.h"
+#include "data/prepare.h"
+#include "data/sha256.h"
+#include "data/shard.h"
+#include "data/tokenizer.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TmpDir {
+  fs::path path;
+  explicit TmpDir(const std::string& tag)
+      : path(fs::temp_directory_path() / ("kvmtrain_test_prepare_" + tag + "_" + std::to_string(getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TmpDir() { fs::remove_all(path); }
+};
+
+void write(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary) << text;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Every token of a split, shard after shard.
+std::vector<uint32_t> split_tokens(const fs::path& dir, const std::string& tok, int vocab) {
+  std::vector<uint32_t> out;
+  for (const auto& path : data::list_shards(dir.string())) {
+    data::ShardReader r(path, tok, vocab);
+    std::vector<uint16_t> buf(r.size());
+    r.read(0, buf.size(), buf.data());
+    out.insert(out.end(), buf.begin(), buf.end());
+  }
+  return out;
+}
+
+std::vector<uint32_t> joined(const data::Tokenizer& tok, const std::vector<std::string>& docs) {
+  std::vector<uint32_t> out;
+  for (const auto& d : docs) {
+    tok.encode(d, out);
+    out.push_back(uint32_t(tok.eot()));
+  }
+  return out;
+}
+
+data::PrepareOptions options(const fs::path& out, std::vector<std::string> inputs, const std::string& tok = "byte") {
+  data::PrepareOptions o;
+  o.inputs = std::move(inputs);
+  o.output = out.string();
+  o.tokenizer = tok;
+  o.progress = false;
+  return o;
+}
+
+std::string random_text(size_t bytes, uint32_t seed) {
+  static const char* words[] = {"the", "and", "of", "LORD", "unto", "said", "he", "in", "shall", "é", "Día",
+                                "1611", "it's", "  ", ",", ".", ";", "?", "'re", "\t", "(x)", "$5"};
+  std::mt19937 rng(seed);
+  std::string s;
+  while (s.size() < bytes) {
+    s += words[rng() % (sizeof words / sizeof *words)];
+    uint32_t r = rng() % 100;
+    s += r < 6 ? "\n" : r < 8 ? "\n\n" : r < 9 ? " \n" : " ";
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(Prepare, LoadingGivesTheDocumentsJoinedWithEot) {
+  TmpDir tmp("load");
+  std::vector<std::string> docs;  // in processing order
+  for (int i = 0; i < 12; i++) docs.push_back(random_text(200 + 97 * i, i));
+  write(tmp.path / "in" / "a.txt", docs[0]);
+  write(tmp.path / "in" / "b" / "c.txt", docs[1]);
+  write(tmp.path / "in" / "b" / "d.txt", docs[2]);
+  write(tmp.path / "in" / ".hidden", "skipped");
+  write(tmp.path / "in" / "empty.txt", "");  // no document
+  std::string jsonl;
+  for (int i = 3; i < 8; i++) jsonl += json::dump(json::Object{{"text", docs[i]}, {"id", i}}) + (i == 5 ? "\n\n" : "\n");
+  write(tmp.path / "docs.jsonl", jsonl);
+  for (int i = 8; i < 12; i++) write(tmp.path / ("z" + std::to_string(i) + ".txt"), docs[i]);
+
+  auto o = options(tmp.path / "out", {(tmp.path / "in").string(), (tmp.path / "docs.jsonl").string()});
+  for (int i = 8; i < 12; i++) o.inputs.push_back((tmp.path / ("z" + std::to_string(i) + ".txt")).string());
+  o.val_fraction = 0.25;
+  auto sum = data::prepare(o);
+
+  std::vector<std::string> train, val;
+  for (size_t i = 0; i < docs.size(); i++) (data::is_val_document(i, 0.25) ? val : train).push_back(docs[i]);
+  EXPECT_EQ(val.size(), 3u);  // ceil(11 * 0.25)
+  EXPECT_EQ(sum.train.documents, train.size());
+  EXPECT_EQ(sum.val.documents, val.size());
+  auto tok = data::make_tokenizer("byte");
+  const auto want_train = joined(*tok, train), want_val = joined(*tok, val);
+  EXPECT_EQ(split_tokens(tmp.path / "out" / "train", "byte", 257), want_train);
+  EXPECT_EQ(split_tokens(tmp.path / "out" / "val", "byte", 257), want_val);
+
+  // The unshuffled loader streams the same tokens: windows of T+1 at stride T.
+  const int T = 64;
+  data::Loader l({{{(tmp.path / "out" / "train").string(), 1.0}}, 1, T, 7, 0, 1, false, "byte", 257});
+  ASSERT_EQ(l.windows_per_epoch(), (want_train.size() - 1) / T);
+  std::vector<int32_t> w(T + 1);
+  for (uint64_t k = 0; k < l.windows_per_epoch(); k++) {
+    l.next(w.data());
+    ASSERT_TRUE(std::equal(w.begin(), w.end(), want_train.begin() + k * T)) << "window " << k;
+  }
+}
+
+TEST(Prepare, ValSplitHoldsADocumentWheneverTwo) {
+  for (double f : {1e-12, 0.001, 0.1, 0.25, 0.5, 0.9}) {
+    uint64_t val = 0;
+    for (uint64_t n = 1; n <= 2000; n++) {
+      val += data::is_val_document(n - 1, f);
+      if (n >= 2) {
+        ASSERT_GE(val, 1u) << "f " << f << " n " << n;
+      }
+      ASSERT_LE(std::abs(double(val) - double(n) * f), 1.0 + 1e-9) << "f " << f << " n " << n;
+    }
+  }
+  EXPECT_FALSE(data::is_val_document(0, 0.5));
+  EXPECT_FALSE(data::is_val_document(5, 0.0));
+
+  TmpDir tmp("two");
+  write(tmp.path / "in" / "1.txt", "first");
+  write(tmp.path / "in" / "2.txt", "second");
+  auto sum = data::prepare(options(tmp.path / "out", {(tmp.path / "in").string()}));
+  EXPECT_EQ(sum.train.documents, 1u);
+  EXPECT_EQ(sum.val.documents, 1u);
+}
+
+TEST(Prepare, NoDocumentSpansTwoShardsAndTheManifestAddsUp) {
+  TmpDir tmp("shards");
+  std::mt19937 rng(3);
+  std::vector<std::string> docs;
+  std::string jsonl;
+  for (int i = 0; i < 60; i++) {
+    docs.push_back(random_text(1 + rng() % 400, 100 + i));
+    jsonl += json::dump(json::Object{{"text", docs.back()}}) + "\n";
+  }
+  write(tmp.path / "d.jsonl", jsonl);
+  auto o = options(tmp.path / "out", {(tmp.path / "d.jsonl").string()});
+  o.shard_tokens = 1000;
+  // A first run with other settings leaves more shards behind: they must not survive.
+  o.val_fraction = 0.0;
+  o.shard_tokens = 300;
+  data::prepare(o);
+  o.val_fraction = 0.1;
+  o.shard_tokens = 1000;
+  auto sum = data::prepare(o);
+
+  json::Value m = json::parse(read(tmp.path / "out" / "manifest.json"));
+  EXPECT_EQ(m.at("format_version").integer(), 1);
+  EXPECT_EQ(m.at("tokenizer").string(), "byte");
+  EXPECT_EQ(m.at("vocab_size").integer(), 257);
+  EXPECT_EQ(m.at("eot").integer(), 256);
+  EXPECT_EQ(m.at("inputs").array().size(), 1u);
+  uint64_t docs_seen = 0, tokens_seen = 0, shards = 0;
+  for (const auto& f : m.at("files").array()) {
+    const fs::path path = tmp.path / "out" / f.at("path").string();
+    EXPECT_EQ(f.at("sha256").string(), data::sha256_file(path.string()));
+    data::ShardReader r(path.string(), "byte", 257);
+    EXPECT_EQ(uint64_t(f.at("tokens").integer()), r.size());
+    EXPECT_EQ(uint64_t(f.at("documents").integer()), r.documents());
+    std::vector<uint16_t> t(r.size());
+    r.read(0, t.size(), t.data());
+    auto offsets = r.doc_offsets();
+    // Each document starts right after an EOT and the shard ends with one: none crosses over.
+    ASSERT_FALSE(offsets.empty());
+    EXPECT_EQ(offsets[0], 0);
+    EXPECT_EQ(t.back(), 256);
+    for (size_t i = 1; i < offsets.size(); i++) EXPECT_EQ(t[offsets[i] - 1], 256);
+    EXPECT_EQ(size_t(std::count(t.begin(), t.end(), 256)), offsets.size());
+    // A shard closes at the first document end past 1000 tokens (only the last of a split is short).
+    uint64_t before_last = uint64_t(offsets.back());
+    EXPECT_LT(before_last, 1000u) << path;
+    docs_seen += r.documents();
+    tokens_seen += r.size();
+    shards++;
+  }
+  EXPECT_EQ(docs_seen, 60u);
+  EXPECT_EQ(tokens_seen, sum.train.tokens + sum.val.tokens);
+  EXPECT_EQ(shards, sum.train.shards + sum.val.shards);
+  EXPECT_GE(sum.train.shards, 3u);
+  EXPECT_EQ(data::list_shards((tmp.path / "out" / "train").string()).size(), sum.train.shards);
+  EXPECT_EQ(m.at("splits").at("val").at("documents").integer(), 6);  // ceil(59 * 0.1)
+}
+
+TEST(Prepare, DocSepSplitsTextFiles) {
+  TmpDir tmp("sep");
+  write(tmp.path / "t.txt", "A\n=== one\nB\nC\n===\n\nD");
+  auto o = options(tmp.path / "out", {(tmp.path / "t.txt").string()});
+  o.doc_sep = "^===";
+  o.val_fraction = 0;
+  data::prepare(o);
+  auto tok = data::make_tokenizer("byte");
+  EXPECT_EQ(split_tokens(tmp.path / "out" / "train", "byte", 257), joined(*tok, {"A\n", "B\nC\n", "\nD"}));
+}
+
+TEST(Prepare, Gpt2LongDocumentCutForThreadsEncodesAsAWhole) {
+  TmpDir tmp("gpt2");
+  std::string doc = random_text(2600000, 42);  // cut into ~1 MiB pieces
+  write(tmp.path / "big.txt", doc);
+  write(tmp.path / "small.txt", "Hello world");
+  auto o = options(tmp.path / "out", {(tmp.path / "big.txt").string(), (tmp.path / "small.txt").string()}, "gpt2");
+  o.val_fraction = 0.5;
+  data::prepare(o);
+  auto tok = data::make_tokenizer("gpt2");
+  EXPECT_EQ(split_tokens(tmp.path / "out" / "train", "gpt2", 50257), joined(*tok, {doc}));
+  EXPECT_EQ(split_tokens(tmp.path / "out" / "val", "gpt2", 50257), (std::vector<uint32_t>{15496, 995, 50256}));
+}
+
+TEST(Prepare, InputErrors) {
+  TmpDir tmp("errors");
+  auto message = [&](data::PrepareOptions o) -> std::string {
+    try {
+      data::prepare(o);
+    } catch (const std::runtime_error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  write(tmp.path / "bad.jsonl", "{\"text\": \"ok\"}\n{\"txt\": \"no\"}\n");
+  EXPECT_EQ(message(options(tmp.path / "out", {(tmp.path / "bad.jsonl").string()})),
+            (tmp.path / "bad.jsonl").string() + ":2: expected a JSON object with a string \"text\" field");
+  EXPECT_EQ(message(options(tmp.path / "out", {(tmp.path / "nope.txt").string()})),
+            (tmp.path / "nope.txt").string() + ": no such input file or directory");
+  write(tmp.path / "empty.txt", "");
+  EXPECT_NE(message(options(tmp.path / "out", {(tmp.path / "empty.txt").string()})).find("no documents"), std::string::npos);
+  auto o = options(tmp.path / "out", {(tmp.path / "empty.txt").string()});
+  o.doc_sep = "(";
+  EXPECT_NE(message(o).find("--doc-sep"), std::string::npos);
+}
+
+// ---- the CLI -----------------------------------------------------------------------------
+
+namespace {
+
+struct CliResult {
+  int status;
+  std::string out, err;
+};
+
+CliResult kvmtrain(const std::string& args, const fs::path& tmp) {
+  const char* bin = std::getenv("KVMTRAIN_BIN");
+  std::string cmd = std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (tmp / "stdout").string() + " 2>" +
+                    (tmp / "stderr").string();
+  int st = std::system(cmd.c_str());
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read(tmp / "stdout"), read(tmp / "stderr")};
+}
+
+}  // namespace
+
+TEST(PrepareCli, LayoutAndManifest) {
+  if (!std::getenv("KVMTRAIN_BIN")) GTEST_SKIP() << "KVMTRAIN_BIN not set (run through ctest)";
+  TmpDir tmp("cli");
+  for (int i = 0; i < 5; i++) write(tmp.path / "in" / (std::to_string(i) + ".txt"), random_text(1000, i));
+  CliResult r = kvmtrain("prepare --input " + (tmp.path / "in").string() + " --output " + (tmp.path / "out").string() +
+                       " --tokenizer byte --val-fraction 0.2 --quiet",
+                   tmp.path);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("train 4 documents"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::is_regular_file(tmp.path / "out" / "train" / "shard_00000.h5"));
+  EXPECT_TRUE(fs::is_regular_file(tmp.path / "out" / "val" / "shard_00000.h5"));
+  json::Value m = json::parse(read(tmp.path / "out" / "manifest.json"));
+  EXPECT_EQ(m.at("files").array().size(), 2u);
+  EXPECT_EQ(m.at("splits").at("val").at("documents").integer(), 1);
+}
+
+TEST(PrepareCli, BadInputExitsTwoWithOneLine) {
+  if (!std::getenv("KVMTRAIN_BIN")) GTEST_SKIP() << "KVMTRAIN_BIN not set (run through ctest)";
+  TmpDir tmp("cli_errors");
+  write(tmp.path / "a.txt", "text");
+  const std::string out = " --output " + (tmp.path / "out").string();
+  const std::string a = " --input " + (tmp.path / "a.txt").string();
+  struct Case {
+    std::string args, expect;
+  } cases[] = {
+      {"prepare --input " + (tmp.path / "missing.txt").string() + out, "missing.txt: no such input file or directory"},
+      {"prepare" + a + out + " --val-fraction 1.5", "--val-fraction must be in [0, 1), got 1.5"},
+      {"prepare" + a + out + " --val-fraction abc", "--val-fraction expects a number"},
+      {"prepare" + a + out + " --tokenizer nope", "unknown name 'nope'"},
+      {"prepare" + a, "--output DIR is required"},
+  };
+  for (const auto& c : cases) {
+    CliResult r = kvmtrain(c.args, tmp.path);
+    EXPECT_EQ(r.status, 2) << c.args;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(r.err.rfind("kvmtrain: error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+  }
+}

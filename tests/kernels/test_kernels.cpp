@@ -1,0 +1,406 @@
+// The CPU kernels against naive double-precision references written here, one loop per formula.
+// Every kernel gets (a) its forward compared with the reference, (b) its backward compared with
+// central differences of the reference (in double, so the differences themselves are accurate to
+// ~1e-9) of a random linear functional L = sum_k w_k out_k, with dout = w, and (c) accumulation:
+// gradient buffers start filled with random values g0 and must end at g0 + dL/dx.
+// Tolerances: forward |got - ref| <= 1e-5 (1 + |ref|) (2e-5 where a float exp or tanh is
+// involved), backward |got - g0 - fd| <= 2e-4 (1 + |fd|); fp32 round-off on these shapes is ~1e-6.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace cpu = kernels::cpu;
+using Vec = std::vector<float>;
+using DVec = std::vector<double>;
+
+namespace {
+
+Vec randn(size_t n, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  Vec v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+DVec to_double(const Vec& v) { return DVec(v.begin(), v.end()); }
+
+double dot(const DVec& a, const Vec& w) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); i++) s += a[i] * w[i];
+  return s;
+}
+
+// |got[i] - want[i]| <= tol * (1 + |want[i]|) for all i.
+void expect_close(const Vec& got, const DVec& want, double tol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); i++)
+    ASSERT_LE(std::abs(got[i] - want[i]), tol * (1.0 + std::abs(want[i])))
+        << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+}
+
+constexpr double kFwdTol = 1e-5;
+constexpr double kFwdTolTranscendental = 2e-5;
+constexpr double kGradTol = 2e-4;
+
+// (b) and (c): the kernel's gradient `got`, accumulated onto `g0`, against central differences of
+// `loss` (the double reference's L) with respect to `x`, at every index or at `samples` random ones.
+void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<double()>& loss, const char* what,
+                 size_t samples = SIZE_MAX) {
+  ASSERT_EQ(got.size(), x.size()) << what;
+  std::vector<size_t> idx(x.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  if (samples < idx.size()) {
+    std::shuffle(idx.begin(), idx.end(), std::mt19937(7));
+    idx.resize(samples);
+  }
+  constexpr double h = 1e-5;
+  for (size_t i : idx) {
+    double saved = x[i];
+    x[i] = saved + h;
+    double up = loss();
+    x[i] = saved - h;
+    double down = loss();
+    x[i] = saved;
+    double fd = (up - down) / (2 * h);
+    double g = (double)got[i] - g0[i];
+    ASSERT_LE(std::abs(g - fd), kGradTol * (1.0 + std::abs(fd)))
+        << what << "[" << i << "]: backward " << g << ", finite differences " << fd;
+  }
+}
+
+// ---- references -------------------------------------------------------------------------------
+
+DVec ref_encoder(const std::vector<int>& inp, const DVec& wte, const DVec* wpe, int B, int T, int C) {
+  DVec out((size_t)B * T * C);
+  for (int bt = 0; bt < B * T; bt++)
+    for (int c = 0; c < C; c++)
+      out[(size_t)bt * C + c] = wte[(size_t)inp[bt] * C + c] + (wpe ? (*wpe)[(size_t)(bt % T) * C + c] : 0.0);
+  return out;
+}
+
+DVec ref_layernorm(const DVec& inp, const DVec& w, const DVec& b, int N, int C, DVec* mean = nullptr,
+                   DVec* rstd = nullptr) {
+  DVec out((size_t)N * C);
+  for (int i = 0; i < N; i++) {
+    const double* x = &inp[(size_t)i * C];
+    double m = 0.0, var = 0.0;
+    for (int c = 0; c < C; c++) m += x[c] / C;
+    for (int c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m) / C;
+    double s = 1.0 / std::sqrt(var + 1e-5);
+    for (int c = 0; c < C; c++) out[(size_t)i * C + c] = (x[c] - m) * s * w[c] + b[c];
+    if (mean) (*mean)[i] = m, (*rstd)[i] = s;
+  }
+  return out;
+}
+
+DVec ref_matmul(const DVec& inp, const DVec& w, const DVec* bias, int N, int IC, int OC) {
+  DVec out((size_t)N * OC);
+  for (int i = 0; i < N; i++)
+    for (int o = 0; o < OC; o++) {
+      double s = bias ? (*bias)[o] : 0.0;
+      for (int k = 0; k < IC; k++) s += inp[(size_t)i * IC + k] * w[(size_t)o * IC + k];
+      out[(size_t)i * OC + o] = s;
+    }
+  return out;
+}
+
+// The plain T x T softmax: every score of a row, then its softmax, then the weighted sum of values.
+DVec ref_attention(const DVec& qkv, int B, int T, int C, int NH, int window, DVec* lse = nullptr) {
+  int hs = C / NH;
+  double scale = 1.0 / std::sqrt((double)hs);
+  DVec out((size_t)B * T * C, 0.0), att(T);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++)
+      for (int t = 0; t < T; t++) {
+        const double* q = &qkv[((size_t)b * T + t) * 3 * C + h * hs];
+        double mx = -INFINITY;
+        for (int s = 0; s < T; s++) {
+          bool visible = s <= t && (window == 0 || s > t - window);
+          att[s] = -INFINITY;
+          if (!visible) continue;
+          const double* k = &qkv[((size_t)b * T + s) * 3 * C + C + h * hs];
+          double dotqk = 0.0;
+          for (int d = 0; d < hs; d++) dotqk += q[d] * k[d];
+          att[s] = dotqk * scale;
+          mx = std::max(mx, att[s]);
+        }
+        double sum = 0.0;
+        for (int s = 0; s < T; s++) sum += std::exp(att[s] - mx);
+        double* o = &out[((size_t)b * T + t) * C + h * hs];
+        for (int s = 0; s < T; s++) {
+          double p = std::exp(att[s] - mx) / sum;
+          const double* v = &qkv[((size_t)b * T + s) * 3 * C + 2 * C + h * hs];
+          for (int d = 0; d < hs; d++) o[d] += p * v[d];
+        }
+        if (lse) (*lse)[((size_t)b * NH + h) * T + t] = mx + std::log(sum);
+      }
+  return out;
+}
+
+double ref_gelu(double x) {
+  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+DVec ref_crossentropy(const DVec& logits, const std::vector<int>& targets, int N, int V, int Vp, int ignore) {
+  DVec losses(N, 0.0);
+  for (int i = 0; i < N; i++) {
+    if (targets[i] == ignore) continue;
+    const double* row = &logits[(size_t)i * Vp];
+    double mx = *std::max_element(row, row + V), sum = 0.0;
+    for (int c = 0; c < V; c++) sum += std::exp(row[c] - mx);
+    losses[i] = mx + std::log(sum) - row[targets[i]];
+  }
+  return losses;
+}
+
+// ---- tests ------------------------------------------------------------------------------------
+
+TEST(Encoder, ForwardBackward) {
+  const int B = 2, T = 5, C = 24, Vp = 11;
+  std::vector<int> inp = {3, 0, 3, 10, 7, 3, 3, 1, 0, 9};  // repeats: dwte rows collect several positions
+  for (bool positions : {true, false}) {
+    SCOPED_TRACE(positions ? "learned positions" : "no wpe");
+    Vec wte = randn((size_t)Vp * C, 1), wpe = randn((size_t)T * C, 2);
+    Vec out((size_t)B * T * C);
+    cpu::encoder_forward(out.data(), inp.data(), wte.data(), positions ? wpe.data() : nullptr, B, T, C);
+    DVec dwte_ref = to_double(wte), dwpe_ref = to_double(wpe);
+    expect_close(out, ref_encoder(inp, dwte_ref, positions ? &dwpe_ref : nullptr, B, T, C), kFwdTol, "out");
+
+    Vec w = randn(out.size(), 3);
+    Vec g0_wte = randn(wte.size(), 4), g0_wpe = randn(wpe.size(), 5);
+    Vec dwte = g0_wte, dwpe = g0_wpe;
+    cpu::encoder_backward(dwte.data(), positions ? dwpe.data() : nullptr, w.data(), inp.data(), B, T, C);
+    auto loss = [&] { return dot(ref_encoder(inp, dwte_ref, positions ? &dwpe_ref : nullptr, B, T, C), w); };
+    expect_grad(dwte, g0_wte, dwte_ref, loss, "dwte");
+    if (positions) expect_grad(dwpe, g0_wpe, dwpe_ref, loss, "dwpe");
+  }
+}
+
+TEST(LayerNorm, ForwardBackward) {
+  const int N = 7, C = 37;  // C not a multiple of the vector width
+  Vec inp = randn((size_t)N * C, 10, 2.0f), weight = randn(C, 11), bias = randn(C, 12);
+  for (int i = 0; i < N; i++) inp[(size_t)i * C] += 50.0f;  // rows far from zero mean
+  Vec out(inp.size()), mean(N), rstd(N);
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), weight.data(), bias.data(), N, C);
+  DVec x = to_double(inp), wd = to_double(weight), bd = to_double(bias), mref(N), rref(N);
+  expect_close(out, ref_layernorm(x, wd, bd, N, C, &mref, &rref), kFwdTol, "out");
+  expect_close(mean, mref, kFwdTol, "mean");
+  expect_close(rstd, rref, kFwdTol, "rstd");
+
+  Vec w = randn(out.size(), 13);
+  Vec g0_inp = randn(inp.size(), 14), g0_w = randn(C, 15), g0_b = randn(C, 16);
+  Vec dinp = g0_inp, dweight = g0_w, dbias = g0_b;
+  cpu::layernorm_backward(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(),
+                          mean.data(), rstd.data(), N, C);
+  auto loss = [&] { return dot(ref_layernorm(x, wd, bd, N, C), w); };
+  expect_grad(dinp, g0_inp, x, loss, "dinp");
+  expect_grad(dweight, g0_w, wd, loss, "dweight");
+  expect_grad(dbias, g0_b, bd, loss, "dbias");
+}
+
+TEST(Matmul, ForwardBackward) {
+  const int N = 9, IC = 21, OC = 70;  // OC spans two 64-column chunks of the bias gradient
+  for (bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "bias" : "no bias");
+    Vec inp = randn((size_t)N * IC, 20), weight = randn((size_t)OC * IC, 21), bias = randn(OC, 22);
+    Vec out((size_t)N * OC, 123.0f);  // overwritten, whatever it held
+    cpu::matmul_forward(out.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
+    DVec x = to_double(inp), wd = to_double(weight), bd = to_double(bias);
+    expect_close(out, ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), kFwdTol, "out");
+
+    Vec w = randn(out.size(), 23);
+    Vec g0_inp = randn(inp.size(), 24), g0_w = randn(weight.size(), 25), g0_b = randn(OC, 26);
+    Vec dinp = g0_inp, dweight = g0_w, dbias = g0_b;
+    cpu::matmul_backward(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr, w.data(), inp.data(),
+                         weight.data(), N, IC, OC);
+    auto loss = [&] { return dot(ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), w); };
+    expect_grad(dinp, g0_inp, x, loss, "dinp");
+    expect_grad(dweight, g0_w, wd, loss, "dweight");
+    if (with_bias) expect_grad(dbias, g0_b, bd, loss, "dbias");
+  }
+}
+
+TEST(Matmul, NullDinpLeavesOnlyWeightGradients) {
+  const int N = 4, IC = 8, OC = 5;
+  Vec inp = randn((size_t)N * IC, 27), weight = randn((size_t)OC * IC, 28), dout = randn((size_t)N * OC, 29);
+  Vec dweight(weight.size(), 0.0f);
+  cpu::matmul_backward(nullptr, dweight.data(), nullptr, dout.data(), inp.data(), weight.data(), N, IC, OC);
+  DVec want(weight.size(), 0.0);
+  for (int o = 0; o < OC; o++)
+    for (int k = 0; k < IC; k++)
+      for (int i = 0; i < N; i++) want[(size_t)o * IC + k] += (double)dout[(size_t)i * OC + o] * inp[(size_t)i * IC + k];
+  expect_close(dweight, want, kFwdTol, "dweight");
+}
+
+struct AttentionShape {
+  int B, T, C, NH, window;
+};
+void PrintTo(const AttentionShape& s, std::ostream* os) {
+  *os << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " window=" << s.window;
+}
+
+class Attention : public ::testing::TestWithParam<AttentionShape> {};
+
+TEST_P(Attention, ForwardBackward) {
+  auto [B, T, C, NH, window] = GetParam();
+  Vec qkv = randn((size_t)B * T * 3 * C, 30 + T + window);
+  Vec out((size_t)B * T * C), lse((size_t)B * NH * T);
+  cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, window);
+  DVec x = to_double(qkv), lse_ref(lse.size());
+  expect_close(out, ref_attention(x, B, T, C, NH, window, &lse_ref), kFwdTolTranscendental, "out");
+  expect_close(lse, lse_ref, kFwdTolTranscendental, "lse");
+
+  Vec w = randn(out.size(), 31);
+  Vec g0 = randn(qkv.size(), 32);
+  Vec dqkv = g0;
+  cpu::attention_backward(dqkv.data(), w.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, window);
+  auto loss = [&] { return dot(ref_attention(x, B, T, C, NH, window), w); };
+  expect_grad(dqkv, g0, x, loss, "dqkv", 200);
+}
+
+// The kernel's tiles are 128 queries x 128 keys: T = 37 fits one tile, T = 300 ends in a partial
+// third. The windows fall inside a tile (5), at the tile size (128), at 1 (each query sees only
+// itself) and at 131 with T = 258: the last query tile holds 2 queries, and its first key tile
+// starts at the one key the last query no longer sees, the edge of the kernel's no-mask shortcut.
+INSTANTIATE_TEST_SUITE_P(Shapes, Attention,
+                         ::testing::Values(AttentionShape{2, 37, 32, 4, 0},    // hs 8
+                                           AttentionShape{1, 300, 32, 2, 0},   // hs 16
+                                           AttentionShape{1, 300, 16, 2, 5},
+                                           AttentionShape{1, 300, 16, 2, 128},
+                                           AttentionShape{1, 258, 16, 2, 131},
+                                           AttentionShape{2, 20, 16, 1, 1},
+                                           AttentionShape{1, 140, 128, 2, 0}));  // hs 64, GPT-2's
+
+TEST(Gelu, ForwardBackward) {
+  const int N = 1000;
+  Vec inp(N);
+  for (int i = 0; i < N; i++) inp[i] = -8.0f + 16.0f * i / (N - 1);  // both saturated tails and zero
+  Vec out(N);
+  cpu::gelu_forward(out.data(), inp.data(), N);
+  DVec x = to_double(inp), want(N);
+  for (int i = 0; i < N; i++) want[i] = ref_gelu(x[i]);
+  expect_close(out, want, kFwdTolTranscendental, "out");
+
+  Vec w = randn(N, 40), g0 = randn(N, 41), dinp = g0;
+  cpu::gelu_backward(dinp.data(), inp.data(), w.data(), N);
+  auto loss = [&] {
+    double s = 0.0;
+    for (int i = 0; i < N; i++) s += w[i] * ref_gelu(x[i]);
+    return s;
+  };
+  expect_grad(dinp, g0, x, loss, "dinp");
+}
+
+TEST(Residual, ForwardBackward) {
+  const int N = 77;
+  Vec a = randn(N, 50), b = randn(N, 51), out(N);
+  cpu::residual_forward(out.data(), a.data(), b.data(), N);
+  DVec want(N);
+  for (int i = 0; i < N; i++) want[i] = (double)a[i] + b[i];
+  expect_close(out, want, 1e-7, "out");
+
+  Vec w = randn(N, 52), g0a = randn(N, 53), g0b = randn(N, 54), da = g0a, db = g0b;
+  cpu::residual_backward(da.data(), db.data(), w.data(), N);
+  DVec xa = to_double(a), xb = to_double(b);
+  auto loss = [&] {
+    double s = 0.0;
+    for (int i = 0; i < N; i++) s += w[i] * (xa[i] + xb[i]);
+    return s;
+  };
+  expect_grad(da, g0a, xa, loss, "dinp1");
+  expect_grad(db, g0b, xb, loss, "dinp2");
+}
+
+struct CrossEntropyShape {
+  int N, V, Vp;
+  float spread;  // logits ~ N(0, spread) plus a ramp, so later chunks raise the running max
+};
+void PrintTo(const CrossEntropyShape& s, std::ostream* os) {
+  *os << "N=" << s.N << " V=" << s.V << " Vp=" << s.Vp << " spread=" << s.spread;
+}
+
+class CrossEntropy : public ::testing::TestWithParam<CrossEntropyShape> {};
+
+TEST_P(CrossEntropy, LossesAndGradient) {
+  auto [N, V, Vp, spread] = GetParam();
+  const int ignore = -1;
+  const float dloss = 0.37f;
+  Vec logits = randn((size_t)N * Vp, 60, spread);
+  std::vector<int> targets(N);
+  for (int i = 0; i < N; i++) {
+    for (int c = 0; c < V; c++) logits[(size_t)i * Vp + c] += 4.0f * c / V;
+    for (int c = V; c < Vp; c++) logits[(size_t)i * Vp + c] = 1e4f;  // padding would dominate if it took part
+    targets[i] = i % 3 == 1 ? ignore : (i * 7919) % V;
+  }
+  targets[0] = V - 1;  // the last real column
+
+  DVec x = to_double(logits);
+  DVec want = ref_crossentropy(x, targets, N, V, Vp, ignore);
+  Vec losses(N, 99.0f), untouched = logits;
+  cpu::crossentropy_forward_backward(untouched.data(), losses.data(), targets.data(), N, V, Vp, 0.0f, ignore);
+  expect_close(losses, want, kFwdTolTranscendental, "losses");
+  EXPECT_EQ(untouched, logits) << "dloss == 0 must leave the logits alone";
+
+  Vec dlogits = logits;
+  std::fill(losses.begin(), losses.end(), 99.0f);
+  cpu::crossentropy_forward_backward(dlogits.data(), losses.data(), targets.data(), N, V, Vp, dloss, ignore);
+  expect_close(losses, want, kFwdTolTranscendental, "losses with backward");
+  for (int i = 0; i < N; i++)
+    for (int c = V; c < Vp; c++) ASSERT_EQ(dlogits[(size_t)i * Vp + c], 0.0f) << "padded column " << c;
+  // Overwritten, not accumulated: compare with g0 = 0. Padded columns are excluded from the finite
+  // differences (their reference gradient is 0 and checked above); ignored rows are not.
+  auto loss = [&] {
+    DVec l = ref_crossentropy(x, targets, N, V, Vp, ignore);
+    return dloss * std::accumulate(l.begin(), l.end(), 0.0);
+  };
+  Vec zero(dlogits.size(), 0.0f);
+  expect_grad(dlogits, zero, x, loss, "dlogits", 400);
+  for (int i = 0; i < N; i++) {
+    if (targets[i] != ignore) continue;
+    for (int c = 0; c < Vp; c++) ASSERT_EQ(dlogits[(size_t)i * Vp + c], 0.0f) << "ignored row " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropy,
+                         ::testing::Values(CrossEntropyShape{6, 37, 40, 1.0f},
+                                           CrossEntropyShape{4, 1500, 1536, 3.0f}));  // 3 online-softmax chunks
+
+TEST(AdamW, MatchesScalarLoop) {
+  const size_t n = 1001;
+  const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gscale = 0.5f;
+  Vec p = randn(n, 70), m(n, 0.0f), v(n, 0.0f);
+  DVec pd = to_double(p), md(n, 0.0), vd(n, 0.0);
+  for (int t = 1; t <= 5; t++) {
+    Vec g = randn(n, 70 + t);
+    cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, gscale, t);
+    for (size_t i = 0; i < n; i++) {
+      double gi = (double)g[i] * gscale;
+      md[i] = b1 * md[i] + (1 - b1) * gi;
+      vd[i] = b2 * vd[i] + (1 - b2) * gi * gi;
+      double mhat = md[i] / (1 - std::pow((double)b1, t)), vhat = vd[i] / (1 - std::pow((double)b2, t));
+      pd[i] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * pd[i]);
+    }
+  }
+  expect_close(p, pd, 1e-6, "params");
+  expect_close(m, md, 1e-6, "m");
+  expect_close(v, vd, 1e-6, "v");
+}
+
+TEST(GlobalNorm, SquaredSumInDouble) {
+  const size_t n = 100003;
+  Vec g = randn(n, 80);
+  g[5] = 1e3f;  // one large entry next to many small ones
+  double want = 0.0;
+  for (float x : g) want += (double)x * x;
+  EXPECT_NEAR(cpu::global_norm_squared(g.data(), n), want, 1e-6 * want);
+}
+
+}  // namespace

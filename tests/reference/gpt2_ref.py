@@ -1,0 +1,148 @@
+"""PyTorch reference for kvmtrain's GPT-2: an independent model written the plain way.
+
+Usage: /usr/bin/python3 gpt2_ref.py DIR
+DIR holds what the C++ test wrote: config.json (shapes and optimizer settings), layout.json
+(name, shape, offset of every parameter in params.bin), params.bin (float32) and tokens.bin
+(int32, (B, T+1)). Writes to DIR: logits.bin (B, T, Vp), grads.bin (the parameters' layout)
+and result.json ({"loss": first loss, "losses": the losses of `steps` AdamW steps}).
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, C, NH):
+        super().__init__()
+        self.NH = NH
+        self.ln_1 = nn.LayerNorm(C)
+        self.qkv = nn.Linear(C, 3 * C)
+        self.proj = nn.Linear(C, C)
+        self.ln_2 = nn.LayerNorm(C)
+        self.fc = nn.Linear(C, 4 * C)
+        self.mlp_proj = nn.Linear(4 * C, C)
+
+    def attention(self, x):
+        B, T, C = x.shape
+        hs = C // self.NH
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.NH, hs).transpose(1, 2)
+        k = k.view(B, T, self.NH, hs).transpose(1, 2)
+        v = v.view(B, T, self.NH, hs).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y)
+
+    def forward(self, x):
+        x = x + self.attention(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg["d_model"]
+        self.V = cfg["vocab_size"]
+        self.wte = nn.Parameter(torch.zeros(cfg["padded_vocab_size"], C))
+        self.wpe = nn.Parameter(torch.zeros(cfg["max_seq_len"], C))
+        self.h = nn.ModuleList(Block(C, cfg["n_head"]) for _ in range(cfg["n_layer"]))
+        self.ln_f = nn.LayerNorm(C)
+        self.tied = cfg["tie_embeddings"]
+        if not self.tied:
+            self.lm_head = nn.Parameter(torch.zeros(cfg["padded_vocab_size"], C))
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.wte[idx] + self.wpe[:T]
+        for block in self.h:
+            x = block(x)
+        head = self.wte if self.tied else self.lm_head
+        return self.ln_f(x) @ head.t()
+
+    def loss(self, logits, targets):
+        # the padded vocabulary rows take no part in the softmax
+        return F.cross_entropy(logits[..., : self.V].reshape(-1, self.V), targets.reshape(-1))
+
+    def named_for_kvmtrain(self):
+        """kvmtrain's parameter names -> this model's tensors."""
+        out = {"wte": self.wte, "wpe": self.wpe, "ln_f.weight": self.ln_f.weight, "ln_f.bias": self.ln_f.bias}
+        if not self.tied:
+            out["lm_head.weight"] = self.lm_head
+        for l, b in enumerate(self.h):
+            p = f"h.{l}."
+            out.update({
+                p + "ln_1.weight": b.ln_1.weight, p + "ln_1.bias": b.ln_1.bias,
+                p + "attn.qkv.weight": b.qkv.weight, p + "attn.qkv.bias": b.qkv.bias,
+                p + "attn.proj.weight": b.proj.weight, p + "attn.proj.bias": b.proj.bias,
+                p + "ln_2.weight": b.ln_2.weight, p + "ln_2.bias": b.ln_2.bias,
+                p + "mlp.fc.weight": b.fc.weight, p + "mlp.fc.bias": b.fc.bias,
+                p + "mlp.proj.weight": b.mlp_proj.weight, p + "mlp.proj.bias": b.mlp_proj.bias,
+            })
+        return out
+
+
+def lr_at(cfg, step):
+    lr, min_lr, warm, steps = cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["steps"]
+    if step < warm:
+        return lr * (step + 1) / warm
+    ratio = min(1.0, (step - warm) / (steps - warm))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def main(d):
+    torch.manual_seed(0)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    layout = json.load(open(os.path.join(d, "layout.json")))
+    flat = np.fromfile(os.path.join(d, "params.bin"), dtype=np.float32)
+    tokens = torch.from_numpy(np.fromfile(os.path.join(d, "tokens.bin"), dtype=np.int32).astype(np.int64))
+    B, T = cfg["B"], cfg["T"]
+    tokens = tokens.view(B, T + 1)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    model = GPT(cfg)
+    named = model.named_for_kvmtrain()
+    assert set(named) == {e["name"] for e in layout}, "parameter names differ from kvmtrain's"
+    with torch.no_grad():
+        for e in layout:
+            n = int(np.prod(e["shape"]))
+            named[e["name"]].copy_(torch.from_numpy(flat[e["offset"]: e["offset"] + n].reshape(e["shape"])))
+
+    logits = model(x)
+    loss = model.loss(logits, y)
+    loss.backward()
+    logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
+    grads = np.zeros_like(flat)
+    for e in layout:
+        n = int(np.prod(e["shape"]))
+        grads[e["offset"]: e["offset"] + n] = named[e["name"]].grad.numpy().reshape(-1)
+    grads.tofile(os.path.join(d, "grads.bin"))
+
+    # AdamW on the same batch: decay on matrices and embeddings, none on biases and LayerNorms
+    decay = [named[e["name"]] for e in layout if len(e["shape"]) >= 2]
+    no_decay = [named[e["name"]] for e in layout if len(e["shape"]) < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
+    losses = []
+    for step in range(cfg["steps"]):
+        opt.zero_grad()
+        loss = model.loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        opt.step()
+        losses.append(loss.item())
+    json.dump({"losses": losses}, open(os.path.join(d, "result.json"), "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

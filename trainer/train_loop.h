@@ -1,0 +1,7 @@
+#pragma once
+// The training loop: data -> forward -> loss -> backward -> clip -> AdamW -> log, with validation
+// every train.eval_every steps and a sample at the end.
+#include "trainer/config.h"
+
+// Runs the whole training described by `cfg`; returns the process exit status.
+int run_training(const config::Config& cfg);
