@@ -17,8 +17,10 @@
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
 #include "trainer/rng.h"
+#include "trainer/runtime_env.h"
 
 int main(int argc, char** argv) {
+  ensure_runtime_env(argv);  // the same runtime settings as kvmtrain itself
   std::string config_path = std::string(KVMTRAIN_SOURCE_DIR) + "/configs/gpt2-124m.yaml", out = "train_bench.json";
   int B = 4, T = 64, steps = 4;
   for (int i = 1; i + 1 < argc; i += 2) {

@@ -6,6 +6,7 @@
 
 #include "trainer/cli.h"
 #include "trainer/commands.h"
+#include "trainer/runtime_env.h"
 #include "version.h"
 
 namespace {
@@ -31,6 +32,7 @@ void print_usage(FILE* f) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ensure_runtime_env(argv);
   if (argc < 2) {
     print_usage(stderr);
     return 2;

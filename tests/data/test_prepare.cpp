@@ -2,6 +2,8 @@
 // documents joined with EOT; the val split; no document spans two shards; the manifest; input
 // forms (directories, .jsonl, --doc-sep); and the CLI's layout and its one-line errors (exit 2).
 #include <gtest/gtest.h>
+
+#include "tests/test_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -259,18 +261,8 @@ TEST(Prepare, InputErrors) {
 
 namespace {
 
-struct CliResult {
-  int status;
-  std::string out, err;
-};
-
-CliResult kvmtrain(const std::string& args, const fs::path& tmp) {
-  const char* bin = std::getenv("KVMTRAIN_BIN");
-  std::string cmd = std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (tmp / "stdout").string() + " 2>" +
-                    (tmp / "stderr").string();
-  int st = std::system(cmd.c_str());
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read(tmp / "stdout"), read(tmp / "stderr")};
-}
+using test_util::CliResult;
+using test_util::kvmtrain;
 
 }  // namespace
 

@@ -5,6 +5,8 @@
 // the two tanh implementations differ by ~2e-7.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -48,12 +50,7 @@ class DeviceVec {
   size_t n_;
 };
 
-void expect_close(const Vec& cuda, const Vec& cpu, double tol, const char* what) {
-  ASSERT_EQ(cuda.size(), cpu.size()) << what;
-  for (size_t i = 0; i < cuda.size(); i++)
-    ASSERT_LE(std::abs(cuda[i] - cpu[i]), tol * (1.0 + std::abs(cpu[i])))
-        << what << "[" << i << "]: cuda " << cuda[i] << ", cpu " << cpu[i];
-}
+using test_util::expect_close;
 
 class CudaKernels : public ::testing::Test {
  protected:

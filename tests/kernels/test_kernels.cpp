@@ -7,6 +7,8 @@
 // involved), backward |got - g0 - fd| <= 2e-4 (1 + |fd|); fp32 round-off on these shapes is ~1e-6.
 #include <gtest/gtest.h>
 
+#include "tests/test_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -38,13 +40,7 @@ double dot(const DVec& a, const Vec& w) {
   return s;
 }
 
-// |got[i] - want[i]| <= tol * (1 + |want[i]|) for all i.
-void expect_close(const Vec& got, const DVec& want, double tol, const char* what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  for (size_t i = 0; i < got.size(); i++)
-    ASSERT_LE(std::abs(got[i] - want[i]), tol * (1.0 + std::abs(want[i])))
-        << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
-}
+using test_util::expect_close;
 
 constexpr double kFwdTol = 1e-5;
 constexpr double kFwdTolTranscendental = 2e-5;

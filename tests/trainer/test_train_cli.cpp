@@ -11,28 +11,14 @@
 #include <sstream>
 
 #include "data/json.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int status;
-  std::string out, err;
-};
-
-// Runs the kvmtrain binary with `args` (shell words), capturing stdout and stderr.
-Result kvmtrain(const std::string& args, const fs::path& dir) {
-  const char* bin = std::getenv("KVMTRAIN_BIN");
-  std::string cmd = std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (dir / "out.txt").string() + " 2>" +
-                    (dir / "err.txt").string();
-  int rc = std::system(cmd.c_str());
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p);
-    return std::string((std::istreambuf_iterator<char>(in)), {});
-  };
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(dir / "out.txt"), slurp(dir / "err.txt")};
-}
+using Result = test_util::CliResult;
+using test_util::kvmtrain;
 
 class TrainCli : public ::testing::Test {
  protected:
@@ -63,7 +49,7 @@ TEST_F(TrainCli, TrainsAndLogsEveryStep) {
   Result r = kvmtrain("train " + (dir / "tiny.yaml").string(), dir);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir / "run/config.yaml"));
-  auto run = json::parse(std::string(std::istreambuf_iterator<char>(std::ifstream(dir / "run/run.json").rdbuf()), {}));
+  auto run = json::parse(test_util::slurp(dir / "run/run.json"));
   EXPECT_EQ(run.at("world_size").integer(), 1);
   EXPECT_EQ(run.at("device").string(), "cpu");
   EXPECT_EQ(run.at("precision").string(), "fp32");

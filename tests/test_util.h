@@ -1,0 +1,44 @@
+#pragma once
+// Helpers shared by the test files: run the kvmtrain binary as a user would, read a file whole,
+// compare vectors element by element.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace test_util {
+
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+struct CliResult {
+  int status;
+  std::string out, err;
+};
+
+// Runs `$KVMTRAIN_BIN args` (args are shell words), capturing stdout and stderr in `dir`.
+inline CliResult kvmtrain(const std::string& args, const std::filesystem::path& dir) {
+  const char* bin = std::getenv("KVMTRAIN_BIN");
+  std::string cmd = std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (dir / "stdout").string() + " 2>" +
+                    (dir / "stderr").string();
+  int st = std::system(cmd.c_str());
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir / "stdout"), slurp(dir / "stderr")};
+}
+
+// |got[i] - want[i]| <= tol * (1 + |want[i]|) for all i.
+template <class G, class W>
+void expect_close(const std::vector<G>& got, const std::vector<W>& want, double tol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); i++)
+    ASSERT_LE(std::abs(double(got[i]) - double(want[i])), tol * (1.0 + std::abs(double(want[i]))))
+        << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+}
+
+}  // namespace test_util
