@@ -70,7 +70,48 @@
                          float* v /*(n)*/, size_t n, float lr, float beta1, float beta2, float eps,  \
                          float weight_decay, float grad_scale, int t))                               \
   /* sum of g^2, accumulated in double */                                                            \
-  X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))
+  X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))                                  \
+  /* ---- the paper's backbone (docs/kvm.md section 12) ---- */                                      \
+  /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream) */                  \
+  X(void, scaled_residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/,                   \
+                                    const float* inp2 /*(N)*/, float scale, int N))                  \
+  X(void, scaled_residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/,                     \
+                                     const float* dout /*(N)*/, float scale, int N))                 \
+  /* relu(x)^2 */                                                                                    \
+  X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
+  X(void, relu2_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
+                           int N))                                                                   \
+  /* merge gate 1 + elu(x) > 0 */                                                                    \
+  X(void, elu_gate_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                   \
+  X(void, elu_gate_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/,                         \
+                              const float* dout /*(N)*/, int N))                                     \
+  /* RWKV-style token shift: out[b,t] = mix*inp[b,t] + (1-mix)*inp[b,t-1], mix per channel; the     \
+     row before t = 0 is prev[b] (decode) or zero (prev nullptr). The backward gives no gradient    \
+     to prev. */                                                                                     \
+  X(void, token_shift_forward, (float* out /*(B,T,C)*/, const float* inp /*(B,T,C)*/,               \
+                                const float* prev /*(B,C) or nullptr*/, const float* mix /*(C)*/,    \
+                                int B, int T, int C))                                                \
+  X(void, token_shift_backward, (float* dinp /*(B,T,C)*/, float* dmix /*(C)*/,                       \
+                                 const float* dout /*(B,T,C)*/, const float* inp /*(B,T,C)*/,        \
+                                 const float* mix /*(C)*/, int B, int T, int C))                     \
+  /* LayerNorm over each head's hs dims (qk-norm), eps 1e-5, weight/bias shared by the heads. Row   \
+     n (a token) holds NH heads of hs floats from inp + n*ld (out likewise); mean, rstd (N*NH).     \
+     out may equal inp. */                                                                           \
+  X(void, head_layernorm_forward, (float* out, float* mean /*(N*NH)*/, float* rstd /*(N*NH)*/,      \
+                                   const float* inp, const float* weight /*(hs)*/,                   \
+                                   const float* bias /*(hs)*/, int N, int NH, int hs, int ld))       \
+  X(void, head_layernorm_backward, (float* dinp, float* dweight /*(hs)*/, float* dbias /*(hs)*/,     \
+                                    const float* dout, const float* inp, const float* weight,        \
+                                    const float* mean, const float* rstd, int N, int NH, int hs,     \
+                                    int ld))                                                         \
+  /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
+     (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
+     heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
+     R^T dout (dinp != dout). */                                                                     \
+  X(void, rope_forward, (float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R,  \
+                         float base, int pos0))                                                      \
+  X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
+                          int R, float base, int pos0))
 
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 

@@ -13,6 +13,7 @@ packages=(
   bible-kjv                           # the default corpus
   nodejs                              # the independent GPT-2 tokenizer used to make test fixtures
   libtcmalloc-minimal4                # the tuned PyTorch peer in bench/
+  python3-matplotlib                  # bench/ plots (PNG)
 )
 
 missing=()

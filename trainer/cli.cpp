@@ -20,6 +20,9 @@ void Args::option(const std::string& name, const std::string& value_name, const 
 void Args::multi(const std::string& name, const std::string& value_name, const std::string& help) {
   specs_.push_back({name, value_name, help, "", Spec::Multi});
 }
+void Args::repeated(const std::string& name, const std::string& value_name, const std::string& help) {
+  specs_.push_back({name, value_name, help, "", Spec::Repeated});
+}
 void Args::flag(const std::string& name, const std::string& help) {
   specs_.push_back({name, "", help, "", Spec::Flag});
 }
@@ -56,12 +59,13 @@ void Args::parse(int argc, char** argv, int first) {
       if (s->kind == Spec::Flag) {
         if (inline_value) throw UsageError(command_ + ": --" + name + " takes no value");
         values_[name].push_back("true");
-      } else if (s->kind == Spec::Option) {
+      } else if (s->kind == Spec::Option || s->kind == Spec::Repeated) {
         if (!inline_value) {
           if (i + 1 >= argc) throw UsageError(command_ + ": --" + name + " expects " + s->value_name);
           value = argv[++i];
         }
-        values_[name] = {value};
+        if (s->kind == Spec::Option) values_[name] = {value};
+        else values_[name].push_back(value);
       } else {  // Multi: one or more values up to the next --option
         auto& v = values_[name];
         size_t before = v.size();
@@ -125,6 +129,7 @@ std::string Args::help() const {
     if (s.kind == Spec::Positional) left = s.name;
     else if (s.kind == Spec::Flag) left = "--" + s.name;
     else left = "--" + s.name + " " + s.value_name + (s.kind == Spec::Multi ? "..." : "");
+    if (s.kind == Spec::Repeated) left += " (repeatable)";
     o << "  " << left;
     o << std::string(left.size() < 28 ? 28 - left.size() : 1, ' ') << s.help;
     if (!s.default_value.empty()) o << " (default: " << s.default_value << ")";

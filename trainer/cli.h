@@ -24,6 +24,8 @@ class Args {
               const std::string& default_value = "");
   // An option that may repeat and takes one or more values each time (--input A B --input C).
   void multi(const std::string& name, const std::string& value_name, const std::string& help);
+  // An option that may repeat, one value each time (--set a=1 --set b=2).
+  void repeated(const std::string& name, const std::string& value_name, const std::string& help);
   void flag(const std::string& name, const std::string& help);
 
   // Parses argv[first..argc). Prints help and exits 0 on --help; throws UsageError otherwise.
@@ -39,7 +41,7 @@ class Args {
  private:
   struct Spec {
     std::string name, value_name, help, default_value;
-    enum Kind { Positional, Option, Multi, Flag } kind;
+    enum Kind { Positional, Option, Multi, Repeated, Flag } kind;
     bool required = false;
   };
   const Spec& spec(const std::string& name) const;

@@ -9,7 +9,7 @@ int cmd_train(int argc, char** argv) {
   cli::Args args("train", "Train a model from a YAML config. The resolved config is printed and saved to "
                           "<log.dir>/config.yaml; the log is <log.dir>/log.jsonl.");
   args.positional("CONFIG", "YAML config (may name a `base:` to inherit from)", false);
-  args.multi("set", "KEY=VALUE", "override a config key; VALUE is parsed as YAML (repeatable)");
+  args.repeated("set", "KEY=VALUE", "override a config key; VALUE is parsed as YAML");
   args.flag("print-config", "print the resolved config and exit");
   args.flag("config-keys", "print every config key (type, default, meaning) as a Markdown table and exit");
   args.parse(argc, argv, 2);

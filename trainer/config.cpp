@@ -112,6 +112,37 @@ Field choice(const std::string& key, Ref<std::string> ref, std::vector<std::stri
   }, doc + " (" + expected.substr(7) + ")");
 }
 
+// A non-empty list of choices (a single scalar is a list of one); YAML `[swa, kvm]`.
+Field choice_list(const std::string& key, Ref<std::vector<std::string>> ref, std::vector<std::string> choices,
+                  const std::string& doc) {
+  std::string expected = "a non-empty list of";
+  for (size_t i = 0; i < choices.size(); i++) expected += (i ? " | " : " ") + choices[i];
+  auto one = [=](const YAML::Node& n) {
+    if (!n.IsScalar() || std::find(choices.begin(), choices.end(), n.Scalar()) == choices.end())
+      throw Expected{expected};
+    return n.Scalar();
+  };
+  Field f{key, "list of enum", "", doc + " (" + expected.substr(20) + ")", nullptr, nullptr};
+  f.set = [ref, one, expected](Config& c, const YAML::Node& n) {
+    std::vector<std::string> out;
+    if (n.IsSequence()) {
+      for (const auto& item : n) out.push_back(one(item));
+    } else {
+      out.push_back(one(n));
+    }
+    if (out.empty()) throw Expected{expected};
+    ref(c) = out;
+  };
+  f.get = [ref](const Config& c) {
+    YAML::Node n(YAML::NodeType::Sequence);
+    for (const auto& s : ref(const_cast<Config&>(c))) n.push_back(s);
+    n.SetStyle(YAML::EmitterStyle::Flow);
+    return n;
+  };
+  f.default_text = scalar_text(f.get(Config{}));
+  return f;
+}
+
 // A shard directory or glob, or a list of them, or a list of {path, weight}.
 Field sources(const std::string& key, Ref<std::vector<DataSource>> ref, const std::string& doc) {
   const std::string expected = "a path or glob, or a list of {path, weight} with weight > 0";
@@ -166,6 +197,43 @@ const std::vector<Field>& schema() {
       integer("model.d_model", REF(model.d_model), 1, 1 << 16, "model width (a multiple of n_head)"),
       integer("model.max_seq_len", REF(model.max_seq_len), 1, 1 << 22, "longest sequence (learned position table size)"),
       boolean("model.tie_embeddings", REF(model.tie_embeddings), "share the token embedding with the output head"),
+      choice("model.pos", REF(model.pos), {"learned", "rope"}, "positions: a learned table added to the embedding, or RoPE on q/k"),
+      integer("model.rope_dims", REF(model.rope_dims), 0, 1 << 16,
+              "R: RoPE rotates dims [0,R) of each q/k head in interleaved pairs (even); 0: head_dim/2"),
+      number("model.rope_base", REF(model.rope_base), 1, 1e12, false, "RoPE base: pair i turns at base^(-2i/R) per token"),
+      choice("model.mlp", REF(model.mlp), {"gelu", "relu2"}, "MLP activation (4x expansion); relu2 = relu(x)^2"),
+      boolean("model.qk_norm", REF(model.qk_norm), "LayerNorm over the head dim on q and k (weights shared by heads)"),
+      boolean("model.emb_norm", REF(model.emb_norm), "LayerNorm after the embedding"),
+      boolean("model.token_shift", REF(model.token_shift),
+              "RWKV-style token shift of the q/k/v and MLP inputs: mix*x_t + (1-mix)*x_{t-1}, mix learned per channel"),
+      boolean("model.value_residual", REF(model.value_residual), "layers l > 0 use v_l = (v_l + v_0)/2, v_0 layer 0's values"),
+      number("model.residual_scale", REF(model.residual_scale), 0, 1e3, false,
+             "multiplies each sub-block's output before it is added to the residual stream"),
+      boolean("model.bias", REF(model.bias), "linear layers (qkv, projections, MLP) carry biases"),
+      boolean("model.zero_init_out", REF(model.zero_init_out),
+              "attention and MLP output projections start at zero (the paper); false: GPT-2's N(0, 0.02/sqrt(2L))"),
+      choice_list("model.mixers", REF(model.mixers), {"attn", "swa", "kvm"},
+                  "token mixer of each layer, layer i takes entry i mod the list's length"),
+      integer("model.swa_window", REF(model.swa_window), 1, 1 << 22,
+              "swa layers: a query sees this many tokens, itself included (token-exact causal window)"),
+      integer("model.swa_rope_dims", REF(model.swa_rope_dims), 0, 1 << 16, "R on swa layers (even); 0: model.rope_dims"),
+      integer("model.kvm.chunk", REF(model.kvm.chunk), 1, 1 << 20, "KVM chunk length C"),
+      integer("model.kvm.window_chunks", REF(model.kvm.window_chunks), 1, 1 << 10,
+              "KVM window W in chunks: a query chunk sees the previous W-1 chunks and itself exactly"),
+      integer("model.kvm.sink", REF(model.kvm.sink), 0, 1 << 20, "KVM sink slots S: never merged into"),
+      choice("model.kvm.budget", REF(model.kvm.budget), {"fixed", "power_law", "saturating"},
+             "KVM state budget schedule (the state never shrinks)"),
+      integer("model.kvm.min_len", REF(model.kvm.min_len), 0, 1 << 30, "KVM budget floor (fixed: the budget)"),
+      number("model.kvm.power_f", REF(model.kvm.power_f), 0, 1e9, true, "power_law: M* = max(floor(f * ctx^e), min_len)"),
+      number("model.kvm.power_e", REF(model.kvm.power_e), 0, 1, false, "power_law exponent e"),
+      integer("model.kvm.sat_n", REF(model.kvm.sat_n), 1, 1 << 30, "saturating: M* = max(floor(N*ctx/(N+ctx)), min_len)"),
+      integer("model.kvm.max_slots", REF(model.kvm.max_slots), 0, 1 << 30, "KVM cap on slots Mmax; 0: none"),
+      boolean("model.kvm.vlens", REF(model.kvm.vlens), "read value s_v/|s_v| * |founding value| (false: s_v/count)"),
+      boolean("model.kvm.head_temps", REF(model.kvm.head_temps), "per-head key temperatures tau_front, tau_state"),
+      boolean("model.kvm.merge_gate_keys", REF(model.kvm.merge_gate_keys), "merged keys are multiplied by the gate g"),
+      boolean("model.kvm.merge_gate_values", REF(model.kvm.merge_gate_values), "merged values are multiplied by the gate g"),
+      boolean("model.kvm.gate_appends", REF(model.kvm.gate_appends), "appended slots take the gated key and value"),
+      boolean("model.kvm.gate_initial_state", REF(model.kvm.gate_initial_state), "chunk 0 enters the state gated"),
       sources("data.train", REF(data.train), "training shards: a directory, glob or list of {path, weight}"),
       sources("data.val", REF(data.val), "validation shards, same forms as data.train"),
       choice("data.tokenizer", REF(data.tokenizer), {"gpt2", "byte"}, "the tokenizer the shards must carry"),
@@ -188,6 +256,8 @@ const std::vector<Field>& schema() {
       integer("train.eval_steps", REF(train.eval_steps), 1, 1 << 30, "validation batches per evaluation"),
       integer("train.sample_tokens", REF(train.sample_tokens), 0, 1 << 20, "tokens sampled at the end; 0: none"),
       integer64("train.seed", REF(train.seed), "seed of initialisation, data order and sampling"),
+      choice("train.recompute", REF(train.recompute), {"none", "block"},
+             "block: keep only each block's input and recompute its activations in backward (memory)"),
       integer("parallel.data", REF(parallel.data), 1, 1 << 20, "data-parallel ranks"),
       integer("parallel.tensor", REF(parallel.tensor), 1, 1 << 10, "tensor-parallel ranks"),
       integer("checkpoint.every", REF(checkpoint.every), 0, 1 << 30, "steps between checkpoints; 0: none"),
@@ -342,6 +412,12 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
     fail("model.padded_vocab_size", "expected at least model.vocab_size (" + std::to_string(m.vocab_size) + ")");
   if (m.d_model % m.n_head != 0)
     fail("model.d_model", "expected a multiple of model.n_head (" + std::to_string(m.n_head) + ")");
+  const int hs = m.d_model / m.n_head;
+  if (m.rope_dims % 2 != 0 || m.rope_dims > hs)
+    fail("model.rope_dims", "expected an even number at most the head dim (" + std::to_string(hs) + ")");
+  if (m.swa_rope_dims % 2 != 0 || m.swa_rope_dims > hs)
+    fail("model.swa_rope_dims", "expected an even number at most the head dim (" + std::to_string(hs) + ")");
+  if (m.kvm.sink >= m.kvm.chunk) fail("model.kvm.sink", "expected fewer than model.kvm.chunk slots");
   if (c.train.seq_len > m.max_seq_len)
     fail("train.seq_len", "expected at most model.max_seq_len (" + std::to_string(m.max_seq_len) + ")");
   if (c.train.min_lr > c.train.lr) fail("train.min_lr", "expected at most train.lr");

@@ -21,6 +21,38 @@ struct ModelConfig {
   int d_model = 768;
   int max_seq_len = 1024;
   bool tie_embeddings = true;    // GPT-2 ties the head to the token embedding
+  // The backbone (docs/kvm.md section 12); the defaults are GPT-2's.
+  std::string pos = "learned";   // learned | rope
+  int rope_dims = 0;             // R: rotated dims [0,R) of each q/k head, interleaved pairs; 0: head_dim/2
+  double rope_base = 10000;
+  std::string mlp = "gelu";      // gelu | relu2
+  bool qk_norm = false;          // LayerNorm over the head dim on q and k
+  bool emb_norm = false;         // LayerNorm after the embedding
+  bool token_shift = false;      // RWKV-style token shift on the q/k/v and MLP inputs
+  bool value_residual = false;   // v_l = (v_l + v_0) / 2 for l > 0
+  double residual_scale = 1.0;   // multiplies each sub-block's output before the residual add
+  bool bias = true;              // linear layers carry biases
+  bool zero_init_out = false;    // attention/MLP output projections start at zero (the paper)
+  std::vector<std::string> mixers = {"attn"};  // attn | swa | kvm; layer i takes entry i mod size
+  int swa_window = 256;          // tokens a sliding-window query sees, itself included
+  int swa_rope_dims = 0;         // R on swa layers; 0: rope_dims
+  struct Kvm {
+    int chunk = 256;
+    int window_chunks = 2;
+    int sink = 1;
+    std::string budget = "fixed";  // fixed | power_law | saturating
+    int min_len = 256;
+    double power_f = 16;
+    double power_e = 0.5;
+    int sat_n = 1024;
+    int max_slots = 0;             // 0: no cap
+    bool vlens = true;
+    bool head_temps = true;
+    bool merge_gate_keys = true;
+    bool merge_gate_values = true;
+    bool gate_appends = true;
+    bool gate_initial_state = false;
+  } kvm;
 };
 
 struct DataConfig {
@@ -48,6 +80,7 @@ struct TrainConfig {
   int eval_steps = 10;
   int sample_tokens = 64;
   int64_t seed = 1337;
+  std::string recompute = "none";  // none | block: keep only block inputs, recompute in backward
 };
 
 struct ParallelConfig {

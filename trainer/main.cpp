@@ -6,6 +6,7 @@
 
 #include "trainer/cli.h"
 #include "trainer/commands.h"
+#include "trainer/communicator.h"
 #include "trainer/runtime_env.h"
 #include "version.h"
 
@@ -48,13 +49,19 @@ int main(int argc, char** argv) {
   }
   for (const auto& c : kCommands) {
     if (sub != c.name) continue;
+    comm_init(&argc, &argv);
+    int status;
     try {
-      return c.run(argc, argv);
+      status = c.run(argc, argv);
     } catch (const std::exception& e) {
       std::fflush(stdout);
       std::fprintf(stderr, "kvmtrain: error: %s\n", e.what());
-      return 2;
+      // the other ranks may be waiting in a collective: stop them all rather than hang
+      if (comm_is_distributed()) comm_abort(2);
+      status = 2;
     }
+    comm_finalize();
+    return status;
   }
   std::fprintf(stderr, "kvmtrain: error: unknown subcommand '%s' (see kvmtrain --help)\n", sub.c_str());
   return 2;

@@ -1,9 +1,18 @@
 #pragma once
-// The GPT-2 model (llm.c's layout): token + learned position embedding, pre-LayerNorm blocks of
-// causal self-attention and a GELU MLP, a final LayerNorm and a (tied or untied) head over the
-// padded vocabulary. Parameters, gradients and activations are named views over single
-// allocations; forward and backward are the sequence of kernel calls, top to bottom.
+// The model: GPT-2 (llm.c's layout) generalised to the paper's backbone (docs/kvm.md section 12).
+// A token embedding (plus a learned position table, or RoPE inside the mixers), an optional
+// LayerNorm after it, pre-LayerNorm blocks of a token mixer (full attention, sliding-window
+// attention or KVM, chosen per layer by model.mixers) and a GELU or ReLU^2 MLP, a final LayerNorm
+// and a (tied or untied) head over the padded vocabulary. Parameters, gradients and activations are
+// named views over single allocations; forward and backward are the sequence of kernel calls.
+//
+// Where the code lives, one job per file:
+//   model.cpp         layout of parameters and activations, initialisation, embedding, head, loss
+//   block.cpp         one block forward and backward (attention sub-block, MLP sub-block)
+//   mixer_kvm.cpp     the glue from a block's q, k, v to kernels/kvm.h
+//   model_decode.cpp  token-by-token decode with per-layer caches
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,11 +22,17 @@
 
 class Model {
  public:
-  // Activations are sized for batches of up to B sequences of up to T tokens.
-  Model(const config::ModelConfig& cfg, int B, int T);
+  // Activations are sized for batches of up to B sequences of up to T tokens. recompute_blocks
+  // (train.recompute: block): keep only each block's input and recompute its activations in
+  // backward; the gradients are the same.
+  Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
 
-  // GPT-2 initialisation: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)), biases 0,
-  // LayerNorm weights 1; the padded vocabulary rows stay 0.
+  // GPT-2 initialisation: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)) (zero with
+  // model.zero_init_out), biases 0, LayerNorm weights 1, token-shift mixes as RWKV-4, KVM
+  // temperatures 1 and gates U(-1/sqrt(d), 1/sqrt(d)); the padded vocabulary rows stay 0.
   void init(uint64_t seed);
 
   // Logits (B, T, Vp) of `inputs` (B, T); B <= max B, T <= max T.
@@ -29,6 +44,12 @@ class Model {
   void backward();
   void zero_grad() { grads_.zero(); }
 
+  // Decode, one sequence: reset_decode() starts it, step(token) feeds the next token and returns
+  // the logits (Vp) of the token after it, equal to forward()'s logits at that position.
+  void reset_decode();
+  const float* step(int token);
+  int decode_position() const { return pos_; }
+
   const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, Vp)
   float* params() { return params_.data(); }
   float* grads() { return grads_.data(); }
@@ -39,27 +60,71 @@ class Model {
   // Forward FLOPs per token for a sequence of length T (2 per multiply-add): matmuls and attention.
   double flops_per_token(int T) const;
 
+  // Opaque per-KVM-layer state (tape for the backward, decode cache), defined in mixer_kvm.cpp.
+  struct KvmLayer;
+  struct KvmLayerDeleter {
+    void operator()(KvmLayer* p) const;
+  };
+
  private:
-  struct Layer {  // offsets into the parameter (and gradient) allocation
-    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+  static constexpr size_t kNone = SIZE_MAX;  // an absent tensor
+  enum class Mixer { attn, swa, kvm };
+  struct Layer {  // offsets into the parameter (and gradient) allocation; kNone when absent
+    Mixer mixer;
+    int rope_dims;  // 0: no RoPE on this layer
+    int window;     // attention window in tokens, 0 for full attention
+    size_t ln1w, ln1b, shift_att, qkvw, qkvb, qnw, qnb, knw, knb, projw, projb;
+    size_t ln2w, ln2b, shift_mlp, fcw, fcb, fcprojw, fcprojb;
+    size_t lnsw, lnsb, gatew, tau_front, tau_state;  // KVM
   };
-  struct LayerActs {  // offsets into the activation allocation, sized for (maxB, maxT)
-    size_t ln1, ln1_mean, ln1_rstd, qkv, atty, att_lse, residual2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu,
-        residual3;
+  struct LayerActs {  // offsets into the activation allocation, sized for (maxB, maxT); kNone when absent
+    size_t ln1, ln1_mean, ln1_rstd, xa, qkv, qkvp, qn_mean, qn_rstd, kn_mean, kn_rstd, atty, lse;
+    size_t qh, kh, vh, gpre, g, outh;  // KVM: (B,H,T,D) q, k, v, gate before/after 1+elu, output
+    size_t residual2, ln2, ln2_mean, ln2_rstd, xm, fch, fch_act, residual3;
   };
+  struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
+    AlignedBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dfch, dact, dv0;
+    AlignedBuffer dqh, dkh, dvh, douth, dg, dgpre;  // KVM
+  };
+
+  float* P(size_t off) { return off == kNone ? nullptr : params_.data() + off; }
+  float* G(size_t off) { return off == kNone ? nullptr : grads_.data() + off; }
+  float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
+  bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
+
+  // block.cpp: block l of the last forward's shape, from `residual` (its input)
+  void block_forward(int l, const float* residual);
+  void block_backward(int l, const float* residual, float* dres);
+  void mixer_forward(int l);
+  void mixer_backward(int l, float* datty, float* dqkvp, float* dln1);
+  // mixer_kvm.cpp
+  void kvm_forward(int l);
+  void kvm_backward(int l, const float* datty, float* dqkvp, float* dln1);
+  void kvm_decode(int l, float* out, const float* qkvp, const float* ln1);
+  void kvm_make(int l);
 
   config::ModelConfig cfg_;
   int maxB_, maxT_;
+  bool recompute_;
   int B_ = 0, T_ = 0;
   const int* inputs_ = nullptr;  // of the last forward, for the embedding backward
   TensorTable table_;
   std::vector<Layer> layers_;
-  size_t wte_, wpe_, lnfw_, lnfb_, head_;
+  size_t wte_, wpe_ = kNone, lnew_ = kNone, lneb_ = kNone, lnfw_, lnfb_, head_;
   AlignedBuffer params_, grads_;
 
   std::vector<LayerActs> lacts_;
-  size_t encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_off_, losses_;
+  size_t encoded_, emb_mean_ = kNone, emb_rstd_ = kNone, stream0_, v0_ = kNone;
+  size_t lnf_, lnf_mean_, lnf_rstd_, logits_off_, losses_;
   AlignedBuffer acts_;
-  // backward scratch, one block's worth, reused layer by layer
-  AlignedBuffer dres_, dln_, dqkv_, datty_, dfch_, dfch_gelu_;
+  Scratch s_;
+  std::vector<std::unique_ptr<KvmLayer, KvmLayerDeleter>> kvm_;  // per layer, null unless kvm
+
+  // decode (model_decode.cpp)
+  struct DecodeCache;
+  struct DecodeCacheDeleter {
+    void operator()(DecodeCache* p) const;
+  };
+  std::unique_ptr<DecodeCache, DecodeCacheDeleter> dec_;
+  int pos_ = 0;
 };

@@ -4,6 +4,7 @@
 // O(T) per head at any context length. The forward keeps an online softmax (running max m and
 // sum l per query) and saves lse = m + log(l); the backward recomputes each tile's probabilities
 // as exp(S - lse) and pushes the tile's gradients straight into dqkv with sgemm.
+#include "kernels/cpu/serial_blas.h"
 #include <cblas.h>
 
 #include <algorithm>
@@ -21,18 +22,6 @@ namespace {
 // sgemm's packing better than the masked half of each diagonal tile costs.
 constexpr int kBlock = 128;
 
-// OpenBLAS's pthread build would fan each tile GEMM out to its own thread pool from inside our
-// OpenMP tasks: with 2 threads of each that ran 40x slower. One BLAS thread while the tasks run.
-class SerialBlas {
- public:
-  SerialBlas() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~SerialBlas() { openblas_set_num_threads(saved_); }
-  SerialBlas(const SerialBlas&) = delete;
-  SerialBlas& operator=(const SerialBlas&) = delete;
-
- private:
-  int saved_;
-};
 
 // One (batch, head)'s slice of qkv: q, k and v rows ld floats apart.
 struct Head {

@@ -1,0 +1,223 @@
+"""PyTorch reference for kvmtrain's backbone (docs/kvm.md section 12), written the plain way and
+independently of the C++ code: attn and swa mixers, learned positions or partial RoPE on
+interleaved pairs, qk-LayerNorm, GELU or ReLU^2 MLP, LayerNorm after the embedding, RWKV-style
+token shift, value residual, residual scale, with or without biases, tied or untied head.
+(KVM layers are not covered here; the KVM core has its own fixtures from the paper's code.)
+
+Usage: /usr/bin/python3 backbone_ref.py DIR
+DIR holds config.json (the model keys, B, T and the optimizer settings), layout.json (name, shape,
+offset of every parameter in params.bin), params.bin (float32) and tokens.bin (int32, (B, T+1)).
+Writes logits.bin (B, T, Vp), grads.bin (the parameters' layout) and result.json
+({"losses": the losses of `steps` AdamW steps on the batch; losses[0] is the first forward's}).
+"""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rope(x, R, base):
+    """x (B, H, T, D): rotate pairs (2i, 2i+1), i < R/2, by t * base^(-2i/R)."""
+    if R == 0:
+        return x
+    T = x.shape[2]
+    i = torch.arange(R // 2, dtype=torch.float64)
+    freq = base ** (-2.0 * i / R)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * freq[None, :]
+    cos, sin = ang.cos().float(), ang.sin().float()
+    x0, x1 = x[..., 0:R:2], x[..., 1:R:2]
+    r0 = x0 * cos - x1 * sin
+    r1 = x0 * sin + x1 * cos
+    rot = torch.stack([r0, r1], dim=-1).flatten(-2)
+    return torch.cat([rot, x[..., R:]], dim=-1)
+
+
+def shift(x, mix):
+    """mix * x_t + (1 - mix) * x_{t-1}, x_{-1} = 0."""
+    prev = F.pad(x, (0, 0, 1, 0))[:, :-1]
+    return mix * x + (1 - mix) * prev
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        C, NH = cfg["d_model"], cfg["n_head"]
+        hs = C // NH
+        self.cfg, self.layer, self.NH = cfg, layer, NH
+        bias = cfg["bias"]
+        mixer = cfg["mixers"][layer % len(cfg["mixers"])]
+        assert mixer in ("attn", "swa"), "the reference has no KVM layers"
+        self.window = cfg["swa_window"] if mixer == "swa" else 0
+        R = cfg["rope_dims"] or hs // 2
+        if mixer == "swa" and cfg["swa_rope_dims"]:
+            R = cfg["swa_rope_dims"]
+        self.R = R if cfg["pos"] == "rope" else 0
+        self.ln_1 = nn.LayerNorm(C)
+        self.qkv = nn.Linear(C, 3 * C, bias=bias)
+        self.proj = nn.Linear(C, C, bias=bias)
+        self.ln_2 = nn.LayerNorm(C)
+        self.fc = nn.Linear(C, 4 * C, bias=bias)
+        self.mlp_proj = nn.Linear(4 * C, C, bias=bias)
+        if cfg["qk_norm"]:
+            self.ln_q, self.ln_k = nn.LayerNorm(hs), nn.LayerNorm(hs)
+        if cfg["token_shift"]:
+            self.shift_att = nn.Parameter(torch.zeros(C))
+            self.shift_mlp = nn.Parameter(torch.zeros(C))
+
+    def attention(self, x, v0):
+        B, T, C = x.shape
+        hs = C // self.NH
+        xa = shift(x, self.shift_att) if self.cfg["token_shift"] else x
+        q, k, v = self.qkv(xa).split(C, dim=2)
+        v_raw = v
+        if self.cfg["value_residual"] and self.layer > 0:
+            v = 0.5 * (v + v0)
+        q = q.view(B, T, self.NH, hs).transpose(1, 2)
+        k = k.view(B, T, self.NH, hs).transpose(1, 2)
+        v = v.view(B, T, self.NH, hs).transpose(1, 2)
+        if self.cfg["qk_norm"]:
+            q, k = self.ln_q(q), self.ln_k(k)
+        base = self.cfg["rope_base"]
+        q, k = rope(q, self.R, base), rope(k, self.R, base)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
+        t = torch.arange(T)
+        mask = t[None, :] <= t[:, None]
+        if self.window:
+            mask &= t[None, :] > t[:, None] - self.window
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y), v_raw
+
+    def forward(self, x, v0):
+        s = self.cfg["residual_scale"]
+        a, v_raw = self.attention(self.ln_1(x), v0)
+        x = x + s * a
+        h = self.ln_2(x)
+        if self.cfg["token_shift"]:
+            h = shift(h, self.shift_mlp)
+        h = self.fc(h)
+        h = F.relu(h).square() if self.cfg["mlp"] == "relu2" else F.gelu(h, approximate="tanh")
+        return x + s * self.mlp_proj(h), v_raw
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg["d_model"]
+        self.cfg = cfg
+        self.V = cfg["vocab_size"]
+        self.wte = nn.Parameter(torch.zeros(cfg["padded_vocab_size"], C))
+        if cfg["pos"] == "learned":
+            self.wpe = nn.Parameter(torch.zeros(cfg["max_seq_len"], C))
+        if cfg["emb_norm"]:
+            self.ln_e = nn.LayerNorm(C)
+        self.h = nn.ModuleList(Block(cfg, l) for l in range(cfg["n_layer"]))
+        self.ln_f = nn.LayerNorm(C)
+        if not cfg["tie_embeddings"]:
+            self.lm_head = nn.Parameter(torch.zeros(cfg["padded_vocab_size"], C))
+
+    def forward(self, idx):
+        T = idx.shape[1]
+        x = self.wte[idx]
+        if self.cfg["pos"] == "learned":
+            x = x + self.wpe[:T]
+        if self.cfg["emb_norm"]:
+            x = self.ln_e(x)
+        v0 = None
+        for l, block in enumerate(self.h):
+            x, v_raw = block(x, v0)
+            if l == 0:
+                v0 = v_raw
+        head = self.wte if self.cfg["tie_embeddings"] else self.lm_head
+        return self.ln_f(x) @ head.t()
+
+    def loss(self, logits, targets):
+        return F.cross_entropy(logits[..., : self.V].reshape(-1, self.V), targets.reshape(-1))
+
+    def named_for_kvmtrain(self):
+        """kvmtrain's parameter names (docs/decisions.md) -> this model's tensors."""
+        out = {"wte": self.wte, "ln_f.weight": self.ln_f.weight, "ln_f.bias": self.ln_f.bias}
+        if self.cfg["pos"] == "learned":
+            out["wpe"] = self.wpe
+        if self.cfg["emb_norm"]:
+            out.update({"ln_e.weight": self.ln_e.weight, "ln_e.bias": self.ln_e.bias})
+        if not self.cfg["tie_embeddings"]:
+            out["lm_head.weight"] = self.lm_head
+        for l, b in enumerate(self.h):
+            p = f"h.{l}."
+            mods = {"ln_1": b.ln_1, "attn.qkv": b.qkv, "attn.proj": b.proj, "ln_2": b.ln_2, "mlp.fc": b.fc,
+                    "mlp.proj": b.mlp_proj}
+            if self.cfg["qk_norm"]:
+                mods.update({"attn.ln_q": b.ln_q, "attn.ln_k": b.ln_k})
+            for name, m in mods.items():
+                out[p + name + ".weight"] = m.weight
+                if m.bias is not None:
+                    out[p + name + ".bias"] = m.bias
+            if self.cfg["token_shift"]:
+                out[p + "attn.shift"] = b.shift_att
+                out[p + "mlp.shift"] = b.shift_mlp
+        return out
+
+
+def lr_at(cfg, step):
+    lr, min_lr, warm, steps = cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["steps"]
+    if step < warm:
+        return lr * (step + 1) / warm
+    ratio = min(1.0, (step - warm) / (steps - warm))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def main(d):
+    torch.manual_seed(0)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    layout = json.load(open(os.path.join(d, "layout.json")))
+    flat = np.fromfile(os.path.join(d, "params.bin"), dtype=np.float32)
+    tokens = torch.from_numpy(np.fromfile(os.path.join(d, "tokens.bin"), dtype=np.int32).astype(np.int64))
+    B, T = cfg["B"], cfg["T"]
+    tokens = tokens.view(B, T + 1)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    model = Backbone(cfg)
+    named = model.named_for_kvmtrain()
+    assert set(named) == {e["name"] for e in layout}, (
+        "parameter names differ from kvmtrain's: " + str(set(named) ^ {e["name"] for e in layout}))
+    with torch.no_grad():
+        for e in layout:
+            n = int(np.prod(e["shape"]))
+            named[e["name"]].copy_(torch.from_numpy(flat[e["offset"]: e["offset"] + n].reshape(e["shape"])))
+
+    logits = model(x)
+    loss = model.loss(logits, y)
+    loss.backward()
+    logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
+    grads = np.zeros_like(flat)
+    for e in layout:
+        n = int(np.prod(e["shape"]))
+        grads[e["offset"]: e["offset"] + n] = named[e["name"]].grad.numpy().reshape(-1)
+    grads.tofile(os.path.join(d, "grads.bin"))
+
+    decay = [named[e["name"]] for e in layout if len(e["shape"]) >= 2]
+    no_decay = [named[e["name"]] for e in layout if len(e["shape"]) < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
+    losses = []
+    for step in range(cfg["steps"]):
+        opt.zero_grad()
+        loss = model.loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        opt.step()
+        losses.append(loss.item())
+    json.dump({"losses": losses}, open(os.path.join(d, "result.json"), "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

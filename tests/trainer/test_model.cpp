@@ -1,0 +1,136 @@
+// The generalised model: block recompute gives the same gradients, decode (step) reproduces the
+// full forward's logits for every mixer, and the parameter layout follows docs/decisions.md.
+// Tolerances: recompute, bitwise equal (the same kernels run on the same inputs); decode,
+// max|step - forward| <= 1e-5 * max|forward| per position (fp32, summation order differs).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "trainer/model.h"
+#include "trainer/rng.h"
+
+namespace {
+
+config::ModelConfig small(std::vector<std::string> mixers) {
+  config::ModelConfig m;
+  m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 3, m.n_head = 2, m.d_model = 32, m.max_seq_len = 64;
+  m.pos = "rope", m.rope_dims = 8, m.swa_rope_dims = 16, m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true;
+  m.tie_embeddings = false, m.bias = false, m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
+  m.mixers = std::move(mixers), m.swa_window = 6;
+  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
+  m.kvm.power_f = 2, m.kvm.power_e = 0.5;
+  return m;
+}
+
+void perturb(Model& model, uint64_t seed) {
+  model.init(seed);
+  Rng rng(seed + 1);
+  const auto& m = model.cfg();
+  for (const auto& v : model.table().views()) {
+    size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
+    for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
+  }
+}
+
+std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> t(n);
+  for (auto& x : t) x = int(rng.next_u64() % V);
+  return t;
+}
+
+TEST(Model, BlockRecomputeGivesIdenticalGradients) {
+  for (auto mixers : std::vector<std::vector<std::string>>{{"swa", "attn"}, {"kvm", "swa"}}) {
+    auto m = small(mixers);
+    const int B = 2, T = 19;
+    Model a(m, B, T, false), b(m, B, T, true);
+    perturb(a, 3);
+    std::copy(a.params(), a.params() + a.table().total(), b.params());
+    EXPECT_LT(b.activation_bytes(), a.activation_bytes());
+    auto x = random_tokens(size_t(B) * T, m.vocab_size, 5), y = random_tokens(size_t(B) * T, m.vocab_size, 6);
+    for (Model* model : {&a, &b}) {
+      model->zero_grad();
+      model->forward(x.data(), B, T);
+      model->loss(y.data(), 1.0f / (B * T));
+      model->backward();
+    }
+    for (const auto& v : a.table().views())
+      for (size_t i = 0; i < v.size; i++)
+        ASSERT_EQ(a.grads()[v.offset + i], b.grads()[v.offset + i]) << mixers[0] << ": " << v.name << "[" << i << "]";
+  }
+}
+
+struct DecodeCase {
+  const char* name;
+  std::vector<std::string> mixers;
+  std::string pos;
+};
+
+class Decode : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(Decode, StepReproducesForwardLogits) {
+  auto m = small(GetParam().mixers);
+  m.pos = GetParam().pos;
+  const int T = 23;  // KVM: chunks of 4, a partial last chunk, several state updates
+  Model model(m, 1, T);
+  perturb(model, 9);
+  auto x = random_tokens(T, m.vocab_size, 10);
+  model.forward(x.data(), 1, T);
+  const int Vp = m.padded_vocab_size;
+  std::vector<float> full(model.logits(), model.logits() + size_t(T) * Vp);
+  for (int rep = 0; rep < 2; rep++) {  // a second sequence after reset_decode starts clean
+    model.reset_decode();
+    for (int t = 0; t < T; t++) {
+      const float* got = model.step(x[t]);
+      float max_ref = 0, max_diff = 0;
+      for (int i = 0; i < m.vocab_size; i++) {
+        max_ref = std::max(max_ref, std::fabs(full[size_t(t) * Vp + i]));
+        max_diff = std::max(max_diff, std::fabs(got[i] - full[size_t(t) * Vp + i]));
+      }
+      ASSERT_LE(max_diff, 1e-5f * max_ref) << "position " << t << " (max |logit| " << max_ref << ")";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Mixers, Decode,
+                         ::testing::Values(DecodeCase{"attn", {"attn"}, "rope"}, DecodeCase{"swa", {"swa"}, "rope"},
+                                           DecodeCase{"kvm", {"kvm"}, "rope"},
+                                           DecodeCase{"hybrid", {"swa", "kvm", "attn"}, "rope"},
+                                           DecodeCase{"learned_pos", {"attn", "swa"}, "learned"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Model, ParameterNames) {
+  auto m = small({"kvm", "swa"});
+  Model model(m, 1, 8);
+  for (const char* name : {"wte", "ln_e.weight", "h.0.ln_1.weight", "h.0.attn.shift", "h.0.attn.qkv.weight",
+                           "h.0.attn.ln_q.weight", "h.0.attn.ln_k.bias", "h.0.kvm.ln_s.weight", "h.0.kvm.ln_s.bias",
+                           "h.0.kvm.gate.weight", "h.0.kvm.tau_front", "h.0.kvm.tau_state", "h.0.attn.proj.weight",
+                           "h.0.ln_2.bias", "h.0.mlp.shift", "h.0.mlp.fc.weight", "h.0.mlp.proj.weight",
+                           "ln_f.weight", "lm_head.weight"})
+    EXPECT_NO_THROW(model.table().at(name)) << name;
+  EXPECT_THROW(model.table().at("wpe"), std::runtime_error);           // RoPE: no position table
+  EXPECT_THROW(model.table().at("h.0.attn.qkv.bias"), std::runtime_error);  // model.bias false
+  EXPECT_THROW(model.table().at("h.1.kvm.gate.weight"), std::runtime_error);  // layer 1 is swa
+}
+
+TEST(Model, PaperInitZeroesOutputProjections) {
+  auto m = small({"kvm", "swa"});
+  m.zero_init_out = true;
+  Model model(m, 1, 8);
+  model.init(1);
+  for (const char* name : {"h.0.attn.proj.weight", "h.1.mlp.proj.weight"}) {
+    const auto& v = model.table().at(name);
+    for (size_t i = 0; i < v.size; i++) ASSERT_EQ(model.params()[v.offset + i], 0.0f) << name;
+  }
+  const auto& tau = model.table().at("h.0.kvm.tau_state");
+  EXPECT_EQ(model.params()[tau.offset], 1.0f);
+  const auto& g = model.table().at("h.0.kvm.gate.weight");
+  float mx = 0;
+  for (size_t i = 0; i < g.size; i++) mx = std::max(mx, std::fabs(model.params()[g.offset + i]));
+  EXPECT_GT(mx, 0.0f);
+  EXPECT_LE(mx, 1.0f / std::sqrt(float(m.d_model)));
+}
+
+}  // namespace

@@ -1,0 +1,133 @@
+// A KVM layer's token mixer: the glue from the block's q, k, v (after qk-LayerNorm and partial
+// RoPE, in the (B,T,3C) qkv rows) to the KVM core of kernels/kvm.h, which works on (B,H,T,D):
+//   q, k, v -> permute to (B,H,T,D)
+//   g = 1 + elu(W_g x)   (x: the block's normed input ln_1(residual), before any token shift)
+//   out = kvm_forward(q, k, v, g; ln_s, tau_front, tau_state)
+//   out -> permute back to (B,T,C), then the block's output projection.
+#include <cstring>
+#include <vector>
+
+#include "kernels/kernels.h"
+#include "kernels/kvm.h"
+#include "trainer/model.h"
+
+namespace k = kernels::cpu;
+
+struct Model::KvmLayer {
+  kernels::KvmParams params;
+  kernels::KvmTape tape;
+  std::unique_ptr<kernels::KvmCache> cache;  // decode
+};
+
+void Model::KvmLayerDeleter::operator()(KvmLayer* p) const { delete p; }
+
+namespace {
+
+// (B,T,NH,hs) rows of stride ld -> (B,NH,T,hs)
+void to_heads(float* out, const float* in, int B, int T, int NH, int hs, int ld) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++)
+      for (int t = 0; t < T; t++)
+        std::memcpy(out + ((size_t(b) * NH + h) * T + t) * hs, in + (size_t(b) * T + t) * ld + size_t(h) * hs,
+                    hs * sizeof(float));
+}
+
+// (B,NH,T,hs) -> (B,T,NH,hs) rows of stride ld; accumulate: += instead of =
+void from_heads(float* out, const float* in, int B, int T, int NH, int hs, int ld, bool accumulate) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < NH; h++) {
+        const float* src = in + ((size_t(b) * NH + h) * T + t) * hs;
+        float* dst = out + (size_t(b) * T + t) * ld + size_t(h) * hs;
+        if (accumulate) {
+          for (int d = 0; d < hs; d++) dst[d] += src[d];
+        } else {
+          std::memcpy(dst, src, hs * sizeof(float));
+        }
+      }
+}
+
+}  // namespace
+
+void Model::kvm_make(int l) {
+  const auto& c = cfg_.kvm;
+  kernels::KvmParams p;
+  p.C = c.chunk;
+  p.W = c.window_chunks;
+  p.S = c.sink;
+  p.R = layers_[l].rope_dims;  // the rotated dims are zeroed before a key enters the state
+  p.budget = c.budget == "power_law"    ? kernels::KvmBudget::power_law
+             : c.budget == "saturating" ? kernels::KvmBudget::saturating
+                                        : kernels::KvmBudget::fixed;
+  p.min_len = c.min_len;
+  p.power_f = c.power_f;
+  p.power_e = c.power_e;
+  p.sat_n = c.sat_n;
+  p.max_slots = c.max_slots ? c.max_slots : 1 << 30;
+  p.vlens = c.vlens;
+  p.head_temps = c.head_temps;
+  p.merge_gate_keys = c.merge_gate_keys;
+  p.merge_gate_values = c.merge_gate_values;
+  p.gate_appends = c.gate_appends;
+  p.gate_initial_state = c.gate_initial_state;
+  kvm_[l].reset(new KvmLayer{p, kernels::KvmTape(), nullptr});
+}
+
+void Model::kvm_forward(int l) {
+  const int B = B_, T = T_, C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH, BT = B * T;
+  const Layer& w = layers_[l];
+  const LayerActs& x = lacts_[l];
+  KvmLayer& kv = *kvm_[l];
+  const float* qkvp = A(x.qkvp);
+  to_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * C);
+  to_heads(A(x.kh), qkvp + C, B, T, NH, hs, 3 * C);
+  to_heads(A(x.vh), qkvp + 2 * C, B, T, NH, hs, 3 * C);
+  // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T)
+  k::matmul_forward(A(x.gpre), A(x.ln1), P(w.gatew), nullptr, BT, C, NH);
+  std::vector<float> g_bth(size_t(BT) * NH);
+  k::elu_gate_forward(g_bth.data(), A(x.gpre), BT * NH);
+  to_heads(A(x.g), g_bth.data(), B, T, NH, 1, NH);
+  kernels::cpu::kvm_forward(A(x.outh), kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb),
+                            P(w.tau_front), P(w.tau_state), B, NH, T, hs, kv.params);
+  from_heads(A(x.atty), A(x.outh), B, T, NH, hs, C, false);
+}
+
+void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
+  const int B = B_, T = T_, C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH, BT = B * T;
+  const size_t n = size_t(BT) * C;
+  const Layer& w = layers_[l];
+  const LayerActs& x = lacts_[l];
+  KvmLayer& kv = *kvm_[l];
+  float *dq = s_.dqh.data(), *dk = s_.dkh.data(), *dv = s_.dvh.data(), *dout = s_.douth.data();
+  float *dg = s_.dg.data(), *dgpre = s_.dgpre.data();
+  for (float* p : {dq, dk, dv}) std::memset(p, 0, n * sizeof(float));
+  std::memset(dg, 0, size_t(BT) * NH * sizeof(float));
+  std::memset(dgpre, 0, size_t(BT) * NH * sizeof(float));
+  to_heads(dout, datty, B, T, NH, hs, C);
+  kernels::cpu::kvm_backward(dq, dk, dv, dg, G(w.lnsw), G(w.lnsb), G(w.tau_front), G(w.tau_state), dout, kv.tape,
+                             A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb), P(w.tau_front),
+                             P(w.tau_state), B, NH, T, hs, kv.params);
+  from_heads(dqkvp, dq, B, T, NH, hs, 3 * C, true);
+  from_heads(dqkvp + C, dk, B, T, NH, hs, 3 * C, true);
+  from_heads(dqkvp + 2 * C, dv, B, T, NH, hs, 3 * C, true);
+  // back through g = 1 + elu(W_g ln1)
+  std::vector<float> dg_bth(size_t(BT) * NH);
+  from_heads(dg_bth.data(), dg, B, T, NH, 1, NH, false);
+  k::elu_gate_backward(dgpre, A(x.gpre), dg_bth.data(), BT * NH);
+  k::matmul_backward(dln1, G(w.gatew), nullptr, dgpre, A(x.ln1), P(w.gatew), BT, C, NH);
+}
+
+// One token: out (C) from its qkvp row (3C) and ln1 (C), through the layer's decode cache.
+void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
+  const int C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH;
+  const Layer& w = layers_[l];
+  KvmLayer& kv = *kvm_[l];
+  if (!kv.cache || pos_ == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
+  std::vector<float> gpre(NH), g(NH);
+  k::matmul_forward(gpre.data(), ln1, P(w.gatew), nullptr, 1, C, NH);
+  k::elu_gate_forward(g.data(), gpre.data(), NH);
+  kernels::cpu::kvm_decode_step(out, *kv.cache, qkvp, qkvp + C, qkvp + 2 * C, g.data(), P(w.lnsw), P(w.lnsb),
+                                P(w.tau_front), P(w.tau_state), kv.params);
+}
