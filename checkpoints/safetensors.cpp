@@ -68,7 +68,8 @@ const NamedTensor& SafetensorsFile::at(const std::string& name) const {
 std::string safetensors_bytes(const std::vector<NamedTensor>& tensors, DType dtype,
                               const std::map<std::string, std::string>& metadata) {
   const size_t elem = dtype == DType::F32 ? 4 : 2;
-  json::Object header;
+  // The header is written by hand, in tensor order (readers sort nothing; this keeps it readable).
+  std::string text = "{";
   std::set<std::string> seen;
   uint64_t offset = 0;
   for (const auto& t : tensors) {
@@ -77,20 +78,30 @@ std::string safetensors_bytes(const std::vector<NamedTensor>& tensors, DType dty
     if (numel(t.shape) != int64_t(t.data.size()))
       throw std::runtime_error("safetensors: tensor " + t.name + " has " + std::to_string(t.data.size()) +
                                " values but its shape holds " + std::to_string(numel(t.shape)));
-    json::Array shape;
-    for (int64_t d : t.shape) shape.push_back(d);
     const uint64_t end = offset + t.data.size() * elem;
-    header[t.name] = json::Object{{"dtype", dtype == DType::F32 ? "F32" : "BF16"},
-                                  {"shape", shape},
-                                  {"data_offsets", json::Array{offset, end}}};
+    if (text.size() > 1) text += ",";
+    text += json::quote(t.name) + ":{\"dtype\":\"" + (dtype == DType::F32 ? "F32" : "BF16") + "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); i++) {
+      if (i) text += ',';
+      text += std::to_string(t.shape[i]);
+    }
+    text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(end) + "]}";
     offset = end;
   }
   if (!metadata.empty()) {
-    json::Object m;
-    for (const auto& [k, v] : metadata) m[k] = v;
-    header["__metadata__"] = m;
+    if (text.size() > 1) text += ',';
+    text += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [k, v] : metadata) {
+      if (!first) text += ',';
+      text += json::quote(k);
+      text += ':';
+      text += json::quote(v);
+      first = false;
+    }
+    text += "}";
   }
-  std::string text = json::dump(header);
+  text += "}";
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
   std::string out;
   out.reserve(8 + text.size() + offset);

@@ -10,6 +10,9 @@ int cmd_train(int argc, char** argv) {
                           "<log.dir>/config.yaml; the log is <log.dir>/log.jsonl.");
   args.positional("CONFIG", "YAML config (may name a `base:` to inherit from)", false);
   args.repeated("set", "KEY=VALUE", "override a config key; VALUE is parsed as YAML");
+  args.option("resume", "auto|PATH",
+              "continue a run exactly: auto = the newest complete checkpoint in <log.dir>/checkpoints (a fresh "
+              "start when there is none), PATH = a checkpoint or run directory");
   args.flag("print-config", "print the resolved config and exit");
   args.flag("config-keys", "print every config key (type, default, meaning) as a Markdown table and exit");
   args.parse(argc, argv, 2);
@@ -23,5 +26,5 @@ int cmd_train(int argc, char** argv) {
     std::fputs(config::to_yaml(cfg).c_str(), stdout);
     return 0;
   }
-  return run_training(cfg);
+  return run_training(cfg, args.has("resume") ? args.str("resume") : "");
 }

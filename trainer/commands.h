@@ -5,3 +5,6 @@
 
 int cmd_prepare(int argc, char** argv);
 int cmd_train(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_forward(int argc, char** argv);
+int cmd_generate(int argc, char** argv);

@@ -102,6 +102,15 @@ Field string(const std::string& key, Ref<std::string> ref, const std::string& do
   }, doc);
 }
 
+// A string that may be empty (empty: unset), e.g. train.init_from.
+Field optional_string(const std::string& key, Ref<std::string> ref, const std::string& doc) {
+  return make<std::string>(key, "string", ref, [](const YAML::Node& n) {
+    if (n.IsNull()) return std::string();
+    if (!n.IsScalar()) throw Expected{"a string (empty: none)"};
+    return n.Scalar();
+  }, doc);
+}
+
 Field choice(const std::string& key, Ref<std::string> ref, std::vector<std::string> choices, const std::string& doc) {
   std::string expected = "one of";
   for (size_t i = 0; i < choices.size(); i++) expected += (i ? " | " : " ") + choices[i];
@@ -258,6 +267,8 @@ const std::vector<Field>& schema() {
       integer64("train.seed", REF(train.seed), "seed of initialisation, data order and sampling"),
       choice("train.recompute", REF(train.recompute), {"none", "block"},
              "block: keep only each block's input and recompute its activations in backward (memory)"),
+      optional_string("train.init_from", REF(train.init_from),
+             "start from these weights only: a checkpoint, a run directory or a Hugging Face GPT-2 safetensors directory"),
       integer("parallel.data", REF(parallel.data), 1, 1 << 20, "data-parallel ranks"),
       integer("parallel.tensor", REF(parallel.tensor), 1, 1 << 10, "tensor-parallel ranks"),
       integer("checkpoint.every", REF(checkpoint.every), 0, 1 << 30, "steps between checkpoints; 0: none"),

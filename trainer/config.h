@@ -81,6 +81,7 @@ struct TrainConfig {
   int sample_tokens = 64;
   int64_t seed = 1337;
   std::string recompute = "none";  // none | block: keep only block inputs, recompute in backward
+  std::string init_from;        // weights only: a checkpoint, run directory or HF GPT-2 safetensors directory
 };
 
 struct ParallelConfig {

@@ -21,6 +21,9 @@ struct Command {
 const Command kCommands[] = {
     {"prepare", cmd_prepare, "tokenize text into HDF5 token shards (train/ and val/)"},
     {"train", cmd_train, "train a model from a YAML config"},
+    {"export", cmd_export, "write a checkpoint as safetensors + config.json + tokenizer (Hugging Face)"},
+    {"forward", cmd_forward, "logits and loss of token sequences under a checkpoint"},
+    {"generate", cmd_generate, "stream text sampled from a checkpoint"},
 };
 
 void print_usage(FILE* f) {

@@ -4,6 +4,9 @@
 //   g = 1 + elu(W_g x)   (x: the block's normed input ln_1(residual), before any token shift)
 //   out = kvm_forward(q, k, v, g; ln_s, tau_front, tau_state)
 //   out -> permute back to (B,T,C), then the block's output projection.
+// Under tensor parallelism a rank runs its own heads only (NHl = NH/TP of them, Ca = C/TP wide):
+// its rows of W_g, its tau_front/tau_state entries and its heads' states; ln_s (shared by the
+// heads) gets this rank's part of its gradient, summed over the ranks in block_backward.
 #include <cstring>
 #include <vector>
 
@@ -76,14 +79,14 @@ void Model::kvm_make(int l) {
 }
 
 void Model::kvm_forward(int l) {
-  const int B = B_, T = T_, C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH, BT = B * T;
+  const int B = B_, T = T_, C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, BT = B * T;
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
   KvmLayer& kv = *kvm_[l];
   const float* qkvp = A(x.qkvp);
-  to_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * C);
-  to_heads(A(x.kh), qkvp + C, B, T, NH, hs, 3 * C);
-  to_heads(A(x.vh), qkvp + 2 * C, B, T, NH, hs, 3 * C);
+  to_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * Ca);
+  to_heads(A(x.kh), qkvp + Ca, B, T, NH, hs, 3 * Ca);
+  to_heads(A(x.vh), qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
   // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T)
   k::matmul_forward(A(x.gpre), A(x.ln1), P(w.gatew), nullptr, BT, C, NH);
   std::vector<float> g_bth(size_t(BT) * NH);
@@ -91,12 +94,12 @@ void Model::kvm_forward(int l) {
   to_heads(A(x.g), g_bth.data(), B, T, NH, 1, NH);
   kernels::cpu::kvm_forward(A(x.outh), kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb),
                             P(w.tau_front), P(w.tau_state), B, NH, T, hs, kv.params);
-  from_heads(A(x.atty), A(x.outh), B, T, NH, hs, C, false);
+  from_heads(A(x.atty), A(x.outh), B, T, NH, hs, Ca, false);
 }
 
 void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
-  const int B = B_, T = T_, C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH, BT = B * T;
-  const size_t n = size_t(BT) * C;
+  const int B = B_, T = T_, C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, BT = B * T;
+  const size_t n = size_t(BT) * Ca;
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
   KvmLayer& kv = *kvm_[l];
@@ -105,13 +108,14 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   for (float* p : {dq, dk, dv}) std::memset(p, 0, n * sizeof(float));
   std::memset(dg, 0, size_t(BT) * NH * sizeof(float));
   std::memset(dgpre, 0, size_t(BT) * NH * sizeof(float));
-  to_heads(dout, datty, B, T, NH, hs, C);
-  kernels::cpu::kvm_backward(dq, dk, dv, dg, G(w.lnsw), G(w.lnsb), G(w.tau_front), G(w.tau_state), dout, kv.tape,
+  to_heads(dout, datty, B, T, NH, hs, Ca);
+  kernels::cpu::kvm_backward(dq, dk, dv, dg, partial_grad(w.lnsw, kRedLnsw), partial_grad(w.lnsb, kRedLnsb),
+                             G(w.tau_front), G(w.tau_state), dout, kv.tape,
                              A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb), P(w.tau_front),
                              P(w.tau_state), B, NH, T, hs, kv.params);
-  from_heads(dqkvp, dq, B, T, NH, hs, 3 * C, true);
-  from_heads(dqkvp + C, dk, B, T, NH, hs, 3 * C, true);
-  from_heads(dqkvp + 2 * C, dv, B, T, NH, hs, 3 * C, true);
+  from_heads(dqkvp, dq, B, T, NH, hs, 3 * Ca, true);
+  from_heads(dqkvp + Ca, dk, B, T, NH, hs, 3 * Ca, true);
+  from_heads(dqkvp + 2 * Ca, dv, B, T, NH, hs, 3 * Ca, true);
   // back through g = 1 + elu(W_g ln1)
   std::vector<float> dg_bth(size_t(BT) * NH);
   from_heads(dg_bth.data(), dg, B, T, NH, 1, NH, false);
@@ -121,13 +125,13 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
 
 // One token: out (C) from its qkvp row (3C) and ln1 (C), through the layer's decode cache.
 void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
-  const int C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH;
+  const int C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_;
   const Layer& w = layers_[l];
   KvmLayer& kv = *kvm_[l];
   if (!kv.cache || pos_ == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
   std::vector<float> gpre(NH), g(NH);
   k::matmul_forward(gpre.data(), ln1, P(w.gatew), nullptr, 1, C, NH);
   k::elu_gate_forward(g.data(), gpre.data(), NH);
-  kernels::cpu::kvm_decode_step(out, *kv.cache, qkvp, qkvp + C, qkvp + 2 * C, g.data(), P(w.lnsw), P(w.lnsb),
+  kernels::cpu::kvm_decode_step(out, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, g.data(), P(w.lnsw), P(w.lnsb),
                                 P(w.tau_front), P(w.tau_state), kv.params);
 }

@@ -2,19 +2,35 @@
 // embedding (+ optional LayerNorm), final LayerNorm, head, loss. Blocks are in block.cpp.
 #include "trainer/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "trainer/rng.h"
+#include "trainer/tensor_parallel.h"
 
 namespace k = kernels::cpu;
 
-Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks)
-    : cfg_(cfg), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
+Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp)
+    : cfg_(cfg), tp_(tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
   const int Vp = cfg.padded_vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, hs = C / NH;
   if (cfg.mixers.empty()) throw std::invalid_argument("model.mixers: empty");
+  // ---- tensor parallel: this rank's share of heads, MLP width and vocabulary ----
+  const int TP = tp ? tp->size() : 1;
+  tp_size_ = TP, tp_rank_ = tp ? tp->rank() : 0;
+  auto divisible = [&](long long n, const char* key) {
+    if (n % TP)
+      throw std::invalid_argument(std::string(key) + " = " + std::to_string(n) +
+                                  " is not divisible by parallel.tensor = " + std::to_string(TP));
+  };
+  divisible(NH, "model.n_head");
+  divisible(Vp, "model.padded_vocab_size");
+  divisible(4LL * C, "model.d_model*4");
+  Ca_ = C / TP, NHl_ = NH / TP, Fl_ = 4 * C / TP, Vl_ = Vp / TP;
+  const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Vl = Vl_;
   const bool rope = cfg.pos == "rope";
   const int R = cfg.rope_dims ? cfg.rope_dims : hs / 2;
   const int R_swa = cfg.swa_rope_dims ? cfg.swa_rope_dims : R;
@@ -24,7 +40,12 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   auto add = [&](const std::string& name, std::vector<int> shape, bool decay) {
     return table_.add(name, std::move(shape), decay).offset;
   };
-  wte_ = add("wte", {Vp, C}, true);
+  // a tensor split along dim across the tensor ranks (its shape is the shard's); blocks: see TensorView
+  auto add_sharded = [&](const std::string& name, std::vector<int> shape, bool decay, int dim, int blocks = 1) {
+    if (TP == 1) return add(name, std::move(shape), decay);
+    return table_.add(name, std::move(shape), decay, dim, TP, tp_rank_, blocks).offset;
+  };
+  wte_ = add_sharded("wte", {Vl, C}, true, 0);
   if (!rope) wpe_ = add("wpe", {cfg.max_seq_len, C}, true);
   if (cfg.emb_norm) {
     lnew_ = add("ln_e.weight", {C}, false);
@@ -41,8 +62,8 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     y.ln1w = add(p + "ln_1.weight", {C}, false);
     y.ln1b = add(p + "ln_1.bias", {C}, false);
     if (cfg.token_shift) y.shift_att = add(p + "attn.shift", {C}, false);
-    y.qkvw = add(p + "attn.qkv.weight", {3 * C, C}, true);
-    if (bias) y.qkvb = add(p + "attn.qkv.bias", {3 * C}, false);
+    y.qkvw = add_sharded(p + "attn.qkv.weight", {3 * Ca, C}, true, 0, 3);
+    if (bias) y.qkvb = add_sharded(p + "attn.qkv.bias", {3 * Ca}, false, 0, 3);
     if (cfg.qk_norm) {
       y.qnw = add(p + "attn.ln_q.weight", {hs}, false);
       y.qnb = add(p + "attn.ln_q.bias", {hs}, false);
@@ -52,24 +73,24 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     if (y.mixer == Mixer::kvm) {
       y.lnsw = add(p + "kvm.ln_s.weight", {hs}, false);
       y.lnsb = add(p + "kvm.ln_s.bias", {hs}, false);
-      y.gatew = add(p + "kvm.gate.weight", {NH, C}, true);
-      y.tau_front = add(p + "kvm.tau_front", {NH}, false);
-      y.tau_state = add(p + "kvm.tau_state", {NH}, false);
+      y.gatew = add_sharded(p + "kvm.gate.weight", {NHl, C}, true, 0);
+      y.tau_front = add_sharded(p + "kvm.tau_front", {NHl}, false, 0);
+      y.tau_state = add_sharded(p + "kvm.tau_state", {NHl}, false, 0);
     }
-    y.projw = add(p + "attn.proj.weight", {C, C}, true);
+    y.projw = add_sharded(p + "attn.proj.weight", {C, Ca}, true, 1);
     if (bias) y.projb = add(p + "attn.proj.bias", {C}, false);
     y.ln2w = add(p + "ln_2.weight", {C}, false);
     y.ln2b = add(p + "ln_2.bias", {C}, false);
     if (cfg.token_shift) y.shift_mlp = add(p + "mlp.shift", {C}, false);
-    y.fcw = add(p + "mlp.fc.weight", {4 * C, C}, true);
-    if (bias) y.fcb = add(p + "mlp.fc.bias", {4 * C}, false);
-    y.fcprojw = add(p + "mlp.proj.weight", {C, 4 * C}, true);
+    y.fcw = add_sharded(p + "mlp.fc.weight", {Fl, C}, true, 0);
+    if (bias) y.fcb = add_sharded(p + "mlp.fc.bias", {Fl}, false, 0);
+    y.fcprojw = add_sharded(p + "mlp.proj.weight", {C, Fl}, true, 1);
     if (bias) y.fcprojb = add(p + "mlp.proj.bias", {C}, false);
     layers_.push_back(y);
   }
   lnfw_ = add("ln_f.weight", {C}, false);
   lnfb_ = add("ln_f.bias", {C}, false);
-  head_ = cfg.tie_embeddings ? wte_ : add("lm_head.weight", {Vp, C}, true);
+  head_ = cfg.tie_embeddings ? wte_ : add_sharded("lm_head.weight", {Vl, C}, true, 0);
   params_ = AlignedBuffer(table_.total());
   grads_ = AlignedBuffer(table_.total());
 
@@ -88,7 +109,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     emb_rstd_ = alloc(BT);
     stream0_ = alloc(BT * C);
   }
-  if (cfg.value_residual) v0_ = alloc(BT * C);
+  if (cfg.value_residual) v0_ = alloc(BT * Ca);
   // One block's activations; with recompute every layer shares one set and keeps only its output.
   auto block_acts = [&](const Layer& y, int l) {
     LayerActs a;
@@ -97,31 +118,31 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     a.ln1_mean = alloc(BT);
     a.ln1_rstd = alloc(BT);
     a.xa = cfg.token_shift ? alloc(BT * C) : a.ln1;
-    a.qkv = alloc(BT * 3 * C);
-    a.qkvp = qkv_processed(l) ? alloc(BT * 3 * C) : a.qkv;
+    a.qkv = alloc(BT * 3 * Ca);
+    a.qkvp = qkv_processed(l) ? alloc(BT * 3 * Ca) : a.qkv;
     if (cfg.qk_norm) {
-      a.qn_mean = alloc(BT * NH);
-      a.qn_rstd = alloc(BT * NH);
-      a.kn_mean = alloc(BT * NH);
-      a.kn_rstd = alloc(BT * NH);
+      a.qn_mean = alloc(BT * NHl);
+      a.qn_rstd = alloc(BT * NHl);
+      a.kn_mean = alloc(BT * NHl);
+      a.kn_rstd = alloc(BT * NHl);
     }
-    a.atty = alloc(BT * C);
+    a.atty = alloc(BT * Ca);
     if (y.mixer == Mixer::kvm) {
-      a.qh = alloc(BT * C);
-      a.kh = alloc(BT * C);
-      a.vh = alloc(BT * C);
-      a.gpre = alloc(BT * NH);
-      a.g = alloc(BT * NH);
-      a.outh = alloc(BT * C);
+      a.qh = alloc(BT * Ca);
+      a.kh = alloc(BT * Ca);
+      a.vh = alloc(BT * Ca);
+      a.gpre = alloc(BT * NHl);
+      a.g = alloc(BT * NHl);
+      a.outh = alloc(BT * Ca);
     }
-    a.lse = alloc(BT * NH);
+    a.lse = alloc(BT * NHl);
     a.residual2 = alloc(BT * C);
     a.ln2 = alloc(BT * C);
     a.ln2_mean = alloc(BT);
     a.ln2_rstd = alloc(BT);
     a.xm = cfg.token_shift ? alloc(BT * C) : a.ln2;
-    a.fch = alloc(BT * 4 * C);
-    a.fch_act = alloc(BT * 4 * C);
+    a.fch = alloc(BT * Fl);
+    a.fch_act = alloc(BT * Fl);
     a.residual3 = alloc(BT * C);
     return a;
   };
@@ -144,21 +165,27 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   lnf_ = alloc(BT * C);
   lnf_mean_ = alloc(BT);
   lnf_rstd_ = alloc(BT);
-  logits_off_ = alloc(BT * Vp);
+  logits_off_ = alloc(BT * Vl);
   losses_ = alloc(BT);
   acts_ = AlignedBuffer(total);
 
-  for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp, &s_.datty}) *b = AlignedBuffer(BT * C);
-  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = AlignedBuffer(BT * 3 * C);
-  for (auto* b : {&s_.dfch, &s_.dact}) *b = AlignedBuffer(BT * 4 * C);
-  if (cfg.value_residual) s_.dv0 = AlignedBuffer(BT * C);
+  for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = AlignedBuffer(BT * C);
+  s_.datty = AlignedBuffer(BT * Ca);
+  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = AlignedBuffer(BT * 3 * Ca);
+  for (auto* b : {&s_.dfch, &s_.dact}) *b = AlignedBuffer(BT * Fl);
+  if (cfg.value_residual) s_.dv0 = AlignedBuffer(BT * Ca);
+  if (TP > 1) {
+    for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
+    red_extra_ = (red_extra_ + 15) / 16 * 16;
+    tpred_ = AlignedBuffer(red_extra_ + BT * C);
+  }
   kvm_.resize(size_t(L));
   for (int l = 0; l < L; l++) {
     if (layers_[l].mixer != Mixer::kvm) continue;
     kvm_make(l);
     if (s_.dqh.size() == 0) {
-      for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = AlignedBuffer(BT * C);
-      for (auto* b : {&s_.dg, &s_.dgpre}) *b = AlignedBuffer(BT * NH);
+      for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = AlignedBuffer(BT * Ca);
+      for (auto* b : {&s_.dg, &s_.dgpre}) *b = AlignedBuffer(BT * NHl);
     }
   }
 }
@@ -175,26 +202,32 @@ void Model::init(uint64_t seed) {
   params_.zero();
   const int C = cfg_.d_model, L = cfg_.n_layer;
   const float std_resid = cfg_.zero_init_out ? 0.0f : 0.02f / std::sqrt(2.0f * L);
+  std::vector<float> whole;  // a sharded tensor in full, drawn as with TP = 1, then this rank's shard kept
   for (const auto& v : table_.views()) {
+    const bool sharded = tp::is_sharded(v);
+    const size_t size = tp::full_size(v);
+    if (sharded) whole.assign(size, 0.0f);
+    float* dst = sharded ? whole.data() : p + v.offset;
     bool is_norm_weight = v.name.find("ln_") != std::string::npos && v.name.ends_with(".weight");
     if (is_norm_weight || v.name.ends_with(".tau_front") || v.name.ends_with(".tau_state")) {
-      for (size_t i = 0; i < v.size; i++) p[v.offset + i] = 1.0f;
+      for (size_t i = 0; i < size; i++) dst[i] = 1.0f;
     } else if (v.name.ends_with(".shift")) {
       // RWKV-4's time_mix: channel c of layer l mixes (c/C)^(1 - l/L) of the current token
       int l = std::stoi(v.name.substr(2));
       double ratio = 1.0 - double(l) / L;
-      for (int c = 0; c < C; c++) p[v.offset + c] = float(std::pow(double(c) / C, ratio));
+      for (int c = 0; c < C; c++) dst[c] = float(std::pow(double(c) / C, ratio));
     } else if (v.name.ends_with("kvm.gate.weight")) {
       // PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
       const double bound = 1.0 / std::sqrt(double(C));
-      for (size_t i = 0; i < v.size; i++) p[v.offset + i] = float((2.0 * rng.uniform() - 1.0) * bound);
+      for (size_t i = 0; i < size; i++) dst[i] = float((2.0 * rng.uniform() - 1.0) * bound);
     } else if (v.decay) {
       bool resid = v.name.ends_with("attn.proj.weight") || v.name.ends_with("mlp.proj.weight");
       float std = resid ? std_resid : 0.02f;
       // embedding and head rows past the real vocabulary stay zero: no token ever selects them
-      size_t n = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(cfg_.vocab_size) * cfg_.d_model : v.size;
-      for (size_t i = 0; i < n; i++) p[v.offset + i] = float(rng.normal()) * std;
+      size_t n = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(cfg_.vocab_size) * cfg_.d_model : size;
+      for (size_t i = 0; i < n; i++) dst[i] = float(rng.normal()) * std;
     }
+    if (sharded) tp::extract(v, whole.data(), p + v.offset);
   }
 }
 
@@ -221,11 +254,58 @@ double Model::flops_per_token(int T) const {
   return matmul + attention;
 }
 
+void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {
+  const int C = cfg_.d_model;
+  if (tp_size_ == 1) return k::matmul_forward(out, inp, P(w), P(b), BT, IC, C);
+  k::matmul_forward(out, inp, P(w), nullptr, BT, IC, C);
+  tp_sum(out, size_t(BT) * C);
+  if (const float* bias = P(b))
+    for (int n = 0; n < BT; n++)
+      for (int c = 0; c < C; c++) out[size_t(n) * C + c] += bias[c];
+}
+
+float* Model::partial_grad(size_t off, RedSlot slot) {
+  if (off == kNone) return nullptr;
+  return tp_size_ == 1 ? G(off) : tpred_.data() + red_off_[slot];
+}
+
+void Model::red_begin(size_t n) { std::memset(tpred_.data(), 0, (red_extra_ + n) * sizeof(float)); }
+
+void Model::red_finish(size_t n, const size_t* dst) {
+  tp_sum(tpred_.data(), red_extra_ + n);
+  const int C = cfg_.d_model, hs = C / cfg_.n_head;
+  for (int s = 0; s < kRedSlots; s++) {
+    if (dst[s] == kNone) continue;
+    const int width = s == kRedShift ? C : hs;
+    const float* src = tpred_.data() + red_off_[s];
+    float* g = G(dst[s]);
+    for (int i = 0; i < width; i++) g[i] += src[i];
+  }
+}
+
 void Model::forward(const int* inputs, int B, int T) {
-  const int C = cfg_.d_model, Vp = cfg_.padded_vocab_size, BT = B * T;
+  const int C = cfg_.d_model, Vl = Vl_, BT = B * T;
   if (B > maxB_ || T > maxT_) throw std::invalid_argument("Model::forward: batch larger than allocated");
   B_ = B, T_ = T, inputs_ = inputs;
-  k::encoder_forward(A(encoded_), inputs, P(wte_), P(wpe_), B, T, C);
+  if (tp_size_ == 1) {
+    k::encoder_forward(A(encoded_), inputs, P(wte_), P(wpe_), B, T, C);
+  } else {
+    // vocabulary-parallel embedding: this rank's rows, zero for tokens it does not own, summed
+    // over ranks (exactly the owner's row: the others add zeros), then the positions
+    float* enc = A(encoded_);
+    const float* wte = P(wte_);
+    const int first = tp_rank_ * Vl;
+    for (int n = 0; n < BT; n++) {
+      const int row = inputs[n] - first;
+      float* o = enc + size_t(n) * C;
+      if (row >= 0 && row < Vl) std::memcpy(o, wte + size_t(row) * C, C * sizeof(float));
+      else std::memset(o, 0, C * sizeof(float));
+    }
+    tp_sum(enc, size_t(BT) * C);
+    if (const float* wpe = P(wpe_))
+      for (int n = 0; n < BT; n++)
+        for (int c = 0; c < C; c++) enc[size_t(n) * C + c] += wpe[size_t(n % T) * C + c];
+  }
   if (cfg_.emb_norm)
     k::layernorm_forward(A(stream0_), A(emb_mean_), A(emb_rstd_), A(encoded_), P(lnew_), P(lneb_), BT, C);
   const float* residual = A(stream0_);
@@ -234,14 +314,60 @@ void Model::forward(const int* inputs, int B, int T) {
     residual = A(lacts_[l].residual3);
   }
   k::layernorm_forward(A(lnf_), A(lnf_mean_), A(lnf_rstd_), residual, P(lnfw_), P(lnfb_), BT, C);
-  k::matmul_forward(A(logits_off_), A(lnf_), P(head_), nullptr, BT, C, Vp);
+  k::matmul_forward(A(logits_off_), A(lnf_), P(head_), nullptr, BT, C, Vl);
 }
 
 float Model::loss(const int* targets, float dloss) {
   const int N = B_ * T_;
   float* losses = A(losses_);
-  k::crossentropy_forward_backward(A(logits_off_), losses, targets, N, cfg_.vocab_size, cfg_.padded_vocab_size,
-                                   dloss, -1);
+  if (tp_size_ == 1) {
+    k::crossentropy_forward_backward(A(logits_off_), losses, targets, N, cfg_.vocab_size, cfg_.padded_vocab_size,
+                                     dloss, -1);
+  } else {
+    // vocabulary-parallel cross-entropy: the global row max (all-gather of the local ones), then
+    // the sum of exps and the target's logit (from its owner) in one all-reduce; the gradient
+    // softmax - onehot stays local. Columns past the real vocabulary never take part.
+    const int TP = tp_size_, Vl = Vl_, first = tp_rank_ * Vl;
+    const int real = std::clamp(cfg_.vocab_size - first, 0, Vl);  // this shard's real columns
+    float* logits = A(logits_off_);
+    const size_t n = size_t(N);
+    std::vector<float> mx(n), all(n * TP), red(2 * n, 0.0f);
+    for (int i = 0; i < N; i++) {
+      const float* row = logits + size_t(i) * Vl;
+      float m = -INFINITY;
+      for (int c = 0; c < real; c++) m = row[c] > m ? row[c] : m;
+      mx[i] = m;
+    }
+    tp_->all_gather(mx.data(), all.data(), size_t(N));
+    for (int i = 0; i < N; i++) {
+      float m = -INFINITY;
+      for (int r = 0; r < TP; r++) m = std::max(m, all[size_t(r) * N + i]);
+      mx[i] = m;
+      if (targets[i] == -1) continue;
+      const float* row = logits + size_t(i) * Vl;
+      float sum = 0.0f;
+      for (int c = 0; c < real; c++) sum += std::exp(row[c] - m);
+      red[i] = sum;
+      const int t = targets[i] - first;
+      if (t >= 0 && t < Vl) red[N + i] = row[t];
+    }
+    tp_sum(red.data(), red.size());
+    for (int i = 0; i < N; i++) {
+      float* row = logits + size_t(i) * Vl;
+      if (targets[i] == -1) {
+        losses[i] = 0.0f;
+        if (dloss != 0.0f) std::fill(row, row + Vl, 0.0f);
+        continue;
+      }
+      const float shift = mx[i] + std::log(red[i]);
+      losses[i] = shift - red[N + i];
+      if (dloss == 0.0f) continue;
+      for (int c = 0; c < real; c++) row[c] = dloss * std::exp(row[c] - shift);
+      std::fill(row + real, row + Vl, 0.0f);
+      const int t = targets[i] - first;
+      if (t >= 0 && t < Vl) row[t] -= dloss;
+    }
+  }
   double sum = 0;
   int count = 0;
   for (int i = 0; i < N; i++) {
@@ -253,7 +379,7 @@ float Model::loss(const int* targets, float dloss) {
 }
 
 void Model::backward() {
-  const int B = B_, T = T_, C = cfg_.d_model, Vp = cfg_.padded_vocab_size, BT = B * T, L = int(layers_.size());
+  const int B = B_, T = T_, C = cfg_.d_model, Vl = Vl_, BT = B * T, L = int(layers_.size());
   const size_t n = size_t(BT) * C;
   float* dres = s_.dres.data();  // d(residual stream), carried down through the blocks
   float* dln = s_.dln.data();
@@ -261,7 +387,8 @@ void Model::backward() {
   std::memset(dln, 0, n * sizeof(float));
   if (cfg_.value_residual) s_.dv0.zero();
   const float* last = L == 0 ? A(stream0_) : A(lacts_.back().residual3);
-  k::matmul_backward(dln, G(head_), nullptr, A(logits_off_), A(lnf_), P(head_), BT, C, Vp);
+  k::matmul_backward(dln, G(head_), nullptr, A(logits_off_), A(lnf_), P(head_), BT, C, Vl);
+  if (tp_size_ > 1) tp_sum(dln, n);  // each rank's vocabulary slice gave part of d(ln_f output)
   k::layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
   for (int l = L - 1; l >= 0; l--) {
     const float* residual = l == 0 ? A(stream0_) : A(lacts_[l - 1].residual3);
@@ -275,5 +402,20 @@ void Model::backward() {
     k::layernorm_backward(dln, G(lnew_), G(lneb_), dres, A(encoded_), P(lnew_), A(emb_mean_), A(emb_rstd_), BT, C);
     demb = dln;
   }
-  k::encoder_backward(G(wte_), G(wpe_), demb, inputs_, B, T, C);
+  if (tp_size_ == 1) {
+    k::encoder_backward(G(wte_), G(wpe_), demb, inputs_, B, T, C);
+  } else {
+    // demb is the same on every rank: each takes its own vocabulary rows, and all the positions
+    float* dwte = G(wte_);
+    float* dwpe = G(wpe_);
+    const int first = tp_rank_ * Vl;
+    for (int i = 0; i < BT; i++) {
+      const float* d = demb + size_t(i) * C;
+      const int row = inputs_[i] - first;
+      if (row >= 0 && row < Vl)
+        for (int c = 0; c < C; c++) dwte[size_t(row) * C + c] += d[c];
+      if (dwpe)
+        for (int c = 0; c < C; c++) dwpe[size_t(i % T) * C + c] += d[c];
+    }
+  }
 }

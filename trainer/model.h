@@ -11,12 +11,22 @@
 //   block.cpp         one block forward and backward (attention sub-block, MLP sub-block)
 //   mixer_kvm.cpp     the glue from a block's q, k, v to kernels/kvm.h
 //   model_decode.cpp  token-by-token decode with per-layer caches
+//
+// Tensor parallel (Megatron-LM), with a tensor communicator `tp` of size TP > 1: this rank holds
+// heads [r*H/TP, (r+1)*H/TP) of every mixer (column-parallel qkv, row-parallel output projection,
+// KVM gate rows and temperatures), 4C/TP rows of the MLP's fc (row-parallel proj) and rows
+// [r*Vp/TP, (r+1)*Vp/TP) of the embedding and head (vocabulary-parallel cross-entropy); everything
+// else is replicated. The table holds only this rank's shards, each view saying how it is sharded
+// (tensor_table.h, trainer/tensor_parallel.h). Every rank of `tp` must make the same calls
+// (forward, loss, backward, step) with the same inputs. TP = 1 (or no communicator) is the
+// single-process code path unchanged.
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "trainer/aligned_buffer.h"
+#include "trainer/communicator.h"
 #include "trainer/config.h"
 #include "trainer/tensor_table.h"
 
@@ -25,7 +35,10 @@ class Model {
   // Activations are sized for batches of up to B sequences of up to T tokens. recompute_blocks
   // (train.recompute: block): keep only each block's input and recompute its activations in
   // backward; the gradients are the same.
-  Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false);
+  // tp: the tensor-parallel communicator (null or size 1: no tensor parallelism); it must outlive
+  // the model. Throws std::invalid_argument naming the key when n_head, padded_vocab_size or
+  // 4*d_model is not divisible by TP.
+  Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false, Communicator* tp = nullptr);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -33,9 +46,12 @@ class Model {
   // GPT-2 initialisation: N(0, 0.02), residual projections N(0, 0.02/sqrt(2L)) (zero with
   // model.zero_init_out), biases 0, LayerNorm weights 1, token-shift mixes as RWKV-4, KVM
   // temperatures 1 and gates U(-1/sqrt(d), 1/sqrt(d)); the padded vocabulary rows stay 0.
+  // Under tensor parallelism each rank draws the full tensors and keeps its shards, so that the
+  // model is the TP = 1 model for the same seed.
   void init(uint64_t seed);
 
-  // Logits (B, T, Vp) of `inputs` (B, T); B <= max B, T <= max T.
+  // Logits (B, T, Vp) of `inputs` (B, T); B <= max B, T <= max T. Under tensor parallelism each
+  // rank computes its vocabulary slice only: (B, T, Vp/TP), columns [r*Vp/TP, (r+1)*Vp/TP).
   void forward(const int* inputs, int B, int T);
   // Mean cross-entropy of the last forward against `targets` (B, T) (ignore index -1). With
   // dloss != 0 the logits are overwritten by d(dloss * sum of losses)/dlogits, ready for backward.
@@ -45,19 +61,25 @@ class Model {
   void zero_grad() { grads_.zero(); }
 
   // Decode, one sequence: reset_decode() starts it, step(token) feeds the next token and returns
-  // the logits (Vp) of the token after it, equal to forward()'s logits at that position.
+  // the logits (Vp) of the token after it, equal to forward()'s logits at that position. Under
+  // tensor parallelism every rank steps together and gets the full (Vp) logits.
   void reset_decode();
   const float* step(int token);
   int decode_position() const { return pos_; }
 
-  const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, Vp)
+  const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, logits_width())
+  int logits_width() const { return Vl_; }  // Vp, or Vp/TP under tensor parallelism
+  int tp_size() const { return tp_size_; }
+  int tp_rank() const { return tp_rank_; }
+  Communicator* tensor_comm() const { return tp_; }
   float* params() { return params_.data(); }
   float* grads() { return grads_.data(); }
   const TensorTable& table() const { return table_; }
-  size_t num_params() const;         // real parameters, padding between views excluded
+  size_t num_params() const;         // this rank's parameters (its shards), padding between views excluded
   size_t activation_bytes() const { return acts_.bytes(); }
   const config::ModelConfig& cfg() const { return cfg_; }
-  // Forward FLOPs per token for a sequence of length T (2 per multiply-add): matmuls and attention.
+  // Forward FLOPs per token for a sequence of length T (2 per multiply-add): matmuls and attention
+  // (of the whole model, whatever TP).
   double flops_per_token(int T) const;
 
   // Opaque per-KVM-layer state (tape for the backward, decode cache), defined in mixer_kvm.cpp.
@@ -102,8 +124,26 @@ class Model {
   void kvm_backward(int l, const float* datty, float* dqkvp, float* dln1);
   void kvm_decode(int l, float* out, const float* qkvp, const float* ln1);
   void kvm_make(int l);
+  // tensor parallel (model.cpp)
+  void tp_sum(float* p, size_t n) { tp_->all_reduce_sum(p, n); }
+  // out (BT, C) = inp (BT, IC) @ W^T + b for a row-parallel W (C, IC) with replicated b: partial
+  // products all-reduced, then the bias; TP = 1: one matmul_forward.
+  void row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC);
+  // Where a replicated parameter's gradient that this rank computes only in part (qk-norm, ln_s,
+  // token shift) goes: G(off) with TP = 1, else a slot of tpred_ that is all-reduced with the
+  // sub-block's input gradient and then added to G(off).
+  enum RedSlot { kRedShift, kRedQnw, kRedQnb, kRedKnw, kRedKnb, kRedLnsw, kRedLnsb, kRedSlots };
+  float* partial_grad(size_t off, RedSlot slot);
+  float* red_dln() { return tpred_.data() + red_extra_; }  // (BT, C) after the slots
+  void red_begin(size_t n);
+  void red_finish(size_t n, const size_t* dst /* (kRedSlots) gradient offsets, kNone: unused */);
 
   config::ModelConfig cfg_;
+  Communicator* tp_ = nullptr;
+  int tp_size_ = 1, tp_rank_ = 0;
+  int Ca_ = 0, NHl_ = 0, Fl_ = 0, Vl_ = 0;  // this rank's attention width (its heads), heads, MLP width, vocab rows
+  size_t red_off_[kRedSlots] = {}, red_extra_ = 0;
+  AlignedBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
   int maxB_, maxT_;
   bool recompute_;
   int B_ = 0, T_ = 0;

@@ -3,7 +3,9 @@
 // attention, a ring of swa_window positions for sliding-window layers; KVM layers their
 // kernels::KvmCache (mixer_kvm.cpp); with token shift, the previous token's ln_1 and ln_2 rows.
 // step() runs the same kernels as forward() on one row, so its logits equal forward()'s at that
-// position up to summation order.
+// position up to summation order. Under tensor parallelism every rank steps its own heads and
+// hidden units (the caches hold them only), with the forward's all-reduces, and the logits of the
+// vocabulary slices are all-gathered so that step() returns all Vp on every rank.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -18,19 +20,19 @@ namespace k = kernels::cpu;
 struct Model::DecodeCache {
   struct LayerCache {
     int cap = 0;                       // positions kept (ring for swa)
-    std::vector<float> kc, vc;         // (cap, C)
+    std::vector<float> kc, vc;         // (cap, Ca): this rank's heads
     std::vector<float> prev_att, prev_mlp;  // (C): the previous token's ln_1 / ln_2 rows
   };
   std::vector<LayerCache> layers;
   // one token's activations
-  std::vector<float> x, enc, ln1, xa, qkv, qkvp, atty, tmp, res2, ln2, xm, fch, act, v0, lnf, logits;
+  std::vector<float> x, enc, ln1, xa, qkv, qkvp, atty, tmp, res2, ln2, xm, fch, act, v0, lnf, logits, local_logits;
   std::vector<float> mean, rstd, hmean, hrstd;
 };
 
 void Model::DecodeCacheDeleter::operator()(DecodeCache* p) const { delete p; }
 
 void Model::reset_decode() {
-  const int C = cfg_.d_model, NH = cfg_.n_head;
+  const int C = cfg_.d_model, NH = NHl_, Ca = Ca_;
   auto* d = new DecodeCache;
   d->layers.resize(layers_.size());
   for (size_t l = 0; l < layers_.size(); l++) {
@@ -38,19 +40,21 @@ void Model::reset_decode() {
     const Layer& w = layers_[l];
     if (w.mixer != Mixer::kvm) {
       lc.cap = w.window ? std::min(w.window, cfg_.max_seq_len) : cfg_.max_seq_len;
-      lc.kc.assign(size_t(lc.cap) * C, 0.0f);
-      lc.vc.assign(size_t(lc.cap) * C, 0.0f);
+      lc.kc.assign(size_t(lc.cap) * Ca, 0.0f);
+      lc.vc.assign(size_t(lc.cap) * Ca, 0.0f);
     }
     lc.prev_att.assign(C, 0.0f);
     lc.prev_mlp.assign(C, 0.0f);
   }
-  for (auto* v : {&d->x, &d->enc, &d->ln1, &d->xa, &d->atty, &d->tmp, &d->res2, &d->ln2, &d->xm, &d->v0, &d->lnf})
-    v->assign(C, 0.0f);
-  d->qkv.assign(3 * C, 0.0f);
-  d->qkvp.assign(3 * C, 0.0f);
-  d->fch.assign(4 * C, 0.0f);
-  d->act.assign(4 * C, 0.0f);
+  for (auto* v : {&d->x, &d->enc, &d->ln1, &d->xa, &d->tmp, &d->res2, &d->ln2, &d->xm, &d->lnf}) v->assign(C, 0.0f);
+  d->atty.assign(Ca, 0.0f);
+  d->v0.assign(Ca, 0.0f);
+  d->qkv.assign(3 * Ca, 0.0f);
+  d->qkvp.assign(3 * Ca, 0.0f);
+  d->fch.assign(Fl_, 0.0f);
+  d->act.assign(Fl_, 0.0f);
   d->logits.assign(cfg_.padded_vocab_size, 0.0f);
+  if (tp_size_ > 1) d->local_logits.assign(Vl_, 0.0f);
   d->mean.assign(1, 0.0f);
   d->rstd.assign(1, 0.0f);
   d->hmean.assign(NH, 0.0f);
@@ -62,13 +66,22 @@ void Model::reset_decode() {
 const float* Model::step(int token) {
   if (!dec_) reset_decode();
   DecodeCache& d = *dec_;
-  const int C = cfg_.d_model, NH = cfg_.n_head, hs = C / NH, Vp = cfg_.padded_vocab_size, pos = pos_;
+  const int C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, F = Fl_, Vl = Vl_, pos = pos_;
   const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
   if (wpe_ != kNone && pos >= cfg_.max_seq_len) throw std::runtime_error("decode: past model.max_seq_len");
 
   // embedding: wte[token] (+ wpe[pos]) (+ LayerNorm)
-  const float* te = P(wte_) + size_t(token) * C;
-  for (int c = 0; c < C; c++) d.enc[c] = te[c] + (wpe_ != kNone ? P(wpe_)[size_t(pos) * C + c] : 0.0f);
+  if (tp_size_ == 1) {
+    const float* te = P(wte_) + size_t(token) * C;
+    for (int c = 0; c < C; c++) d.enc[c] = te[c] + (wpe_ != kNone ? P(wpe_)[size_t(pos) * C + c] : 0.0f);
+  } else {  // the owner's row, summed over the vocabulary shards
+    const int row = token - tp_rank_ * Vl;
+    if (row >= 0 && row < Vl) std::memcpy(d.enc.data(), P(wte_) + size_t(row) * C, C * sizeof(float));
+    else std::fill(d.enc.begin(), d.enc.end(), 0.0f);
+    tp_sum(d.enc.data(), size_t(C));
+    if (wpe_ != kNone)
+      for (int c = 0; c < C; c++) d.enc[c] += P(wpe_)[size_t(pos) * C + c];
+  }
   if (cfg_.emb_norm) k::layernorm_forward(d.x.data(), d.mean.data(), d.rstd.data(), d.enc.data(), P(lnew_), P(lneb_), 1, C);
   else d.x = d.enc;
 
@@ -83,28 +96,29 @@ const float* Model::step(int token) {
       lc.prev_att = d.ln1;
       xa = d.xa.data();
     }
-    k::matmul_forward(d.qkv.data(), xa, P(w.qkvw), P(w.qkvb), 1, C, 3 * C);
-    if (cfg_.value_residual && l == 0) std::memcpy(d.v0.data(), d.qkv.data() + 2 * C, C * sizeof(float));
+    k::matmul_forward(d.qkv.data(), xa, P(w.qkvw), P(w.qkvb), 1, C, 3 * Ca);
+    if (cfg_.value_residual && l == 0) std::memcpy(d.v0.data(), d.qkv.data() + 2 * Ca, Ca * sizeof(float));
     d.qkvp = d.qkv;
     float* qkvp = d.qkvp.data();
     if (cfg_.value_residual && l > 0)
-      for (int c = 0; c < C; c++) qkvp[2 * C + c] = 0.5f * (qkvp[2 * C + c] + d.v0[c]);
+      for (int c = 0; c < Ca; c++) qkvp[2 * Ca + c] = 0.5f * (qkvp[2 * Ca + c] + d.v0[c]);
     if (cfg_.qk_norm) {
-      k::head_layernorm_forward(qkvp, d.hmean.data(), d.hrstd.data(), d.qkv.data(), P(w.qnw), P(w.qnb), 1, NH, hs, 3 * C);
-      k::head_layernorm_forward(qkvp + C, d.hmean.data(), d.hrstd.data(), d.qkv.data() + C, P(w.knw), P(w.knb), 1, NH,
-                                hs, 3 * C);
+      k::head_layernorm_forward(qkvp, d.hmean.data(), d.hrstd.data(), d.qkv.data(), P(w.qnw), P(w.qnb), 1, NH, hs,
+                                3 * Ca);
+      k::head_layernorm_forward(qkvp + Ca, d.hmean.data(), d.hrstd.data(), d.qkv.data() + Ca, P(w.knw), P(w.knb), 1,
+                                NH, hs, 3 * Ca);
     }
     if (w.rope_dims) {
-      k::rope_forward(qkvp, qkvp, 1, 1, NH, hs, 3 * C, w.rope_dims, base, pos);
-      k::rope_forward(qkvp + C, qkvp + C, 1, 1, NH, hs, 3 * C, w.rope_dims, base, pos);
+      k::rope_forward(qkvp, qkvp, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
+      k::rope_forward(qkvp + Ca, qkvp + Ca, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
     }
     if (w.mixer == Mixer::kvm) {
       kvm_decode(l, d.atty.data(), qkvp, d.ln1.data());
     } else {
       if (!w.window && pos >= lc.cap) throw std::runtime_error("decode: past model.max_seq_len");
       const int slot = pos % lc.cap;
-      std::memcpy(lc.kc.data() + size_t(slot) * C, qkvp + C, C * sizeof(float));
-      std::memcpy(lc.vc.data() + size_t(slot) * C, qkvp + 2 * C, C * sizeof(float));
+      std::memcpy(lc.kc.data() + size_t(slot) * Ca, qkvp + Ca, Ca * sizeof(float));
+      std::memcpy(lc.vc.data() + size_t(slot) * Ca, qkvp + 2 * Ca, Ca * sizeof(float));
       const int first = w.window ? std::max(0, pos - w.window + 1) : 0;
       const float scale = 1.0f / std::sqrt(float(hs));
       std::vector<float> p(size_t(pos - first + 1));
@@ -112,7 +126,7 @@ const float* Model::step(int token) {
         const float* q = qkvp + h * hs;
         float mx = -INFINITY;
         for (int j = first; j <= pos; j++) {
-          const float* kj = lc.kc.data() + size_t(j % lc.cap) * C + h * hs;
+          const float* kj = lc.kc.data() + size_t(j % lc.cap) * Ca + h * hs;
           float dot = 0.0f;
           for (int e = 0; e < hs; e++) dot += q[e] * kj[e];
           p[j - first] = dot * scale;
@@ -123,13 +137,13 @@ const float* Model::step(int token) {
         float* o = d.atty.data() + h * hs;
         std::fill(o, o + hs, 0.0f);
         for (int j = first; j <= pos; j++) {
-          const float* vj = lc.vc.data() + size_t(j % lc.cap) * C + h * hs;
+          const float* vj = lc.vc.data() + size_t(j % lc.cap) * Ca + h * hs;
           const float pj = p[j - first] / sum;
           for (int e = 0; e < hs; e++) o[e] += pj * vj[e];
         }
       }
     }
-    k::matmul_forward(d.tmp.data(), d.atty.data(), P(w.projw), P(w.projb), 1, C, C);
+    row_parallel_forward(d.tmp.data(), d.atty.data(), w.projw, w.projb, 1, Ca);
     k::scaled_residual_forward(d.res2.data(), d.x.data(), d.tmp.data(), s, C);
     // ---- MLP sub-block ----
     k::layernorm_forward(d.ln2.data(), d.mean.data(), d.rstd.data(), d.res2.data(), P(w.ln2w), P(w.ln2b), 1, C);
@@ -139,14 +153,19 @@ const float* Model::step(int token) {
       lc.prev_mlp = d.ln2;
       xm = d.xm.data();
     }
-    k::matmul_forward(d.fch.data(), xm, P(w.fcw), P(w.fcb), 1, C, 4 * C);
-    if (cfg_.mlp == "relu2") k::relu2_forward(d.act.data(), d.fch.data(), 4 * C);
-    else k::gelu_forward(d.act.data(), d.fch.data(), 4 * C);
-    k::matmul_forward(d.tmp.data(), d.act.data(), P(w.fcprojw), P(w.fcprojb), 1, 4 * C, C);
+    k::matmul_forward(d.fch.data(), xm, P(w.fcw), P(w.fcb), 1, C, F);
+    if (cfg_.mlp == "relu2") k::relu2_forward(d.act.data(), d.fch.data(), F);
+    else k::gelu_forward(d.act.data(), d.fch.data(), F);
+    row_parallel_forward(d.tmp.data(), d.act.data(), w.fcprojw, w.fcprojb, 1, F);
     k::scaled_residual_forward(d.x.data(), d.res2.data(), d.tmp.data(), s, C);
   }
   k::layernorm_forward(d.lnf.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(lnfw_), P(lnfb_), 1, C);
-  k::matmul_forward(d.logits.data(), d.lnf.data(), P(head_), nullptr, 1, C, Vp);
+  if (tp_size_ == 1) {
+    k::matmul_forward(d.logits.data(), d.lnf.data(), P(head_), nullptr, 1, C, Vl);
+  } else {
+    k::matmul_forward(d.local_logits.data(), d.lnf.data(), P(head_), nullptr, 1, C, Vl);
+    tp_->all_gather(d.local_logits.data(), d.logits.data(), size_t(Vl));
+  }
   pos_++;
   return d.logits.data();
 }

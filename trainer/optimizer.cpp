@@ -1,24 +1,28 @@
 #include "trainer/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels.h"
 
-AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg)
+AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin, size_t end)
     : table_(table),
       beta1_(float(cfg.beta1)),
       beta2_(float(cfg.beta2)),
       eps_(float(cfg.eps)),
       weight_decay_(float(cfg.weight_decay)),
-      m_(table.total()),
-      v_(table.total()) {}
+      begin_(std::min(begin, table.total())),
+      end_(std::min(end, table.total())),
+      m_(end_ - begin_),
+      v_(end_ - begin_) {}
 
 void AdamW::step(float* params, const float* grads, float lr, float grad_scale) {
   t_++;
   for (const auto& view : table_.views()) {
-    size_t o = view.offset;
-    kernels::cpu::adamw_update(params + o, grads + o, m_.data() + o, v_.data() + o, view.size, lr, beta1_, beta2_,
-                               eps_, view.decay ? weight_decay_ : 0.0f, grad_scale, t_);
+    size_t lo = std::max(view.offset, begin_), hi = std::min(view.offset + view.size, end_);
+    if (lo >= hi) continue;
+    kernels::cpu::adamw_update(params + lo, grads + lo, m_.data() + (lo - begin_), v_.data() + (lo - begin_), hi - lo,
+                               lr, beta1_, beta2_, eps_, view.decay ? weight_decay_ : 0.0f, grad_scale, t_);
   }
 }
 

@@ -1,23 +1,35 @@
 #pragma once
 // AdamW over a model's parameter table (decoupled weight decay on the views marked `decay`),
 // global gradient-norm clipping, and the learning-rate schedule.
+#include <cstdint>
+
 #include "trainer/aligned_buffer.h"
 #include "trainer/config.h"
 #include "trainer/tensor_table.h"
 
 class AdamW {
  public:
-  AdamW(const TensorTable& table, const config::TrainConfig& cfg);
+  // Updates the floats [begin, end) of the parameter allocation (all of it by default; ZeRO-1
+  // gives each data-parallel rank its own range) and holds moments for that range only.
+  AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin = 0, size_t end = SIZE_MAX);
   // One update with learning rate `lr`; gradients are multiplied by `grad_scale` (clipping).
   void step(float* params, const float* grads, float lr, float grad_scale);
   int t() const { return t_; }
+  size_t begin() const { return begin_; }
+  size_t end() const { return end_; }
+  // Checkpoints restore the step count (bias correction) with the moments, in the parameters'
+  // layout from begin() (m()[i] belongs to parameter float begin() + i).
+  void set_t(int t) { t_ = t; }
   float* m() { return m_.data(); }
   float* v() { return v_.data(); }
+  const float* m() const { return m_.data(); }
+  const float* v() const { return v_.data(); }
 
  private:
   const TensorTable& table_;
   float beta1_, beta2_, eps_, weight_decay_;
-  AlignedBuffer m_, v_;  // first and second moments, in the parameters' layout
+  size_t begin_, end_;
+  AlignedBuffer m_, v_;  // first and second moments of floats [begin_, end_)
   int t_ = 0;
 };
 

@@ -7,11 +7,16 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <unistd.h>
 
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "checkpoints/checkpoint.h"
+#include "trainer/checkpointing.h"
 #include "trainer/corpus_stats.h"
 #include "trainer/flops.h"
 #include "trainer/model.h"
@@ -23,10 +28,60 @@
 namespace {
 
 std::atomic<int> g_interrupts{0};
+std::atomic<int> g_save_signal{0};
 
 // First Ctrl-C: finish the current step and stop cleanly. Second: leave at once.
 void on_sigint(int) {
   if (g_interrupts.fetch_add(1) >= 1) _exit(130);
+}
+
+// SIGTERM, SIGUSR1 (what Slurm sends before preemption): finish the current step, save a
+// checkpoint and exit with status 0.
+void on_save_signal(int sig) { g_save_signal = sig; }
+
+const char* signal_name(int sig) { return sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal"; }
+
+// A resumed run re-logs the steps after its checkpoint: rows of later steps (written before a
+// crash) are dropped so that log.jsonl stays one row per step, in order.
+void truncate_log(const std::string& dir, int64_t step) {
+  const std::string path = dir + "/log.jsonl";
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  size_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    int64_t row_step = -1;
+    try {
+      row_step = json::parse(line).at("step").integer();
+    } catch (const std::exception&) {
+      // a line cut by a crash mid-write: drop it with the rows after the checkpoint
+    }
+    if (row_step >= 1 && row_step <= step) kept += line + "\n";
+    else dropped++;
+  }
+  in.close();
+  if (dropped) {
+    write_file_atomic(path, kept);
+    std::printf("log: dropped %zu rows of %s after step %lld (they are recomputed)\n", dropped, path.c_str(),
+                (long long)step);
+  }
+}
+
+// The first line where two resolved configs differ, or "".
+std::string first_difference(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  std::string la, lb;
+  while (true) {
+    bool ha = bool(std::getline(sa, la)), hb = bool(std::getline(sb, lb));
+    if (!ha && !hb) return "";
+    if (ha && hb && la == lb) continue;
+    std::string out = "'";
+    out += ha ? la : "(end)";
+    out += "' vs the checkpoint's '";
+    out += hb ? lb : "(end)";
+    return out + "'";
+  }
 }
 
 // Several non-finite steps in a row mean the run has diverged: stop instead of spinning.
@@ -67,7 +122,7 @@ float evaluate(Model& model, data::Loader& val, Batch& batch, int steps) {
 
 }  // namespace
 
-int run_training(const config::Config& cfg) {
+int run_training(const config::Config& cfg, const std::string& resume) {
   const auto& tc = cfg.train;
   if (tc.device != "cpu") throw std::runtime_error("train.device: cuda training arrives with the CUDA backend; use cpu");
   if (cfg.parallel.data * cfg.parallel.tensor != 1)
@@ -93,10 +148,43 @@ int run_training(const config::Config& cfg) {
   }
   auto tokenizer = data::make_tokenizer(cfg.data.tokenizer);
 
-  Model model(cfg.model, B, T);
+  Model model(cfg.model, B, T, tc.recompute == "block");
   model.init(uint64_t(tc.seed));
   AdamW opt(model.table(), tc);
-  const double peak = measure_sgemm_peak(std::min(B * T, 1024), 4 * cfg.model.d_model, cfg.model.d_model, 0.3);
+
+  // --resume: every piece of state the loop carries comes back, so the steps after it are
+  // bit-identical to an uninterrupted run (docs/checkpoint-format.md).
+  const std::string ckpt_root = cfg.log.dir + "/checkpoints";
+  LoopState st;
+  st.sample_rng = uint64_t(tc.seed) ^ 0x5A5A5A5Aull;
+  std::string resume_dir;
+  if (resume == "auto") {
+    std::vector<std::string> warnings;
+    resume_dir = ckpt::newest_complete(ckpt_root, warnings);
+    for (const auto& w : warnings) std::fprintf(stderr, "kvmtrain: warning: %s\n", w.c_str());
+    if (resume_dir.empty()) std::printf("resume auto: no complete checkpoint in %s; starting fresh\n", ckpt_root.c_str());
+  } else if (!resume.empty()) {
+    resume_dir = resolve_checkpoint(resume, false);
+  }
+  if (!resume_dir.empty()) {
+    st = restore_run_checkpoint(resume_dir, model, opt);
+    train.set_position(st.loader_position);
+    std::string diff = first_difference(resolved, ckpt::read(resume_dir, "config.yaml"));
+    if (!diff.empty())
+      std::fprintf(stderr, "kvmtrain: warning: the config differs from the checkpoint's (%s); the resumed run is not "
+                           "an exact continuation\n", diff.c_str());
+    std::printf("resumed from %s (step %lld, %llu tokens seen)\n", resume_dir.c_str(), (long long)st.step,
+                (unsigned long long)st.tokens_seen);
+    // a best.json from steps after this checkpoint belongs to a discarded future
+    if (auto best = ckpt::read_best(ckpt_root); best && best->step > st.step) ckpt::remove_best(ckpt_root);
+  } else if (!tc.init_from.empty()) {
+    load_weights(tc.init_from, model);
+    std::printf("initialised the weights from %s (optimizer, data position and step start fresh)\n",
+                tc.init_from.c_str());
+  }
+  if (!resume.empty()) truncate_log(cfg.log.dir, st.step);
+  // one reference shape for every model (GPT-2 124M's MLP), so MFU compares across configs
+  const double peak = measure_sgemm_peak(std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
   const double flops_per_step = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
   std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; sgemm peak %.1f GFLOP/s\n",
               model.num_params(), model.activation_bytes() / 1048576.0,
@@ -109,14 +197,35 @@ int run_training(const config::Config& cfg) {
   RunLog log(cfg.log.dir);
   Batch batch(B, T);
   std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_save_signal);
+  std::signal(SIGUSR1, on_save_signal);
   const float dloss = 1.0f / float(B * T * tc.grad_accum);
   const bool tty = isatty(fileno(stdout));
-  int bad_in_a_row = 0;
-  double total_time = 0;
+  int bad_in_a_row = st.bad_in_a_row;
+  double total_time = st.time_s;
   float last_val = NAN;
+  int64_t saved_step = -1;  // the step of the last checkpoint this process wrote
+  // Saves the checkpoint of `steps_done` steps, records the best and prunes old ones.
+  auto save = [&](int64_t steps_done, std::optional<double> val) {
+    LoopState now;
+    now.step = steps_done;
+    now.tokens_seen = uint64_t(steps_done) * uint64_t(B) * T * tc.grad_accum * cfg.parallel.data;
+    now.loader_position = train.position();
+    now.sample_rng = st.sample_rng;
+    now.bad_in_a_row = bad_in_a_row;
+    now.time_s = total_time;
+    now.val_loss = val;
+    std::string dir = save_run_checkpoint(cfg, resolved, model, opt, now);
+    auto best = ckpt::read_best(ckpt_root);
+    if (val && (!best || *val < best->val_loss)) ckpt::write_best(ckpt_root, best.emplace(ckpt::Best{steps_done, *val}));
+    ckpt::prune(ckpt_root, cfg.checkpoint.keep_last, steps_done, best ? std::optional<int64_t>(best->step) : std::nullopt);
+    saved_step = steps_done;
+    return dir;
+  };
   using clock = std::chrono::steady_clock;
 
-  for (int step = 0; step < tc.steps && g_interrupts == 0; step++) {
+  int step = int(st.step);
+  for (; step < tc.steps && g_interrupts == 0 && g_save_signal == 0; step++) {
     auto t0 = clock::now();
     model.zero_grad();
     double loss_sum = 0;
@@ -166,19 +275,33 @@ int run_training(const config::Config& cfg) {
       std::printf("\n");
     }
     std::fflush(stdout);
+    const int every = cfg.checkpoint.every;
+    if (every > 0 && ((step + 1) % every == 0 || last))
+      save(step + 1, do_eval ? std::optional<double>(val_loss) : std::nullopt);
     if (bad_in_a_row >= kMaxBadStepsInARow)
       throw std::runtime_error("training diverged: loss or gradient not finite for " +
                                std::to_string(kMaxBadStepsInARow) + " steps in a row (step " +
                                std::to_string(step + 1) + "); lower train.lr or raise train.warmup_steps");
   }
+  // the end of a run always has a checkpoint (with train.steps: 0, that of the initial weights)
+  if (cfg.checkpoint.every > 0 && step == tc.steps && saved_step != step && g_interrupts == 0 &&
+      !std::filesystem::exists(ckpt_root + "/" + ckpt::step_dir_name(step)))
+    save(step, std::nullopt);
   if (g_interrupts) std::printf("\ninterrupted: stopped cleanly after the current step\n");
   std::signal(SIGINT, SIG_DFL);
+  if (const int sig = g_save_signal) {
+    std::string dir = saved_step == step ? ckpt_root + "/" + ckpt::step_dir_name(step) : save(step, std::nullopt);
+    std::printf("\n%s: stopped after step %d; checkpoint %s (continue with --resume auto)\n", signal_name(sig), step,
+                dir.c_str());
+    std::fflush(stdout);
+    return 0;
+  }
   if (std::isfinite(last_val))
     std::printf("final val loss %.4f nats/token; unigram entropy of the training data %.4f nats/token\n", last_val,
                 unigram.nats);
 
   if (tc.sample_tokens > 0) {
-    Rng rng(uint64_t(tc.seed) ^ 0x5A5A5A5Aull);
+    Rng rng(st.sample_rng);
     std::vector<int> tokens{tokenizer->eot()};
     sample_tokens(model, tokens, tc.sample_tokens, T, 0.8f, rng);
     std::vector<uint32_t> ids(tokens.begin() + 1, tokens.end());

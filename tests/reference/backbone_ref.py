@@ -1,14 +1,23 @@
 """PyTorch reference for kvmtrain's backbone (docs/kvm.md section 12), written the plain way and
 independently of the C++ code: attn and swa mixers, learned positions or partial RoPE on
 interleaved pairs, qk-LayerNorm, GELU or ReLU^2 MLP, LayerNorm after the embedding, RWKV-style
-token shift, value residual, residual scale, with or without biases, tied or untied head.
-(KVM layers are not covered here; the KVM core has its own fixtures from the paper's code.)
+token shift, value residual, residual scale, with or without biases, tied or untied head, and
+kvm mixers through kvm_ref.py (an independent PyTorch KVM layer, itself checked against the paper's
+fixtures by test_kvm_ref_fixture.py): q, k, v after the value residual, qk-LayerNorm and partial
+RoPE on [0,R) (R = rope_dims or hs/2; 0 with learned positions), merge gate g = 1 + elu(W_g x) with x
+the block's ln_1 output before the token shift.
 
 Usage: /usr/bin/python3 backbone_ref.py DIR
 DIR holds config.json (the model keys, B, T and the optimizer settings), layout.json (name, shape,
 offset of every parameter in params.bin), params.bin (float32) and tokens.bin (int32, (B, T+1)).
 Writes logits.bin (B, T, Vp), grads.bin (the parameters' layout) and result.json
-({"losses": the losses of `steps` AdamW steps on the batch; losses[0] is the first forward's}).
+({"losses": the losses of `steps` AdamW steps on the batch; losses[0] is the first forward's,
+"min_merge_margin"/"min_novelty_gap": the smallest routing margins over every KVM layer, head and
+update of every forward, "kvm_layers": the KVM layers}). For each KVM layer l, the first forward's
+core inputs and results: kvm{l}_q.bin, kvm{l}_k.bin, kvm{l}_v.bin, kvm{l}_out.bin (B,H,T,D) and
+kvm{l}_g.bin (B,H,T) float32, kvm{l}_kind.bin, kvm{l}_slot.bin (B,H,T) int32 (routing as the
+fixtures' routing/kind and routing/slot), kvm{l}_margin.bin (B,H,T) float32 (merge margins, NaN
+where not merged).
 """
 import json
 import math
@@ -19,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kvm_ref import kvm_attention  # noqa: E402
 
 
 def rope(x, R, base):
@@ -51,7 +63,8 @@ class Block(nn.Module):
         self.cfg, self.layer, self.NH = cfg, layer, NH
         bias = cfg["bias"]
         mixer = cfg["mixers"][layer % len(cfg["mixers"])]
-        assert mixer in ("attn", "swa"), "the reference has no KVM layers"
+        assert mixer in ("attn", "swa", "kvm"), mixer
+        self.kvm = mixer == "kvm"
         self.window = cfg["swa_window"] if mixer == "swa" else 0
         R = cfg["rope_dims"] or hs // 2
         if mixer == "swa" and cfg["swa_rope_dims"]:
@@ -68,6 +81,20 @@ class Block(nn.Module):
         if cfg["token_shift"]:
             self.shift_att = nn.Parameter(torch.zeros(C))
             self.shift_mlp = nn.Parameter(torch.zeros(C))
+        if self.kvm:
+            self.ln_s = nn.LayerNorm(hs)
+            self.gate = nn.Linear(C, NH, bias=False)
+            self.tau_front = nn.Parameter(torch.ones(NH))
+            self.tau_state = nn.Parameter(torch.ones(NH))
+            kc = cfg["kvm"]
+            self.kvm_cfg = dict(C=kc["chunk"], W=kc["window_chunks"], S=kc["sink"], R=self.R, budget=kc["budget"],
+                                min_len=kc["min_len"], power_f=kc["power_f"], power_e=kc["power_e"],
+                                sat_n=kc["sat_n"], max_slots=kc["max_slots"], vlens=kc["vlens"],
+                                head_temps=kc["head_temps"], merge_gate_keys=kc["merge_gate_keys"],
+                                merge_gate_values=kc["merge_gate_values"], gate_appends=kc["gate_appends"],
+                                gate_initial_state=kc["gate_initial_state"], ln_eps=1e-5)
+            self.kvm_record = None  # set to a dict to keep the next forward's core inputs/results
+            self.margins = []       # (min merge margin, min novelty gap) of every forward
 
     def attention(self, x, v0):
         B, T, C = x.shape
@@ -84,6 +111,17 @@ class Block(nn.Module):
             q, k = self.ln_q(q), self.ln_k(k)
         base = self.cfg["rope_base"]
         q, k = rope(q, self.R, base), rope(k, self.R, base)
+        if self.kvm:
+            g = (1 + F.elu(self.gate(x))).transpose(1, 2)  # (B, NH, T), from ln_1's output before the shift
+            rec_on = self.kvm_record is not None
+            y, rec = kvm_attention(q, k, v, g, self.ln_s.weight, self.ln_s.bias, self.tau_front, self.tau_state,
+                                   self.kvm_cfg, record=rec_on)
+            self.margins.append((rec["min_merge_margin"], rec["min_novelty_gap"]))
+            if rec_on:
+                self.kvm_record.update(q=q, k=k, v=v, g=g, out=y, kind=rec["kind"], slot=rec["slot"],
+                                       margin=rec["merge_margin"])
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.proj(y), v_raw
         att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
         t = torch.arange(T)
         mask = t[None, :] <= t[:, None]
@@ -161,6 +199,10 @@ class Backbone(nn.Module):
             if self.cfg["token_shift"]:
                 out[p + "attn.shift"] = b.shift_att
                 out[p + "mlp.shift"] = b.shift_mlp
+            if b.kvm:
+                out.update({p + "kvm.ln_s.weight": b.ln_s.weight, p + "kvm.ln_s.bias": b.ln_s.bias,
+                            p + "kvm.gate.weight": b.gate.weight, p + "kvm.tau_front": b.tau_front,
+                            p + "kvm.tau_state": b.tau_state})
         return out
 
 
@@ -191,14 +233,28 @@ def main(d):
             n = int(np.prod(e["shape"]))
             named[e["name"]].copy_(torch.from_numpy(flat[e["offset"]: e["offset"] + n].reshape(e["shape"])))
 
+    kvm_blocks = [(l, b) for l, b in enumerate(model.h) if b.kvm]
+    records = {}
+    for l, b in kvm_blocks:
+        b.kvm_record = records.setdefault(l, {})
     logits = model(x)
+    for l, b in kvm_blocks:
+        b.kvm_record = None
+        r = records[l]
+        for n in ("q", "k", "v", "g", "out"):
+            r[n].detach().numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
+        for n in ("kind", "slot"):
+            r[n].numpy().astype(np.int32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
+        r["margin"].numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_margin.bin"))
     loss = model.loss(logits, y)
     loss.backward()
     logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
     grads = np.zeros_like(flat)
     for e in layout:
         n = int(np.prod(e["shape"]))
-        grads[e["offset"]: e["offset"] + n] = named[e["name"]].grad.numpy().reshape(-1)
+        g = named[e["name"]].grad
+        if g is not None:  # None: unused (kvm tau_* with head_temps off)
+            grads[e["offset"]: e["offset"] + n] = g.numpy().reshape(-1)
     grads.tofile(os.path.join(d, "grads.bin"))
 
     decay = [named[e["name"]] for e in layout if len(e["shape"]) >= 2]
@@ -216,7 +272,12 @@ def main(d):
             g["lr"] = lr_at(cfg, step)
         opt.step()
         losses.append(loss.item())
-    json.dump({"losses": losses}, open(os.path.join(d, "result.json"), "w"))
+    margins = [m for _, b in kvm_blocks for m in b.margins]
+    inf_to_big = lambda x: x if math.isfinite(x) else 1e30  # noqa: E731 (JSON has no inf)
+    json.dump({"losses": losses, "kvm_layers": [l for l, _ in kvm_blocks],
+               "min_merge_margin": inf_to_big(min([m[0] for m in margins], default=math.inf)),
+               "min_novelty_gap": inf_to_big(min([m[1] for m in margins], default=math.inf))},
+              open(os.path.join(d, "result.json"), "w"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 //   gradients: per tensor, max |diff| <= 1e-4 * max|g_ref| + 1e-7;
 //   10-step losses: |diff| <= 1e-4 at every step.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -64,7 +65,7 @@ TEST_P(Gpt2Parity, MatchesPyTorch) {
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) x[b * T + t] = tokens[b * (T + 1) + t], y[b * T + t] = tokens[b * (T + 1) + t + 1];
 
-  fs::path dir = fs::temp_directory_path() / ("kvm_parity_" + std::to_string(GetParam().tied));
+  fs::path dir = fs::temp_directory_path() / ("kvm_parity_" + std::to_string(GetParam().tied) + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   json::Array layout;

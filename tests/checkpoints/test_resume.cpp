@@ -1,0 +1,162 @@
+// Exact resume: runs killed by SIGKILL at a random step, killed inside a checkpoint write, and
+// stopped by SIGTERM / SIGUSR1, each continued with `--resume auto`, log losses bit-identical to an
+// uninterrupted run. Corrupt and truncated checkpoints are named and skipped.
+#include <random>
+
+#include "tests/checkpoints/run_fixture.h"
+
+namespace {
+
+using namespace ckpt_test;
+constexpr int kSteps = 40;
+
+class Resume : public ::testing::Test {
+ protected:
+  // one fixture and one uninterrupted reference run for the whole suite
+  static void SetUpTestSuite() {
+    root = fs::temp_directory_path() / ("kvm_resume_" + std::to_string(::getpid()));
+    make_run_fixture(root, kSteps);
+    auto r = test_util::kvmtrain("train " + (root / "tiny.yaml").string(), root);
+    ASSERT_EQ(r.status, 0) << r.err;
+    fs::rename(root / "run", root / "reference");
+  }
+  static void TearDownTestSuite() { fs::remove_all(root); }
+  void SetUp() override { fs::remove_all(run()); }
+  static fs::path run() { return root / "run"; }
+  static std::string cfg() { return (root / "tiny.yaml").string(); }
+  static fs::path reference_log() { return root / "reference/log.jsonl"; }
+  static fs::path root;
+};
+fs::path Resume::root;
+
+TEST_F(Resume, UninterruptedRunKeepsLastAndBest) {
+  auto ck = root / "reference/checkpoints";
+  std::vector<std::string> names;
+  for (auto& e : fs::directory_iterator(ck)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  auto best = json::parse(test_util::slurp(ck / "best.json"));
+  const std::string best_dir = best.at("checkpoint").string();
+  EXPECT_TRUE(fs::exists(ck / best_dir / "manifest.json")) << best_dir;
+  // the last 3 (32, 36, 40) plus the best
+  for (const char* s : {"step_00000032", "step_00000036", "step_00000040"})
+    EXPECT_TRUE(std::find(names.begin(), names.end(), s) != names.end()) << s;
+  EXPECT_LE(names.size(), 5u);  // 3 kept + the best + best.json
+  // best.json's loss is the lowest val_loss among logged checkpoint steps
+  double lowest = 1e30;
+  for (auto& row : log_rows(reference_log()))
+    if (row.contains("val_loss")) lowest = std::min(lowest, row.at("val_loss").number());
+  EXPECT_EQ(best.at("val_loss").number(), lowest);
+  auto state = json::parse(test_util::slurp(ck / "step_00000040/state.json"));
+  EXPECT_EQ(state.at("step").integer(), 40);
+  EXPECT_EQ(state.at("optimizer").at("t").integer(), 40);
+  EXPECT_EQ(state.at("tokens_seen").integer(), 40 * 4 * 64);
+  EXPECT_EQ(state.at("loader").at("train_position").integer(), 40 * 4);
+  EXPECT_EQ(state.at("world_size").integer(), 1);
+}
+
+TEST_F(Resume, SigkillAtARandomStep) {
+  std::mt19937 gen(std::random_device{}());
+  const size_t at = std::uniform_int_distribution<size_t>(3, kSteps - 8)(gen);
+  pid_t pid = spawn("train " + cfg(), root);
+  const bool running = wait_for_rows(pid, run() / "log.jsonl", at);
+  kill(pid, SIGKILL);
+  wait_status(pid);
+  ASSERT_TRUE(running) << "the run finished before it could be killed";
+  const size_t logged = count_lines(run() / "log.jsonl");
+  ASSERT_LT(logged, size_t(kSteps));
+  // the row of step 4 may be logged before its checkpoint is complete
+  bool have_checkpoint = false;
+  if (fs::exists(run() / "checkpoints"))
+    for (auto& e : fs::directory_iterator(run() / "checkpoints")) have_checkpoint |= fs::exists(e.path() / "manifest.json");
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  if (have_checkpoint) EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
+  else EXPECT_NE(r.out.find("starting fresh"), std::string::npos) << r.out;
+  SCOPED_TRACE("killed after " + std::to_string(logged) + " logged steps");
+  expect_same_losses(run() / "log.jsonl", reference_log());
+}
+
+TEST_F(Resume, KilledInsideACheckpointWrite) {
+  setenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT", "after_file:12", 1);
+  auto r = test_util::kvmtrain("train " + cfg(), root);
+  unsetenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(run() / "checkpoints/step_00000012"));
+  bool tmp_left = false;
+  for (auto& e : fs::directory_iterator(run() / "checkpoints"))
+    tmp_left |= e.path().filename().string().rfind(".tmp-", 0) == 0;
+  EXPECT_TRUE(tmp_left) << "the crash should leave a temporary directory behind";
+  EXPECT_EQ(count_lines(run() / "log.jsonl"), 12u);
+
+  r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("step_00000008 (step 8"), std::string::npos) << r.out;
+  expect_same_losses(run() / "log.jsonl", reference_log());
+  for (auto& e : fs::directory_iterator(run() / "checkpoints"))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u) << e.path();
+}
+
+TEST_F(Resume, SigtermAndSigusr1SaveAndExitCleanly) {
+  for (int sig : {SIGTERM, SIGUSR1}) {
+    fs::remove_all(run());
+    pid_t pid = spawn("train " + cfg(), root);
+    const bool running = wait_for_rows(pid, run() / "log.jsonl", sig == SIGTERM ? 6 : 17);
+    kill(pid, sig);
+    const int status = wait_status(pid);
+    ASSERT_TRUE(running) << "the run finished before the signal";
+    EXPECT_EQ(status, 0) << test_util::slurp(root / "bg.err");
+    const std::string out = test_util::slurp(root / "bg.out");
+    EXPECT_NE(out.find(sig == SIGTERM ? "SIGTERM: stopped after step" : "SIGUSR1: stopped after step"), std::string::npos)
+        << out;
+    // the checkpoint is of the last logged step
+    const size_t logged = count_lines(run() / "log.jsonl");
+    if (logged < size_t(kSteps)) {
+      char name[32];
+      std::snprintf(name, sizeof name, "step_%08zu", logged);
+      EXPECT_TRUE(fs::exists(run() / "checkpoints" / name / "manifest.json")) << name;
+    }
+    auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+    ASSERT_EQ(r.status, 0) << r.err;
+    expect_same_losses(run() / "log.jsonl", reference_log());
+  }
+}
+
+TEST_F(Resume, CorruptCheckpointsAreNamedAndSkipped) {
+  fs::copy(root / "reference", run(), fs::copy_options::recursive);
+  const fs::path ck = run() / "checkpoints";
+  // flip a byte of the newest (same size: only the checksum can tell), truncate the one before
+  {
+    std::fstream f(ck / "step_00000040/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(2000);
+    char c = char(f.get() ^ 0x40);
+    f.seekp(2000);
+    f.put(c);
+  }
+  fs::resize_file(ck / "step_00000036/optimizer.safetensors", 1000);
+
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume " + (ck / "step_00000040").string(), root);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("step_00000040/model.safetensors"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("sha256"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+
+  r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: checkpoint " + (ck / "step_00000040").string()), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step_00000036/optimizer.safetensors: truncated"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("step_00000032 (step 32"), std::string::npos) << r.out;
+  expect_same_losses(run() / "log.jsonl", reference_log());
+  // the resumed run rewrote 36 and 40: complete again
+  auto v = test_util::kvmtrain("export " + run().string() + " --output " + (root / "exp_check").string(), root);
+  EXPECT_EQ(v.status, 0) << v.err;
+  EXPECT_NE(v.out.find("step_00000040"), std::string::npos) << v.out;
+}
+
+TEST_F(Resume, ResumeErrors) {
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume " + (root / "nothing").string(), root);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("nothing: not a checkpoint"), std::string::npos) << r.err;
+}
+
+}  // namespace

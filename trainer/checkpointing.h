@@ -1,0 +1,55 @@
+#pragma once
+// The trainer's side of checkpoints: what a checkpoint of a run holds (docs/checkpoint-format.md)
+// and how a model, its optimizer and the loop's state go into and come out of one. The format of
+// the directory itself (temporary name, fsync, manifest) is checkpoints/checkpoint.h's job.
+//
+//   model.safetensors      fp32 master weights, the model's table names and shapes (padded vocab)
+//   optimizer.safetensors  AdamW moments "m.NAME", "v.NAME", fp32, the same shapes
+//   state.json             step, optimizer t, tokens seen, loader position, RNG states, world
+//                          size and layout, the skipped-step streak, elapsed time, val_loss
+//   config.yaml            the resolved config
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoints/checkpoint.h"
+#include "checkpoints/safetensors.h"
+#include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/optimizer.h"
+
+// Everything besides the model and optimizer that the training loop needs to continue exactly.
+struct LoopState {
+  int64_t step = 0;                // optimizer steps done
+  uint64_t tokens_seen = 0;        // all ranks
+  uint64_t loader_position = 0;    // global training windows consumed
+  uint64_t sample_rng = 0;         // the sampling Rng's state
+  int bad_in_a_row = 0;            // consecutive non-finite steps
+  double time_s = 0;               // training time so far (log.jsonl's time_s)
+  std::optional<double> val_loss;  // when validation ran at this step
+};
+
+// The model's parameters as named tensors (table names and shapes, padded vocabulary included).
+std::vector<ckpt::NamedTensor> model_tensors(Model& model);
+// Copies `tensors` into the model: every table entry must be there with its shape, nothing else;
+// errors name `origin` and the tensor.
+void set_model_tensors(Model& model, const std::vector<ckpt::NamedTensor>& tensors, const std::string& origin);
+
+// Saves the checkpoint of `state.step` under <log.dir>/checkpoints and returns its directory.
+std::string save_run_checkpoint(const config::Config& cfg, const std::string& resolved_yaml, Model& model,
+                                const AdamW& opt, const LoopState& state);
+// Restores model, optimizer and loop state from a verified checkpoint directory.
+LoopState restore_run_checkpoint(const std::string& dir, Model& model, AdamW& opt);
+
+// The config a checkpoint was trained with.
+config::Config checkpoint_config(const std::string& dir);
+// Weights only (train.init_from, export, forward, generate): a checkpoint or run directory, a
+// kvmtrain export directory or a Hugging Face GPT-2 safetensors directory.
+void load_weights(const std::string& path, Model& model);
+
+// CKPT_OR_RUN -> a verified checkpoint directory, warnings printed to stderr.
+std::string resolve_checkpoint(const std::string& ckpt_or_run, bool best);
+
+// A pure GPT-2 (every backbone switch at GPT-2's default): exported with Hugging Face's names.
+bool is_pure_gpt2(const config::ModelConfig& m);
