@@ -17,12 +17,15 @@
 #include "data/tokenizer.h"
 #include "checkpoints/checkpoint.h"
 #include "trainer/checkpointing.h"
+#include "trainer/communicator.h"
 #include "trainer/corpus_stats.h"
+#include "trainer/data_parallel.h"
 #include "trainer/flops.h"
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_log.h"
 #include "trainer/sample.h"
+#include "trainer/tensor_parallel.h"
 #include "version.h"
 
 namespace {
@@ -84,6 +87,31 @@ std::string first_difference(const std::string& a, const std::string& b) {
   }
 }
 
+// Every rank must train the same model on the same recipe: a config that differs (another file
+// on another node, say) stops the job with an error instead of a silent divergence or a hang.
+void check_same_config(Communicator& world, const std::string& resolved) {
+  if (world.size() == 1) return;
+  uint64_t mine = 1469598103934665603ull;  // FNV-1a of the resolved YAML
+  for (unsigned char c : resolved) mine = (mine ^ c) * 1099511628211ull;
+  uint64_t leaders = mine;
+  world.broadcast(&leaders, sizeof leaders, 0);
+  float differs = leaders != mine ? 1.0f : 0.0f;
+  world.all_reduce_sum(&differs, 1);
+  if (differs > 0)
+    throw std::runtime_error("parallel: the resolved config differs across ranks (" + std::to_string(int(differs)) +
+                             " of " + std::to_string(world.size()) + " differ from rank 0's)");
+}
+
+// A signal reaches ranks at different moments: they agree after every step, so that all stop
+// at the same one and none waits in a collective for a rank that left.
+bool stop_requested(Communicator& world) {
+  float flags[2] = {float(g_interrupts.load() > 0), float(g_save_signal.load() != 0)};
+  world.all_reduce_sum(flags, 2);
+  if (flags[0] > 0 && g_interrupts == 0) g_interrupts = 1;
+  if (flags[1] > 0 && g_save_signal == 0) g_save_signal = SIGTERM;
+  return flags[0] > 0 || flags[1] > 0;
+}
+
 // Several non-finite steps in a row mean the run has diverged: stop instead of spinning.
 constexpr int kMaxBadStepsInARow = 3;
 
@@ -125,32 +153,50 @@ float evaluate(Model& model, data::Loader& val, Batch& batch, int steps) {
 int run_training(const config::Config& cfg, const std::string& resume) {
   const auto& tc = cfg.train;
   if (tc.device != "cpu") throw std::runtime_error("train.device: cuda training arrives with the CUDA backend; use cpu");
-  if (cfg.parallel.data * cfg.parallel.tensor != 1)
-    throw std::runtime_error("parallel: multi-process training arrives with the distributed issue; use data: 1, tensor: 1");
   if (cfg.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
-
   std::string resolved = config::to_yaml(cfg);
+
+  // The grid of ranks: rank = data_rank * tensor + tensor_rank (a tensor group is consecutive
+  // ranks, so that on one node its all-reduces stay close).
+  auto world = make_world_communicator();
+  const int TP = cfg.parallel.tensor, DP = cfg.parallel.data;
+  if (DP * TP != world->size())
+    throw std::runtime_error("parallel: data (" + std::to_string(DP) + ") x tensor (" + std::to_string(TP) + ") = " +
+                             std::to_string(DP * TP) + " ranks, but the job has " + std::to_string(world->size()) +
+                             " (mpirun -np " + std::to_string(DP * TP) + ")");
+  check_same_config(*world, resolved);
+  auto tp_comm = world->split(world->rank() / TP, world->rank());
+  auto dp_comm = world->split(world->rank() % TP, world->rank());
+  const bool leader = world->rank() == 0;  // prints, writes the log and the run files
+  if (world->size() > 1 && (cfg.checkpoint.every > 0 || !resume.empty()))
+    throw std::runtime_error("checkpoint.every / --resume: checkpoints of multi-rank runs (gathering ZeRO and tensor "
+                             "shards) are not supported yet; set checkpoint.every: 0");
+  if (!leader && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
+
   std::printf("kvmtrain %s (commit %s): resolved config\n%s", KVMTRAIN_VERSION, KVMTRAIN_GIT_COMMIT, resolved.c_str());
-  json::Object info{{"git_commit", KVMTRAIN_GIT_COMMIT}, {"version", KVMTRAIN_VERSION}, {"world_size", 1},
+  json::Object info{{"git_commit", KVMTRAIN_GIT_COMMIT}, {"version", KVMTRAIN_VERSION}, {"world_size", world->size()},
+                    {"data_parallel", DP}, {"tensor_parallel", TP},
                     {"device", tc.device},         {"precision", "fp32"},       {"threads", omp_get_max_threads()}};
-  write_run_files(cfg.log.dir, resolved, info);
+  if (leader) write_run_files(cfg.log.dir, resolved, info);
 
   const int B = tc.batch_size, T = tc.seq_len;
-  data::LoaderOptions lo{to_sources(cfg.data.train), B, T, uint64_t(tc.seed), 0, 1, true, cfg.data.tokenizer,
-                         cfg.model.vocab_size};
+  data::LoaderOptions lo{to_sources(cfg.data.train), B, T, uint64_t(tc.seed), dp_comm->rank(), DP, true,
+                         cfg.data.tokenizer, cfg.model.vocab_size};
   data::Loader train(lo);
   std::unique_ptr<data::Loader> val;
   if (!cfg.data.val.empty()) {
     data::LoaderOptions vo = lo;
     vo.sources = to_sources(cfg.data.val);
     vo.shuffle = false;
+    vo.rank = 0, vo.world = 1;  // every rank evaluates the same windows
     val = std::make_unique<data::Loader>(vo);
   }
   auto tokenizer = data::make_tokenizer(cfg.data.tokenizer);
 
-  Model model(cfg.model, B, T, tc.recompute == "block");
+  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr);
   model.init(uint64_t(tc.seed));
-  AdamW opt(model.table(), tc);
+  DataParallel dp(*dp_comm, model.table(), tc);  // ZeRO-1 AdamW: this rank's range of the moments
+  AdamW& opt = dp.optimizer();
 
   // --resume: every piece of state the loop carries comes back, so the steps after it are
   // bit-identical to an uninterrupted run (docs/checkpoint-format.md).
@@ -194,7 +240,8 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   std::printf("unigram entropy of the training data: %.4f nats/token (over %llu tokens)\n", unigram.nats,
               (unsigned long long)unigram.tokens);
 
-  RunLog log(cfg.log.dir);
+  std::unique_ptr<RunLog> log;
+  if (leader) log = std::make_unique<RunLog>(cfg.log.dir);
   Batch batch(B, T);
   std::signal(SIGINT, on_sigint);
   std::signal(SIGTERM, on_save_signal);
@@ -209,7 +256,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   auto save = [&](int64_t steps_done, std::optional<double> val) {
     LoopState now;
     now.step = steps_done;
-    now.tokens_seen = uint64_t(steps_done) * uint64_t(B) * T * tc.grad_accum * cfg.parallel.data;
+    now.tokens_seen = uint64_t(steps_done) * uint64_t(B) * T * tc.grad_accum * DP;
     now.loader_position = train.position();
     now.sample_rng = st.sample_rng;
     now.bad_in_a_row = bad_in_a_row;
@@ -225,7 +272,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   using clock = std::chrono::steady_clock;
 
   int step = int(st.step);
-  for (; step < tc.steps && g_interrupts == 0 && g_save_signal == 0; step++) {
+  for (; step < tc.steps && !stop_requested(*world); step++) {
     auto t0 = clock::now();
     model.zero_grad();
     double loss_sum = 0;
@@ -235,12 +282,13 @@ int run_training(const config::Config& cfg, const std::string& resume) {
       loss_sum += model.loss(batch.targets.data(), dloss);
       model.backward();
     }
-    const float loss = float(loss_sum / tc.grad_accum);
-    const float norm = grad_norm(model.grads(), model.table().total());
+    const float loss = dp.mean(float(loss_sum / tc.grad_accum));
+    dp.average_gradients(model.grads());
+    const float norm = float(std::sqrt(tp::norm_squared(model.tensor_comm(), model.table(), model.grads())));
     const float lr = lr_at(tc, step);
     const bool finite = std::isfinite(loss) && std::isfinite(norm);
     if (finite) {
-      opt.step(model.params(), model.grads(), lr, clip_scale(norm, float(tc.grad_clip)));
+      dp.step(model.params(), model.grads(), lr, clip_scale(norm, float(tc.grad_clip)));
       bad_in_a_row = 0;
     } else {
       bad_in_a_row++;
@@ -253,14 +301,14 @@ int run_training(const config::Config& cfg, const std::string& resume) {
     float val_loss = NAN;
     if (do_eval) last_val = val_loss = evaluate(model, *val, batch, tc.eval_steps);
 
-    const double tokens_per_s = double(B) * T * tc.grad_accum / dt;
-    const double mfu = flops_per_step / dt / peak;
+    const double tokens_per_s = double(B) * T * tc.grad_accum * DP / dt;
+    const double mfu = flops_per_step / dt / peak / TP;  // per rank: each holds 1/TP of the model
     json::Object row{{"step", step + 1},      {"loss", double(loss)},     {"lr", double(lr)},
                      {"tokens_per_s", tokens_per_s}, {"grad_norm", double(norm)}, {"mfu", mfu},
                      {"mem_bytes", int64_t(peak_rss_bytes())}, {"time_s", total_time}};
     if (do_eval) row["val_loss"] = double(val_loss);
     if (!finite) row["skipped"] = true;
-    log.write(row);
+    if (log) log->write(row);
 
     const double eta = total_time / (step + 1) * (tc.steps - step - 1);
     char line[256];
@@ -300,7 +348,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
     std::printf("final val loss %.4f nats/token; unigram entropy of the training data %.4f nats/token\n", last_val,
                 unigram.nats);
 
-  if (tc.sample_tokens > 0) {
+  if (tc.sample_tokens > 0 && TP == 1 && leader) {  // the sampler reads whole-vocabulary logits
     Rng rng(st.sample_rng);
     std::vector<int> tokens{tokenizer->eot()};
     sample_tokens(model, tokens, tc.sample_tokens, T, 0.8f, rng);
