@@ -20,10 +20,7 @@
   X(void, residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/, const float* inp2 /*(N)*/, \
                              int N))                                                                 \
   X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
-                              int N))
-
-// Kernels that only the CPU backend implements so far.
-#define KVM_KERNELS_CPU_ONLY(X)                                                                      \
+                              int N))                                                                \
   /* out = wte[inp] + wpe[t]; wpe nullptr: no learned positions */                                   \
   X(void, encoder_forward, (float* out /*(B,T,C)*/, const int* inp /*(B,T)*/,                       \
                             const float* wte /*(Vp,C)*/, const float* wpe /*(maxT,C) or nullptr*/,   \
@@ -71,16 +68,27 @@
                          float weight_decay, float grad_scale, int t))                               \
   /* sum of g^2, accumulated in double */                                                            \
   X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))                                  \
+  /* relu(x)^2 */                                                                                    \
+  X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
+  X(void, relu2_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
+                           int N))                                                                   \
+  /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
+     (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
+     heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
+     R^T dout (dinp != dout). */                                                                     \
+  X(void, rope_forward, (float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R,  \
+                         float base, int pos0))                                                      \
+  X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
+                          int R, float base, int pos0))
+
+// Kernels that only the CPU backend implements so far.
+#define KVM_KERNELS_CPU_ONLY(X)                                                                      \
   /* ---- the paper's backbone (docs/kvm.md section 12) ---- */                                      \
   /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream) */                  \
   X(void, scaled_residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/,                   \
                                     const float* inp2 /*(N)*/, float scale, int N))                  \
   X(void, scaled_residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/,                     \
                                      const float* dout /*(N)*/, float scale, int N))                 \
-  /* relu(x)^2 */                                                                                    \
-  X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
-  X(void, relu2_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
-                           int N))                                                                   \
   /* merge gate 1 + elu(x) > 0 */                                                                    \
   X(void, elu_gate_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                   \
   X(void, elu_gate_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/,                         \
@@ -103,15 +111,7 @@
   X(void, head_layernorm_backward, (float* dinp, float* dweight /*(hs)*/, float* dbias /*(hs)*/,     \
                                     const float* dout, const float* inp, const float* weight,        \
                                     const float* mean, const float* rstd, int N, int NH, int hs,     \
-                                    int ld))                                                         \
-  /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
-     (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
-     heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
-     R^T dout (dinp != dout). */                                                                     \
-  X(void, rope_forward, (float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R,  \
-                         float base, int pos0))                                                      \
-  X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
-                          int R, float base, int pos0))
+                                    int ld))
 
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 

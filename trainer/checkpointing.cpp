@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "checkpoints/hf_gpt2.h"
+#include "trainer/tensor_parallel.h"
 
 namespace fs = std::filesystem;
 
@@ -19,11 +20,17 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 std::vector<int64_t> shape64(const std::vector<int>& s) { return std::vector<int64_t>(s.begin(), s.end()); }
 
-// The tensors of a flat buffer in the table's layout, named prefix + table name.
-std::vector<ckpt::NamedTensor> views_of(const TensorTable& table, const float* flat, const std::string& prefix) {
+// The full tensors of a flat buffer in the table's layout, named prefix + table name: a
+// tensor-parallel shard is gathered over `tensor` (collective; null or one rank: local).
+std::vector<ckpt::NamedTensor> views_of(const TensorTable& table, const float* flat, const std::string& prefix,
+                                        Communicator* tensor) {
   std::vector<ckpt::NamedTensor> out;
-  for (const auto& v : table.views())
-    out.push_back({prefix + v.name, shape64(v.shape), std::vector<float>(flat + v.offset, flat + v.offset + v.size)});
+  for (const auto& v : table.views()) {
+    std::vector<float> full = tensor && tp::is_sharded(v)
+                                  ? tp::gather(*tensor, v, flat)
+                                  : std::vector<float>(flat + v.offset, flat + v.offset + v.size);
+    out.push_back({prefix + v.name, shape64(tp::full_shape(v)), std::move(full)});
+  }
   return out;
 }
 
@@ -32,10 +39,12 @@ void set_views(const TensorTable& table, float* flat, const ckpt::SafetensorsFil
   for (const auto& v : table.views()) {
     const ckpt::NamedTensor* t = f.find(prefix + v.name);
     if (!t) throw std::runtime_error(origin + ": missing tensor " + prefix + v.name);
-    if (t->shape != shape64(v.shape))
+    // files hold full tensors; a tensor-parallel rank takes its shard
+    if (t->shape != shape64(tp::full_shape(v)))
       throw std::runtime_error(origin + ": tensor " + t->name + " has shape " + shape_str(t->shape) +
-                               ", the model expects " + shape_str(shape64(v.shape)));
-    std::memcpy(flat + v.offset, t->data.data(), v.size * sizeof(float));
+                               ", the model expects " + shape_str(shape64(tp::full_shape(v))));
+    if (tp::is_sharded(v)) tp::extract(v, t->data.data(), flat + v.offset);
+    else std::memcpy(flat + v.offset, t->data.data(), v.size * sizeof(float));
   }
   if (f.tensors.size() != table.views().size())
     for (const auto& t : f.tensors) {
@@ -57,17 +66,11 @@ std::string hex64(uint64_t x) {
 
 uint64_t parse_hex64(const std::string& s) { return std::stoull(s, nullptr, 16); }
 
-// The moments are stored whole, by name; a ZeRO-1 shard (a range of the layout) must be gathered
-// first, which the distributed training loop does before calling these.
-void require_whole(const AdamW& opt, const TensorTable& table) {
-  if (opt.begin() != 0 || opt.end() != table.total())
-    throw std::runtime_error("checkpoint: the optimizer holds a shard [" + std::to_string(opt.begin()) + ", " +
-                             std::to_string(opt.end()) + ") of the moments; gather them before saving or loading");
-}
-
 }  // namespace
 
-std::vector<ckpt::NamedTensor> model_tensors(Model& model) { return views_of(model.table(), model.params(), ""); }
+std::vector<ckpt::NamedTensor> model_tensors(Model& model) {
+  return views_of(model.table(), model.params(), "", model.tensor_comm());
+}
 
 void set_model_tensors(Model& model, const std::vector<ckpt::NamedTensor>& tensors, const std::string& origin) {
   ckpt::SafetensorsFile f;
@@ -76,10 +79,17 @@ void set_model_tensors(Model& model, const std::vector<ckpt::NamedTensor>& tenso
 }
 
 std::string save_run_checkpoint(const config::Config& cfg, const std::string& resolved_yaml, Model& model,
-                                const AdamW& opt, const LoopState& s) {
-  require_whole(opt, model.table());
-  std::vector<ckpt::NamedTensor> moments = views_of(model.table(), opt.m(), "m.");
-  for (auto& t : views_of(model.table(), opt.v(), "v.")) moments.push_back(std::move(t));
+                                DataParallel& dp, const LoopState& s, bool write) {
+  // every rank takes part in the gathers, in the same order: the ZeRO-1 ranges of the moments
+  // over the data group (into this tensor rank's layout), then every tensor over the tensor group
+  const TensorTable& table = model.table();
+  const AdamW& opt = dp.optimizer();
+  std::vector<float> m_all(table.total(), 0.0f), v_all(table.total(), 0.0f);
+  dp.gather_moments(m_all.data(), v_all.data());
+  std::vector<ckpt::NamedTensor> weights = model_tensors(model);
+  std::vector<ckpt::NamedTensor> moments = views_of(table, m_all.data(), "m.", model.tensor_comm());
+  for (auto& t : views_of(table, v_all.data(), "v.", model.tensor_comm())) moments.push_back(std::move(t));
+  if (!write) return cfg.log.dir + "/checkpoints/" + ckpt::step_dir_name(s.step);
 
   json::Object state{{"format_version", ckpt::kFormatVersion},
                      {"step", s.step},
@@ -94,13 +104,14 @@ std::string save_run_checkpoint(const config::Config& cfg, const std::string& re
                      {"layout", json::Object{{"data", cfg.parallel.data},
                                              {"tensor", cfg.parallel.tensor},
                                              {"optimizer_shards", 1},
-                                             {"optimizer_sharding", "none: whole tensors by name, re-split on load"}}},
+                                             {"optimizer_sharding", "none: whole tensors by name, re-split on load"},
+                                             {"tensors", "full: tensor-parallel shards gathered, re-split on load"}}},
                      {"bad_steps_in_a_row", s.bad_in_a_row},
                      {"time_s", s.time_s}};
   if (s.val_loss) state["val_loss"] = *s.val_loss;
 
   std::vector<ckpt::File> files;
-  files.push_back({"model.safetensors", ckpt::safetensors_bytes(model_tensors(model), ckpt::DType::F32,
+  files.push_back({"model.safetensors", ckpt::safetensors_bytes(weights, ckpt::DType::F32,
                                                                 {{"format", "kvmtrain"}, {"content", "model"}})});
   files.push_back({"optimizer.safetensors", ckpt::safetensors_bytes(moments, ckpt::DType::F32,
                                                                     {{"format", "kvmtrain"}, {"content", "adamw"}})});
@@ -110,16 +121,18 @@ std::string save_run_checkpoint(const config::Config& cfg, const std::string& re
   return ckpt::save(cfg.log.dir + "/checkpoints", s.step, files, extra);
 }
 
-LoopState restore_run_checkpoint(const std::string& dir, Model& model, AdamW& opt) {
-  require_whole(opt, model.table());
+LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParallel& dp) {
+  const TensorTable& table = model.table();
   const std::string mpath = dir + "/model.safetensors", opath = dir + "/optimizer.safetensors";
-  set_views(model.table(), model.params(), ckpt::read_safetensors(mpath), "", mpath);
+  set_views(table, model.params(), ckpt::read_safetensors(mpath), "", mpath);
   ckpt::SafetensorsFile moments = ckpt::read_safetensors(opath);
   // set_views checks that the file holds exactly its prefix's tensors; m and v share the file
   ckpt::SafetensorsFile m, v;
-  for (auto& t : moments.tensors) (t.name.rfind("m.", 0) == 0 ? m : v).tensors.push_back(t);
-  set_views(model.table(), opt.m(), m, "m.", opath);
-  set_views(model.table(), opt.v(), v, "v.", opath);
+  for (auto& t : moments.tensors) (t.name.rfind("m.", 0) == 0 ? m : v).tensors.push_back(std::move(t));
+  // this tensor rank's shards of the whole moments, then dp keeps its ZeRO-1 range of them
+  std::vector<float> m_all(table.total(), 0.0f), v_all(table.total(), 0.0f);
+  set_views(table, m_all.data(), m, "m.", opath);
+  set_views(table, v_all.data(), v, "v.", opath);
 
   const std::string spath = dir + "/state.json";
   try {
@@ -132,7 +145,7 @@ LoopState restore_run_checkpoint(const std::string& dir, Model& model, AdamW& op
     st.bad_in_a_row = int(s.at("bad_steps_in_a_row").integer());
     st.time_s = s.at("time_s").number();
     if (s.contains("val_loss")) st.val_loss = s.at("val_loss").number();
-    opt.set_t(int(s.at("optimizer").at("t").integer()));
+    dp.load_moments(m_all.data(), v_all.data(), int(s.at("optimizer").at("t").integer()));
     return st;
   } catch (const std::exception& e) {
     throw std::runtime_error(spath + ": " + e.what());

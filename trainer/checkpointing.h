@@ -5,6 +5,9 @@
 //
 //   model.safetensors      fp32 master weights, the model's table names and shapes (padded vocab)
 //   optimizer.safetensors  AdamW moments "m.NAME", "v.NAME", fp32, the same shapes
+// Always unsharded, whatever the run's layout: tensor-parallel shards are gathered into full
+// tensors (tp::gather) and ZeRO-1 ranges of the moments into whole moments
+// (DataParallel::gather_moments), so that a run can resume on any data x tensor layout.
 //   state.json             step, optimizer t, tokens seen, loader position, RNG states, world
 //                          size and layout, the skipped-step streak, elapsed time, val_loss
 //   config.yaml            the resolved config
@@ -16,6 +19,7 @@
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/safetensors.h"
 #include "trainer/config.h"
+#include "trainer/data_parallel.h"
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
 
@@ -30,17 +34,25 @@ struct LoopState {
   std::optional<double> val_loss;  // when validation ran at this step
 };
 
-// The model's parameters as named tensors (table names and shapes, padded vocabulary included).
+// The model's parameters as named full tensors (table names and full shapes, padded vocabulary
+// included). Collective over model.tensor_comm() when the model is tensor-parallel: every rank of
+// the tensor group calls it and gets the full tensors.
 std::vector<ckpt::NamedTensor> model_tensors(Model& model);
-// Copies `tensors` into the model: every table entry must be there with its shape, nothing else;
-// errors name `origin` and the tensor.
+// Copies `tensors` (full tensors) into the model, each tensor-parallel rank taking its shard
+// (tp::extract): every table entry must be there with its full shape, nothing else; errors name
+// `origin` and the tensor. Local, no communication.
 void set_model_tensors(Model& model, const std::vector<ckpt::NamedTensor>& tensors, const std::string& origin);
 
 // Saves the checkpoint of `state.step` under <log.dir>/checkpoints and returns its directory.
+// Collective: every rank of the run calls it (the parameters gathered over the tensor group, the
+// moments over dp's data group and then the tensor group); only the rank with `write` set (world
+// rank 0) writes the files. The caller makes the others wait until the save is complete.
 std::string save_run_checkpoint(const config::Config& cfg, const std::string& resolved_yaml, Model& model,
-                                const AdamW& opt, const LoopState& state);
-// Restores model, optimizer and loop state from a verified checkpoint directory.
-LoopState restore_run_checkpoint(const std::string& dir, Model& model, AdamW& opt);
+                                DataParallel& dp, const LoopState& state, bool write = true);
+// Restores model, optimizer and loop state from a verified checkpoint directory, written by any
+// layout: every rank reads it, takes its tensor shard of the parameters and moments and dp's
+// ZeRO-1 range of the moments. Local, no communication.
+LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParallel& dp);
 
 // The config a checkpoint was trained with.
 config::Config checkpoint_config(const std::string& dir);

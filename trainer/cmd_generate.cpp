@@ -21,7 +21,7 @@ int cmd_generate(int argc, char** argv) {
   args.option("top-p", "P", "sample among the smallest set of tokens whose probability reaches P", "1");
   args.option("seed", "S", "sampling seed", "1337");
   args.option("decode", "recompute|cache",
-              "recompute: re-run the context for every token; cache: the model's decode caches", "recompute");
+              "recompute: re-run the context for every token; cache: the model's decode caches", "cache");
   args.flag("best", "with a run directory: the checkpoint with the best validation loss (best.json)");
   // `-n N` as the issue spells it: the parser knows only --long options
   std::vector<char*> av(argv, argv + argc);
@@ -70,5 +70,8 @@ int cmd_generate(int argc, char** argv) {
   std::fprintf(stderr, "generate: %zu tokens in %.2f s, %.1f tokens/s (%s, prompt %zu tokens)\n",
                tokens.size() - prompt_len, dt, double(tokens.size() - prompt_len) / (dt > 0 ? dt : 1e-9),
                decode == "cache" ? "decode cache" : "recompute, no cache", prompt_len);
+  if (decode == "cache")
+    std::fprintf(stderr, "generate: decode cache %.1f KiB (KV caches, KVM states and windows)\n",
+                 model.decode_cache_bytes() / 1024.0);
   return 0;
 }

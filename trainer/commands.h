@@ -8,3 +8,5 @@ int cmd_train(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_forward(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_sweep(int argc, char** argv);

@@ -123,6 +123,11 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   k::matmul_backward(dln1, G(w.gatew), nullptr, dgpre, A(x.ln1), P(w.gatew), BT, C, NH);
 }
 
+size_t Model::kvm_cache_bytes(int l) const {
+  const KvmLayer* kv = kvm_[l].get();
+  return kv && kv->cache ? kv->cache->bytes() : 0;
+}
+
 // One token: out (C) from its qkvp row (3C) and ln1 (C), through the layer's decode cache.
 void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
   const int C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_;

@@ -66,6 +66,8 @@ class Model {
   void reset_decode();
   const float* step(int token);
   int decode_position() const { return pos_; }
+  // Memory the decode caches hold now: KV caches, KVM states and windows (bytes).
+  size_t decode_cache_bytes() const;
 
   const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, logits_width())
   int logits_width() const { return Vl_; }  // Vp, or Vp/TP under tensor parallelism
@@ -123,6 +125,7 @@ class Model {
   void kvm_forward(int l);
   void kvm_backward(int l, const float* datty, float* dqkvp, float* dln1);
   void kvm_decode(int l, float* out, const float* qkvp, const float* ln1);
+  size_t kvm_cache_bytes(int l) const;
   void kvm_make(int l);
   // tensor parallel (model.cpp)
   void tp_sum(float* p, size_t n) { tp_->all_reduce_sum(p, n); }

@@ -31,6 +31,17 @@ struct Model::DecodeCache {
 
 void Model::DecodeCacheDeleter::operator()(DecodeCache* p) const { delete p; }
 
+size_t Model::decode_cache_bytes() const {
+  if (!dec_) return 0;
+  size_t bytes = 0;
+  for (int l = 0; l < int(dec_->layers.size()); l++) {
+    const auto& c = dec_->layers[l];
+    bytes += (c.kc.size() + c.vc.size() + c.prev_att.size() + c.prev_mlp.size()) * sizeof(float);
+    bytes += kvm_cache_bytes(l);
+  }
+  return bytes;
+}
+
 void Model::reset_decode() {
   const int C = cfg_.d_model, NH = NHl_, Ca = Ca_;
   auto* d = new DecodeCache;

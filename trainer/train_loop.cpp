@@ -112,6 +112,23 @@ bool stop_requested(Communicator& world) {
   return flags[0] > 0 || flags[1] > 0;
 }
 
+// Rank 0's string, on every rank (collective).
+std::string broadcast_string(Communicator& world, std::string s) {
+  uint64_t n = s.size();
+  world.broadcast(&n, sizeof n, 0);
+  s.resize(size_t(n));
+  if (n) world.broadcast(s.data(), size_t(n), 0);
+  return s;
+}
+
+// Rank 0's decision, on every rank (collective; one rank: the value itself).
+bool agree(Communicator& world, bool leaders) {
+  if (world.size() == 1) return leaders;
+  unsigned char b = leaders ? 1 : 0;
+  world.broadcast(&b, 1, 0);
+  return b != 0;
+}
+
 // Several non-finite steps in a row mean the run has diverged: stop instead of spinning.
 constexpr int kMaxBadStepsInARow = 3;
 
@@ -168,9 +185,6 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   auto tp_comm = world->split(world->rank() / TP, world->rank());
   auto dp_comm = world->split(world->rank() % TP, world->rank());
   const bool leader = world->rank() == 0;  // prints, writes the log and the run files
-  if (world->size() > 1 && (cfg.checkpoint.every > 0 || !resume.empty()))
-    throw std::runtime_error("checkpoint.every / --resume: checkpoints of multi-rank runs (gathering ZeRO and tensor "
-                             "shards) are not supported yet; set checkpoint.every: 0");
   if (!leader && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
 
   std::printf("kvmtrain %s (commit %s): resolved config\n%s", KVMTRAIN_VERSION, KVMTRAIN_GIT_COMMIT, resolved.c_str());
@@ -196,39 +210,43 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr);
   model.init(uint64_t(tc.seed));
   DataParallel dp(*dp_comm, model.table(), tc);  // ZeRO-1 AdamW: this rank's range of the moments
-  AdamW& opt = dp.optimizer();
 
   // --resume: every piece of state the loop carries comes back, so the steps after it are
-  // bit-identical to an uninterrupted run (docs/checkpoint-format.md).
+  // bit-identical to an uninterrupted run (docs/checkpoint-format.md). Checkpoints are unsharded:
+  // one written by any data x tensor layout resumes on any other (the same global batch gives
+  // the same losses within reduction-order tolerance).
   const std::string ckpt_root = cfg.log.dir + "/checkpoints";
   LoopState st;
   st.sample_rng = uint64_t(tc.seed) ^ 0x5A5A5A5Aull;
   std::string resume_dir;
-  if (resume == "auto") {
-    std::vector<std::string> warnings;
-    resume_dir = ckpt::newest_complete(ckpt_root, warnings);
-    for (const auto& w : warnings) std::fprintf(stderr, "kvmtrain: warning: %s\n", w.c_str());
-    if (resume_dir.empty()) std::printf("resume auto: no complete checkpoint in %s; starting fresh\n", ckpt_root.c_str());
-  } else if (!resume.empty()) {
-    resume_dir = resolve_checkpoint(resume, false);
+  if (leader) {  // rank 0 picks (and verifies) the checkpoint; every rank then reads that one
+    if (resume == "auto") {
+      std::vector<std::string> warnings;
+      resume_dir = ckpt::newest_complete(ckpt_root, warnings);
+      for (const auto& w : warnings) std::fprintf(stderr, "kvmtrain: warning: %s\n", w.c_str());
+      if (resume_dir.empty()) std::printf("resume auto: no complete checkpoint in %s; starting fresh\n", ckpt_root.c_str());
+    } else if (!resume.empty()) {
+      resume_dir = resolve_checkpoint(resume, false);
+    }
   }
+  if (world->size() > 1 && !resume.empty()) resume_dir = broadcast_string(*world, resume_dir);
   if (!resume_dir.empty()) {
-    st = restore_run_checkpoint(resume_dir, model, opt);
-    train.set_position(st.loader_position);
+    st = restore_run_checkpoint(resume_dir, model, dp);
+    train.set_position(st.loader_position);  // global windows: right for any data-parallel size
     std::string diff = first_difference(resolved, ckpt::read(resume_dir, "config.yaml"));
-    if (!diff.empty())
+    if (!diff.empty() && leader)
       std::fprintf(stderr, "kvmtrain: warning: the config differs from the checkpoint's (%s); the resumed run is not "
                            "an exact continuation\n", diff.c_str());
     std::printf("resumed from %s (step %lld, %llu tokens seen)\n", resume_dir.c_str(), (long long)st.step,
                 (unsigned long long)st.tokens_seen);
     // a best.json from steps after this checkpoint belongs to a discarded future
-    if (auto best = ckpt::read_best(ckpt_root); best && best->step > st.step) ckpt::remove_best(ckpt_root);
+    if (auto best = ckpt::read_best(ckpt_root); leader && best && best->step > st.step) ckpt::remove_best(ckpt_root);
   } else if (!tc.init_from.empty()) {
     load_weights(tc.init_from, model);
     std::printf("initialised the weights from %s (optimizer, data position and step start fresh)\n",
                 tc.init_from.c_str());
   }
-  if (!resume.empty()) truncate_log(cfg.log.dir, st.step);
+  if (!resume.empty() && leader) truncate_log(cfg.log.dir, st.step);
   // one reference shape for every model (GPT-2 124M's MLP), so MFU compares across configs
   const double peak = measure_sgemm_peak(std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
   const double flops_per_step = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
@@ -251,8 +269,9 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   int bad_in_a_row = st.bad_in_a_row;
   double total_time = st.time_s;
   float last_val = NAN;
-  int64_t saved_step = -1;  // the step of the last checkpoint this process wrote
-  // Saves the checkpoint of `steps_done` steps, records the best and prunes old ones.
+  int64_t saved_step = -1;  // the step of the last checkpoint this run saved
+  // Saves the checkpoint of `steps_done` steps, records the best and prunes old ones. Collective:
+  // every rank gathers, rank 0 writes, best and prunes, and the others wait for it at a barrier.
   auto save = [&](int64_t steps_done, std::optional<double> val) {
     LoopState now;
     now.step = steps_done;
@@ -262,10 +281,13 @@ int run_training(const config::Config& cfg, const std::string& resume) {
     now.bad_in_a_row = bad_in_a_row;
     now.time_s = total_time;
     now.val_loss = val;
-    std::string dir = save_run_checkpoint(cfg, resolved, model, opt, now);
-    auto best = ckpt::read_best(ckpt_root);
-    if (val && (!best || *val < best->val_loss)) ckpt::write_best(ckpt_root, best.emplace(ckpt::Best{steps_done, *val}));
-    ckpt::prune(ckpt_root, cfg.checkpoint.keep_last, steps_done, best ? std::optional<int64_t>(best->step) : std::nullopt);
+    std::string dir = save_run_checkpoint(cfg, resolved, model, dp, now, leader);
+    if (leader) {
+      auto best = ckpt::read_best(ckpt_root);
+      if (val && (!best || *val < best->val_loss)) ckpt::write_best(ckpt_root, best.emplace(ckpt::Best{steps_done, *val}));
+      ckpt::prune(ckpt_root, cfg.checkpoint.keep_last, steps_done, best ? std::optional<int64_t>(best->step) : std::nullopt);
+    }
+    if (world->size() > 1) world->barrier();
     saved_step = steps_done;
     return dir;
   };
@@ -331,9 +353,13 @@ int run_training(const config::Config& cfg, const std::string& resume) {
                                std::to_string(kMaxBadStepsInARow) + " steps in a row (step " +
                                std::to_string(step + 1) + "); lower train.lr or raise train.warmup_steps");
   }
-  // the end of a run always has a checkpoint (with train.steps: 0, that of the initial weights)
+  // The loop's last check is skipped when it ran all steps: agree once more, so that a signal
+  // that reached some ranks during the last step makes every rank take part in the save.
+  if (world->size() > 1) stop_requested(*world);
+  // the end of a run always has a checkpoint (with train.steps: 0, that of the initial weights);
+  // rank 0 decides (the directory may be visible on its node only)
   if (cfg.checkpoint.every > 0 && step == tc.steps && saved_step != step && g_interrupts == 0 &&
-      !std::filesystem::exists(ckpt_root + "/" + ckpt::step_dir_name(step)))
+      agree(*world, leader && !std::filesystem::exists(ckpt_root + "/" + ckpt::step_dir_name(step))))
     save(step, std::nullopt);
   if (g_interrupts) std::printf("\ninterrupted: stopped cleanly after the current step\n");
   std::signal(SIGINT, SIG_DFL);

@@ -2,6 +2,9 @@
 // losses as one process with batch N*B; tensor parallel 2 the same as 1; and a job whose world
 // size does not match parallel.data x parallel.tensor stops with one clear error, never a hang.
 // Tolerance: the ranks sum gradients in another order, so losses agree to 2e-5 over 8 steps.
+// Checkpoints of multi-rank runs are unsharded: one written by 2 data-parallel ranks resumes on 1
+// and on 4 (the same global batch), one written by 2 tensor-parallel ranks on 1, and the resumed
+// steps log the losses of the uninterrupted run.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -77,6 +80,38 @@ TEST_F(TrainMpi, TensorParallelEqualsOneProcess) {
   auto two = losses(2, "--set parallel.tensor=2", "tp2");
   ASSERT_EQ(two.size(), one.size());
   for (size_t i = 0; i < one.size(); i++) EXPECT_NEAR(two[i], one[i], 2e-5) << "step " << i + 1;
+}
+
+TEST_F(TrainMpi, DataParallelCheckpointResumesOnOneAndFourRanks) {
+  auto two = losses(2, "--set parallel.data=2 --set checkpoint.every=4", "dp2");
+  ASSERT_EQ(two.size(), 8u);
+  const fs::path ck = dir / "dp2/checkpoints/step_00000004";
+  ASSERT_TRUE(fs::exists(ck / "manifest.json"));
+  auto state = json::parse(test_util::slurp(ck / "state.json"));
+  EXPECT_EQ(state.at("world_size").integer(), 2);
+  EXPECT_EQ(state.at("layout").at("data").integer(), 2);
+  // global windows consumed: 4 steps x 2 ranks x batch 4
+  EXPECT_EQ(state.at("loader").at("train_position").integer(), 32);
+  // one process with the global batch, and 4 ranks with half the batch, continue the same run
+  auto one = losses(1, "--set train.batch_size=8 --resume " + ck.string(), "dp1_resumed");
+  auto four = losses(4, "--set parallel.data=4 --set train.batch_size=2 --resume " + ck.string(), "dp4_resumed");
+  ASSERT_EQ(one.size(), 4u);
+  ASSERT_EQ(four.size(), 4u);
+  for (size_t i = 0; i < 4; i++) {
+    EXPECT_NEAR(one[i], two[4 + i], 2e-5) << "1 rank, step " << 5 + i;
+    EXPECT_NEAR(four[i], two[4 + i], 2e-5) << "4 ranks, step " << 5 + i;
+  }
+}
+
+TEST_F(TrainMpi, TensorParallelCheckpointResumesOnOneRank) {
+  auto two = losses(2, "--set parallel.tensor=2 --set checkpoint.every=4", "tp2");
+  ASSERT_EQ(two.size(), 8u);
+  const fs::path ck = dir / "tp2/checkpoints/step_00000004";
+  ASSERT_TRUE(fs::exists(ck / "manifest.json"));
+  // full tensors: the 1-rank model takes them as they are (a shard's shape would be an error)
+  auto one = losses(1, "--resume " + ck.string(), "tp1_resumed");
+  ASSERT_EQ(one.size(), 4u);
+  for (size_t i = 0; i < 4; i++) EXPECT_NEAR(one[i], two[4 + i], 2e-5) << "step " << 5 + i;
 }
 
 TEST_F(TrainMpi, WrongWorldSizeIsOneErrorNotAHang) {

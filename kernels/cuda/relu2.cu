@@ -1,0 +1,41 @@
+// Squared ReLU, the CUDA twin of kernels/cpu/relu2.cpp: one element per thread.
+#include "kernels/cuda/common.cuh"
+#include "kernels/kernels.h"
+
+namespace kernels::cuda {
+
+namespace {
+
+__global__ void relu2_forward_kernel(float* out, const float* inp, int N) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < N) {
+    float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    out[i] = r * r;
+  }
+}
+
+__global__ void relu2_backward_kernel(float* dinp, const float* inp, const float* dout, int N) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < N) {
+    float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    dinp[i] += 2.0f * r * dout[i];
+  }
+}
+
+}  // namespace
+
+void relu2_forward(float* out, const float* inp, int N) {
+  // out, inp: (N), device
+  if (N == 0) return;
+  relu2_forward_kernel<<<blocks_for(N), kThreads>>>(out, inp, N);
+  cuda_check(cudaGetLastError());
+}
+
+void relu2_backward(float* dinp, const float* inp, const float* dout, int N) {
+  // dinp (accumulated), inp, dout: (N), device
+  if (N == 0) return;
+  relu2_backward_kernel<<<blocks_for(N), kThreads>>>(dinp, inp, dout, N);
+  cuda_check(cudaGetLastError());
+}
+
+}  // namespace kernels::cuda
