@@ -32,6 +32,20 @@ inline CliResult kvmtrain(const std::string& args, const std::filesystem::path& 
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir / "stdout"), slurp(dir / "stderr")};
 }
 
+// Raw arrays exchanged with the PyTorch reference scripts.
+template <class T>
+void write_raw(const std::filesystem::path& p, const T* data, size_t n) {
+  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(data), std::streamsize(n * sizeof(T)));
+}
+
+inline std::vector<float> read_raw(const std::filesystem::path& p, size_t n) {
+  std::vector<float> v(n);
+  std::ifstream in(p, std::ios::binary);
+  in.read(reinterpret_cast<char*>(v.data()), std::streamsize(n * sizeof(float)));
+  EXPECT_EQ(size_t(in.gcount()), n * sizeof(float)) << p;
+  return v;
+}
+
 // |got[i] - want[i]| <= tol * (1 + |want[i]|) for all i.
 template <class G, class W>
 void expect_close(const std::vector<G>& got, const std::vector<W>& want, double tol, const char* what) {

@@ -30,6 +30,7 @@
 #include <functional>
 
 #include "data/json.h"
+#include "tests/test_util.h"
 #include "kernels/kvm.h"
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
@@ -39,18 +40,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-template <class T>
-void write_raw(const fs::path& p, const T* data, size_t n) {
-  std::ofstream(p, std::ios::binary).write(reinterpret_cast<const char*>(data), std::streamsize(n * sizeof(T)));
-}
-
-std::vector<float> read_raw(const fs::path& p, size_t n) {
-  std::vector<float> v(n);
-  std::ifstream in(p, std::ios::binary);
-  in.read(reinterpret_cast<char*>(v.data()), std::streamsize(n * sizeof(float)));
-  EXPECT_EQ(size_t(in.gcount()), n * sizeof(float)) << p;
-  return v;
-}
+using test_util::read_raw;
+using test_util::write_raw;
 
 struct Case {
   const char* name;

@@ -6,10 +6,10 @@
 #include <vector>
 
 #include "trainer/communicator.h"
+#include "tests/mpi_test_main.h"
 
 namespace {
 
-std::unique_ptr<Communicator> world;
 
 // rank r's value at index i
 float value(int r, size_t i) { return float(r + 1) * 0.5f + float(i % 7); }
@@ -73,13 +73,3 @@ TEST(CommMpi, SplitIntoGroups) {
 }
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  comm_init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  world = make_world_communicator();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  comm_finalize();
-  return rc;
-}

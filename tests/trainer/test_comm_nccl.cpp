@@ -8,10 +8,10 @@
 
 #include "kernels/kernels.h"
 #include "trainer/communicator.h"
+#include "tests/mpi_test_main.h"
 
 namespace {
 
-std::unique_ptr<Communicator> world;
 
 class CommNccl : public ::testing::Test {
  protected:
@@ -59,13 +59,3 @@ TEST_F(CommNccl, CollectivesMatchTheHost) {
 }
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  comm_init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  world = make_world_communicator();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  comm_finalize();
-  return rc;
-}

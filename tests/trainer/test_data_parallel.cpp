@@ -13,10 +13,10 @@
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
 #include "trainer/rng.h"
+#include "tests/mpi_test_main.h"
 
 namespace {
 
-std::unique_ptr<Communicator> world;
 
 config::Config tiny_config() {
   config::Config cfg;
@@ -94,13 +94,3 @@ TEST(DataParallel, RanksEqualOneProcessWithTheGlobalBatch) {
 }
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  comm_init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  world = make_world_communicator();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  comm_finalize();
-  return rc;
-}

@@ -18,10 +18,10 @@
 #include "trainer/model.h"
 #include "trainer/rng.h"
 #include "trainer/tensor_parallel.h"
+#include "tests/mpi_test_main.h"
 
 namespace {
 
-std::unique_ptr<Communicator> world;
 
 config::ModelConfig gpt2() {
   config::ModelConfig m;
@@ -288,13 +288,3 @@ TEST(TensorParallel, IndivisibleSizesNameTheKey) {
 }
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  comm_init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  world = make_world_communicator();
-  int rc = RUN_ALL_TESTS();
-  world.reset();
-  comm_finalize();
-  return rc;
-}
