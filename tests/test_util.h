@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,24 @@ inline CliResult kvmtrain(const std::string& args, const std::filesystem::path& 
                     (dir / "stderr").string();
   int st = std::system(cmd.c_str());
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir / "stdout"), slurp(dir / "stderr")};
+}
+
+// Random normal floats from a fixed seed, a double copy, and the double dot product a . w: the
+// pieces of the finite-difference checks.
+inline std::vector<float> randn(size_t n, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+inline std::vector<double> to_double(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+inline double dot(const std::vector<double>& a, const std::vector<float>& w) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); i++) s += a[i] * w[i];
+  return s;
 }
 
 // Raw arrays exchanged with the PyTorch reference scripts.

@@ -24,21 +24,9 @@ using DVec = std::vector<double>;
 
 namespace {
 
-Vec randn(size_t n, uint32_t seed, float stddev = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, stddev);
-  Vec v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-DVec to_double(const Vec& v) { return DVec(v.begin(), v.end()); }
-
-double dot(const DVec& a, const Vec& w) {
-  double s = 0.0;
-  for (size_t i = 0; i < a.size(); i++) s += a[i] * w[i];
-  return s;
-}
+using test_util::dot;
+using test_util::randn;
+using test_util::to_double;
 
 using test_util::expect_close;
 
