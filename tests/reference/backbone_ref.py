@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvm_ref import kvm_attention  # noqa: E402
+from parity_io import adamw_losses, load_inputs, load_params, write_grads  # noqa: E402
 
 
 def rope(x, R, base):
@@ -206,32 +207,12 @@ class Backbone(nn.Module):
         return out
 
 
-def lr_at(cfg, step):
-    lr, min_lr, warm, steps = cfg["lr"], cfg["min_lr"], cfg["warmup_steps"], cfg["steps"]
-    if step < warm:
-        return lr * (step + 1) / warm
-    ratio = min(1.0, (step - warm) / (steps - warm))
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
-
-
 def main(d):
     torch.manual_seed(0)
-    cfg = json.load(open(os.path.join(d, "config.json")))
-    layout = json.load(open(os.path.join(d, "layout.json")))
-    flat = np.fromfile(os.path.join(d, "params.bin"), dtype=np.float32)
-    tokens = torch.from_numpy(np.fromfile(os.path.join(d, "tokens.bin"), dtype=np.int32).astype(np.int64))
-    B, T = cfg["B"], cfg["T"]
-    tokens = tokens.view(B, T + 1)
-    x, y = tokens[:, :-1], tokens[:, 1:]
-
+    cfg, layout, flat, x, y = load_inputs(d)
     model = Backbone(cfg)
     named = model.named_for_kvmtrain()
-    assert set(named) == {e["name"] for e in layout}, (
-        "parameter names differ from kvmtrain's: " + str(set(named) ^ {e["name"] for e in layout}))
-    with torch.no_grad():
-        for e in layout:
-            n = int(np.prod(e["shape"]))
-            named[e["name"]].copy_(torch.from_numpy(flat[e["offset"]: e["offset"] + n].reshape(e["shape"])))
+    load_params(named, layout, flat)
 
     kvm_blocks = [(l, b) for l, b in enumerate(model.h) if b.kvm]
     records = {}
@@ -249,29 +230,8 @@ def main(d):
     loss = model.loss(logits, y)
     loss.backward()
     logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
-    grads = np.zeros_like(flat)
-    for e in layout:
-        n = int(np.prod(e["shape"]))
-        g = named[e["name"]].grad
-        if g is not None:  # None: unused (kvm tau_* with head_temps off)
-            grads[e["offset"]: e["offset"] + n] = g.numpy().reshape(-1)
-    grads.tofile(os.path.join(d, "grads.bin"))
-
-    decay = [named[e["name"]] for e in layout if len(e["shape"]) >= 2]
-    no_decay = [named[e["name"]] for e in layout if len(e["shape"]) < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg["lr"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"])
-    losses = []
-    for step in range(cfg["steps"]):
-        opt.zero_grad()
-        loss = model.loss(model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        opt.step()
-        losses.append(loss.item())
+    write_grads(d, named, layout, flat)  # unused parameters (kvm tau_* with head_temps off) get 0
+    losses = adamw_losses(model, named, layout, cfg, x, y)
     margins = [m for _, b in kvm_blocks for m in b.margins]
     inf_to_big = lambda x: x if math.isfinite(x) else 1e30  # noqa: E731 (JSON has no inf)
     json.dump({"losses": losses, "kvm_layers": [l for l, _ in kvm_blocks],

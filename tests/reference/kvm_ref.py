@@ -60,7 +60,7 @@ def kvm_attention(q, k, v, g, ln_w, ln_b, tau_front, tau_state, cfg, record=Fals
     B, H, T, D = q.shape
     C, W, S, R = cfg["C"], cfg["W"], cfg["S"], cfg["R"]
     eps = cfg["ln_eps"]
-    dev, dt = q.device, q.dtype
+    dt = q.dtype
     if not cfg["head_temps"]:
         tau_front = torch.ones(H, dtype=dt)
         tau_state = torch.ones(H, dtype=dt)
