@@ -1,7 +1,10 @@
 // Training throughput of kvmtrain's GPT-2 on CPU: tokens/s and MFU of whole optimizer steps
-// (forward, backward, clip, AdamW) on random tokens, against the fp32 sgemm peak measured in
-// the same process at the MLP shape (B*T) x 4C x C. Writes JSON (--out) and prints one row.
-//   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--out FILE]
+// (forward, backward, clip, AdamW, and the bf16 copy of the weights in bf16) on random tokens,
+// against the peak of the GEMM library kvmtrain uses (oneDNN, fp32 or bf16 operands as the run)
+// measured in the same process at the MLP shape (B*T) x 4C x C; OpenBLAS's sgemm peak beside it.
+// Writes JSON (--out) and prints one row.
+//   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]
+//               [--out FILE]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -22,6 +25,7 @@
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);  // the same runtime settings as kvmtrain itself
   std::string config_path = std::string(KVMTRAIN_SOURCE_DIR) + "/configs/gpt2-124m.yaml", out = "train_bench.json";
+  std::string precision = "fp32";
   int B = 4, T = 64, steps = 4;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -30,18 +34,22 @@ int main(int argc, char** argv) {
     else if (a == "--T") T = std::atoi(argv[i + 1]);
     else if (a == "--steps") steps = std::atoi(argv[i + 1]);
     else if (a == "--out") out = argv[i + 1];
+    else if (a == "--precision") precision = argv[i + 1];
     else return std::fprintf(stderr, "train_bench: unknown flag %s\n", a.c_str()), 2;
   }
   config::Config cfg = config::load(config_path, {"train.seq_len=" + std::to_string(T)});
   Model model(cfg.model, B, T);
   model.init(1);
+  const bool bf16 = precision == "bf16";
+  if (bf16) model.use_bf16(), model.refresh_bf16(1, 0);
   AdamW opt(model.table(), cfg.train);
   Rng rng(2);
   std::vector<int> x(size_t(B) * T), y(size_t(B) * T);
   for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % cfg.model.vocab_size), y[i] = int(rng.next_u64() % cfg.model.vocab_size);
 
   const int C = cfg.model.d_model;
-  const double peak = measure_sgemm_peak(B * T, 4 * C, C, 1.0);
+  const double peak = measure_gemm_peak(bf16, B * T, 4 * C, C, 1.0);
+  const double openblas_peak = measure_openblas_sgemm_peak(B * T, 4 * C, C, 1.0);
   using clock = std::chrono::steady_clock;
   double best = 1e30, total = 0;
   for (int s = 0; s <= steps; s++) {  // step 0 warms up
@@ -52,6 +60,7 @@ int main(int argc, char** argv) {
     model.backward();
     float norm = grad_norm(model.grads(), model.table().total());
     opt.step(model.params(), model.grads(), 1e-4f, clip_scale(norm, 1.0f));
+    if (bf16) model.refresh_bf16(1, uint64_t(s + 1));
     double dt = std::chrono::duration<double>(clock::now() - t0).count();
     if (s > 0) best = std::min(best, dt), total += dt;
   }
@@ -61,9 +70,11 @@ int main(int argc, char** argv) {
   const double mfu = tok_s * flops_token / peak;
   json::Object row{{"impl", "kvmtrain"}, {"B", B}, {"T", T}, {"threads", omp_get_max_threads()},
                    {"params", uint64_t(model.num_params())}, {"step_s_mean", median_like}, {"step_s_best", best},
-                   {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"sgemm_peak_flops", peak}, {"mfu", mfu}};
+                   {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"precision", precision},
+                   {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu}};
   std::ofstream(out) << json::dump(row, 2) << "\n";
-  std::printf("kvmtrain  B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs  mfu %5.1f%%  sgemm peak %.1f GFLOP/s\n", B, T,
-              omp_get_max_threads(), tok_s, median_like, 100 * mfu, peak / 1e9);
+  std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs  mfu %5.1f%%  oneDNN %s peak %.1f GFLOP/s"
+              "  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T, omp_get_max_threads(), tok_s, median_like, 100 * mfu,
+              precision.c_str(), peak / 1e9, openblas_peak / 1e9);
   return 0;
 }

@@ -1,7 +1,7 @@
 #pragma once
 // Every kernel of the model, declared once for both backends so the twins cannot drift apart:
 // kernels::cpu takes host pointers, kernels::cuda device pointers (launched on the default stream).
-// All tensors are fp32, row-major, shapes in the comments. Conventions, as in llm.c:
+// All tensors are fp32 (bf16 where the type says so), row-major, shapes in the comments. Conventions, as in llm.c:
 //  - forward outputs are OVERWRITTEN;
 //  - gradient outputs ACCUMULATE (+=): the trainer zeroes the gradients once per step and sums
 //    over micro-steps, and a tensor feeding two consumers collects both contributions in place;
@@ -9,9 +9,11 @@
 // An entry is X(return type, name, (parameters)); comments inside must be /* */ because the
 // lists are macros.
 #include <cstddef>
+#include <cstdint>
 
-// Kernels that both backends implement. A kernel moves here from the list below once its CUDA
-// twin exists.
+#include "kernels/bf16.h"
+
+// The kernels, each implemented by both backends.
 #define KVM_KERNELS_ALL_BACKENDS(X)                                                                  \
   /* tanh approximation, as GPT-2 */                                                                 \
   X(void, gelu_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                       \
@@ -79,10 +81,7 @@
   X(void, rope_forward, (float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R,  \
                          float base, int pos0))                                                      \
   X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
-                          int R, float base, int pos0))
-
-// Kernels that only the CPU backend implements so far.
-#define KVM_KERNELS_CPU_ONLY(X)                                                                      \
+                          int R, float base, int pos0))                                              \
   /* ---- the paper's backbone (docs/kvm.md section 12) ---- */                                      \
   /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream) */                  \
   X(void, scaled_residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/,                   \
@@ -111,13 +110,27 @@
   X(void, head_layernorm_backward, (float* dinp, float* dweight /*(hs)*/, float* dbias /*(hs)*/,     \
                                     const float* dout, const float* inp, const float* weight,        \
                                     const float* mean, const float* rstd, int N, int NH, int hs,     \
-                                    int ld))
+                                    int ld))                                                         \
+  /* ---- bf16 mixed precision (kernels/bf16.h) ---- */                                              \
+  /* matmul_forward/backward with the bf16 copy of the weight: inp and dout are rounded to bf16    \
+     (nearest even) inside, the products accumulate in fp32, out, dinp, dweight and dbias are fp32  \
+     with the same conventions as the fp32 kernels (dbias sums the fp32 dout). */                   \
+  X(void, matmul_forward_bf16, (float* out /*(N,OC)*/, const float* inp /*(N,IC)*/,                 \
+                                const kernels::bf16* weight /*(OC,IC)*/,                              \
+                                const float* bias /*(OC) or nullptr*/, int N, int IC, int OC))       \
+  X(void, matmul_backward_bf16, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,     \
+                                 float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,     \
+                                 const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
+                                 int N, int IC, int OC))                                             \
+  /* out[i] = inp[i] rounded to bf16 stochastically with the random bits                            \
+     stochastic_round_bits(seed, step, offset + i): offset is inp's global element index. */         \
+  X(void, bf16_round_stochastic, (kernels::bf16* out /*(n)*/, const float* inp /*(n)*/, size_t n,    \
+                                  uint64_t seed, uint64_t step, uint64_t offset))
 
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 
 namespace kernels::cpu {
 KVM_KERNELS_ALL_BACKENDS(KVM_DECLARE_KERNEL)
-KVM_KERNELS_CPU_ONLY(KVM_DECLARE_KERNEL)
 }  // namespace kernels::cpu
 
 namespace kernels::cuda {

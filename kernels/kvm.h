@@ -64,6 +64,12 @@ struct KvmTape {
   bool snapshots = false;
   struct Impl;
   std::unique_ptr<Impl> impl;
+  // What cuda::kvm_forward keeps on the device (routing, final state, snapshots), made by its
+  // first call (kernels/cuda/kvm_internal.cuh). It carries its own deleter, so this header and the
+  // CPU path need no CUDA. A tape serves one backend: the accessors above read the host part,
+  // which cuda::kvm_tape_to_host fills from this one.
+  struct Device;
+  std::unique_ptr<Device, void (*)(Device*)> device{nullptr, nullptr};
 };
 
 namespace cpu {
@@ -92,6 +98,10 @@ struct KvmCache {
   size_t bytes() const;  // memory held
   struct Impl;
   std::unique_ptr<Impl> impl;
+  // The device copy of the cache that cuda::kvm_decode_init makes and cuda::kvm_decode_step uses
+  // (kernels/cuda/kvm_decode.cu); position() and bytes() describe the host part only.
+  struct Device;
+  std::unique_ptr<Device, void (*)(Device*)> device{nullptr, nullptr};
 };
 
 namespace cpu {
@@ -100,5 +110,39 @@ void kvm_decode_step(float* out /*(H,D)*/, KvmCache& cache, const float* q /*(H,
                      const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
                      const KvmParams& p);
 }  // namespace cpu
+
+// The CUDA twins (kernels/cuda/kvm_*.cu): the same semantics, every tensor a device pointer,
+// launched on the default stream. The schedule, the budget and the routing decisions are the
+// CPU's; only the floating-point summation order differs. They share one process-wide scratch,
+// so they must not run from several host threads at once.
+namespace cuda {
+
+void kvm_forward(float* out /*(B,H,T,D)*/, KvmTape& tape, const float* q /*(B,H,T,D)*/, const float* k /*(B,H,T,D)*/,
+                 const float* v /*(B,H,T,D)*/, const float* g /*(B,H,T)*/, const float* ln_s_weight /*(D)*/,
+                 const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
+                 int B, int H, int T, int D, const KvmParams& p);
+
+// Needs the tape of a cuda::kvm_forward with the same B, H, T, D.
+void kvm_backward(float* dq /*(B,H,T,D)*/, float* dk /*(B,H,T,D)*/, float* dv /*(B,H,T,D)*/, float* dg /*(B,H,T)*/,
+                  float* d_ln_s_weight /*(D)*/, float* d_ln_s_bias /*(D)*/, float* d_tau_front /*(H)*/,
+                  float* d_tau_state /*(H)*/, const float* dout /*(B,H,T,D)*/, const KvmTape& tape,
+                  const float* q, const float* k, const float* v, const float* g, const float* ln_s_weight,
+                  const float* ln_s_bias, const float* tau_front, const float* tau_state, int B, int H, int T, int D,
+                  const KvmParams& p);
+
+// Copies the device tape of the last cuda::kvm_forward into the host part (routing, final state),
+// for the accessors; cpu::kvm_backward can then walk it back too (without snapshots). Synchronous.
+void kvm_tape_to_host(KvmTape& tape);
+
+// Gives a cache made with KvmCache(H, D, p) its device storage (the constructor is backend-neutral
+// and keeps H and D to the CPU path); call it once, before the first cuda::kvm_decode_step.
+void kvm_decode_init(KvmCache& cache, int H, int D);
+
+void kvm_decode_step(float* out /*(H,D)*/, KvmCache& cache, const float* q /*(H,D)*/, const float* k /*(H,D)*/,
+                     const float* v /*(H,D)*/, const float* g /*(H)*/, const float* ln_s_weight /*(D)*/,
+                     const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
+                     const KvmParams& p);
+
+}  // namespace cuda
 
 }  // namespace kernels

@@ -24,13 +24,22 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs `$KVMTRAIN_BIN args` (args are shell words), capturing stdout and stderr in `dir`.
-inline CliResult kvmtrain(const std::string& args, const std::filesystem::path& dir) {
+// Runs `launcher $KVMTRAIN_BIN args` (shell words), capturing stdout and stderr in `dir`.
+inline CliResult kvmtrain_under(const std::string& launcher, const std::string& args, const std::filesystem::path& dir) {
   const char* bin = std::getenv("KVMTRAIN_BIN");
-  std::string cmd = std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (dir / "stdout").string() + " 2>" +
-                    (dir / "stderr").string();
+  std::string cmd = launcher + " " + std::string(bin ? bin : "kvmtrain") + " " + args + " >" + (dir / "stdout").string() +
+                    " 2>" + (dir / "stderr").string();
   int st = std::system(cmd.c_str());
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp(dir / "stdout"), slurp(dir / "stderr")};
+}
+
+// Runs `$KVMTRAIN_BIN args` (args are shell words), capturing stdout and stderr in `dir`.
+inline CliResult kvmtrain(const std::string& args, const std::filesystem::path& dir) { return kvmtrain_under("", args, dir); }
+
+// The same under `$KVMTRAIN_MPIEXEC -np ranks` (the job's exit status: non-zero if any rank failed).
+inline CliResult kvmtrain_mpi(int ranks, const std::string& args, const std::filesystem::path& dir) {
+  const char* mpiexec = std::getenv("KVMTRAIN_MPIEXEC");
+  return kvmtrain_under(std::string(mpiexec ? mpiexec : "mpiexec") + " -np " + std::to_string(ranks), args, dir);
 }
 
 // Random normal floats from a fixed seed, a double copy, and the double dot product a . w: the

@@ -52,7 +52,7 @@ void Model::block_forward(int l, const float* residual) {
   // ---- attention sub-block ----
   k::layernorm_forward(A(x.ln1), A(x.ln1_mean), A(x.ln1_rstd), residual, P(w.ln1w), P(w.ln1b), BT, C);
   if (cfg_.token_shift) k::token_shift_forward(A(x.xa), A(x.ln1), nullptr, P(w.shift_att), B, T, C);
-  k::matmul_forward(A(x.qkv), A(x.xa), P(w.qkvw), P(w.qkvb), BT, C, 3 * Ca);
+  linear_forward(A(x.qkv), A(x.xa), w.qkvw, w.qkvb, BT, C, 3 * Ca);
   if (cfg_.value_residual && l == 0) copy_v_out(A(v0_), A(x.qkv), BT, Ca);
   if (qkv_processed(l)) {
     float* qkvp = A(x.qkvp);
@@ -83,7 +83,7 @@ void Model::block_forward(int l, const float* residual) {
   // ---- MLP sub-block ----
   k::layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
   if (cfg_.token_shift) k::token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
-  k::matmul_forward(A(x.fch), A(x.xm), P(w.fcw), P(w.fcb), BT, C, F);
+  linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
   if (cfg_.mlp == "relu2") k::relu2_forward(A(x.fch_act), A(x.fch), BT * F);
   else k::gelu_forward(A(x.fch_act), A(x.fch), BT * F);
   row_parallel_forward(A(x.residual3), A(x.fch_act), w.fcprojw, w.fcprojb, BT, F);
@@ -116,11 +116,11 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   if (tp) red_begin(n);
   else zero(dln, n);
   zero(dxa, n);
-  k::matmul_backward(s_.dact.data(), G(w.fcprojw), G(w.fcprojb), dout, A(x.fch_act), P(w.fcprojw), BT, F, C);
+  linear_backward(s_.dact.data(), w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
   if (cfg_.mlp == "relu2") k::relu2_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
   else k::gelu_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
   float* dxm = cfg_.token_shift ? dxa : dln;
-  k::matmul_backward(dxm, G(w.fcw), G(w.fcb), s_.dfch.data(), A(x.xm), P(w.fcw), BT, C, F);
+  linear_backward(dxm, w.fcw, w.fcb, s_.dfch.data(), A(x.xm), BT, C, F);
   if (cfg_.token_shift)
     k::token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, A(x.ln2), P(w.shift_mlp), B, T, C);
   if (tp) {
@@ -140,7 +140,7 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   if (tp) red_begin(n);
   else zero(dln, n);
   zero(dxa, n);
-  k::matmul_backward(datty, G(w.projw), G(w.projb), dout, A(x.atty), P(w.projw), BT, Ca, C);
+  linear_backward(datty, w.projw, w.projb, dout, A(x.atty), BT, Ca, C);
   mixer_backward(l, datty, dqkvp, dln);  // KVM adds its gate's gradient to dln
   float* dqkv = dqkvp;
   if (qkv_processed(l)) {
@@ -184,7 +184,7 @@ void Model::block_backward(int l, const float* residual, float* dres) {
       for (int c = 0; c < Ca; c++) dqkv[size_t(r) * 3 * Ca + 2 * Ca + c] += dv0[size_t(r) * Ca + c];
   }
   float* dx_in = cfg_.token_shift ? dxa : dln;
-  k::matmul_backward(dx_in, G(w.qkvw), G(w.qkvb), dqkv, A(x.xa), P(w.qkvw), BT, C, 3 * Ca);
+  linear_backward(dx_in, w.qkvw, w.qkvb, dqkv, A(x.xa), BT, C, 3 * Ca);
   if (cfg_.token_shift)
     k::token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, A(x.ln1), P(w.shift_att), B, T, C);
   if (tp) {

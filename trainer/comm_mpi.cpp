@@ -22,6 +22,25 @@ void mpi_check(int rc, const char* call) {
 // MPI counts are int: split large buffers into chunks below 2^30 elements.
 constexpr size_t kMaxChunk = size_t(1) << 30;
 
+// Non-blocking collectives (one per chunk) that complete together.
+class MpiRequest final : public Communicator::Request {
+ public:
+  std::vector<MPI_Request> reqs;
+  bool test() override {
+    int done = 0;
+    mpi_check(MPI_Testall(int(reqs.size()), reqs.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+    return done != 0;
+  }
+  void wait() override { mpi_check(MPI_Waitall(int(reqs.size()), reqs.data(), MPI_STATUSES_IGNORE), "MPI_Waitall"); }
+};
+
+// What a single process's collectives leave behind: nothing in flight.
+class DoneRequest final : public Communicator::Request {
+ public:
+  bool test() override { return true; }
+  void wait() override {}
+};
+
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {
@@ -42,6 +61,35 @@ class MpiCommunicator final : public Communicator {
       int count = int(std::min(kMaxChunk, n - off));
       mpi_check(MPI_Allreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce");
     }
+  }
+  std::unique_ptr<Request> all_reduce_sum_async(float* buf, size_t n) override {
+    auto r = std::make_unique<MpiRequest>();
+    for (size_t off = 0; off < n; off += kMaxChunk) {
+      int count = int(std::min(kMaxChunk, n - off));
+      r->reqs.emplace_back();
+      mpi_check(MPI_Iallreduce(MPI_IN_PLACE, buf + off, count, MPI_FLOAT, MPI_SUM, comm_, &r->reqs.back()),
+                "MPI_Iallreduce");
+    }
+    return r;
+  }
+  // One in-place reduce to each owner of a piece: a bucket holds the pieces of one or a few
+  // owners, where MPI_Ireduce_scatter would still involve every rank's (empty) piece and cannot
+  // put the result at the piece's own offset.
+  std::unique_ptr<Request> reduce_scatter_sum_async(float* buf, const std::vector<size_t>& counts) override {
+    auto r = std::make_unique<MpiRequest>();
+    float* piece = buf;
+    for (int owner = 0; owner < size_; owner++) {
+      const size_t n = counts[size_t(owner)];
+      for (size_t off = 0; off < n; off += kMaxChunk) {
+        int count = int(std::min(kMaxChunk, n - off));
+        float* p = piece + off;
+        r->reqs.emplace_back();
+        mpi_check(MPI_Ireduce(owner == rank_ ? MPI_IN_PLACE : p, p, count, MPI_FLOAT, MPI_SUM, owner, comm_,
+                              &r->reqs.back()), "MPI_Ireduce");
+      }
+      piece += n;
+    }
+    return r;
   }
   void reduce_scatter_sum(const float* send, float* recv, size_t n) override {
     if (n > kMaxChunk) throw std::runtime_error("reduce_scatter_sum: shard of " + std::to_string(n) + " floats exceeds 2^30");
@@ -85,6 +133,12 @@ void comm_init(int* argc, char*** argv) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (initialized || !launched_by_mpi()) return;
+  // On 2 to 4 ranks Open MPI's non-blocking reduce (libnbc) sends a large message as a chain of
+  // 8 KB fragments, one progress round each: thousands of rounds per ZeRO-1 gradient bucket,
+  // each waiting for the other rank, many times slower (bench/dp_bench.sh) than its binomial
+  // tree, which sends the bucket in one message per round (and which it takes itself above 4
+  // ranks). A choice made with mpirun --mca or in the environment stands.
+  setenv("OMPI_MCA_coll_libnbc_ireduce_algorithm", "2", 0);
   MPI_Init(argc, argv);
   // errors come back as codes that mpi_check turns into exceptions naming the call
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -125,6 +179,10 @@ class SoloCommunicator final : public Communicator {
     if (send != recv) std::copy(send, send + n, recv);
   }
   void broadcast(void*, size_t, int) override {}
+  std::unique_ptr<Request> all_reduce_sum_async(float*, size_t) override { return std::make_unique<DoneRequest>(); }
+  std::unique_ptr<Request> reduce_scatter_sum_async(float*, const std::vector<size_t>&) override {
+    return std::make_unique<DoneRequest>();
+  }
   void barrier() override {}
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<SoloCommunicator>(); }
 };

@@ -6,9 +6,22 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 class Communicator {
  public:
+  // A non-blocking collective in flight. Its buffer must be neither read nor written until wait()
+  // returns. Requests of one communicator may be waited for in any order.
+  class Request {
+   public:
+    virtual ~Request() = default;
+    // Lets the collective progress (MPI moves data only inside MPI calls); true once it is done.
+    virtual bool test() = 0;
+    // MPI: returns when the buffer holds the result. NCCL: the default stream waits for it (the
+    // host does not), so the kernels launched after wait() see the result.
+    virtual void wait() = 0;
+  };
+
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
@@ -21,6 +34,16 @@ class Communicator {
   // send (n) from every rank: recv (size() * n) holds them in rank order.
   virtual void all_gather(const float* send, float* recv, size_t n) = 0;
   virtual void broadcast(void* buf, size_t bytes, int root) = 0;
+  // Non-blocking forms, to overlap communication with compute (data-parallel gradient buckets
+  // during the backward). NCCL runs them on a communication stream that first waits for the work
+  // already on the default stream.
+  // all_reduce_sum, started now.
+  virtual std::unique_ptr<Request> all_reduce_sum_async(float* buf, size_t n) = 0;
+  // buf holds consecutive pieces, piece r of counts[r] floats (counts has size() entries, zeros
+  // allowed): rank r ends with the sum over ranks of its piece, in place, and every other piece
+  // as it was. A reduce-scatter with uneven pieces: ZeRO-1 sends each part of a gradient bucket
+  // to the rank that owns it.
+  virtual std::unique_ptr<Request> reduce_scatter_sum_async(float* buf, const std::vector<size_t>& counts) = 0;
   virtual void barrier() = 0;
   // The ranks with the same `color` form a new communicator, ordered by `key`.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;

@@ -63,6 +63,7 @@ struct DataConfig {
 
 struct TrainConfig {
   std::string device = "cpu";
+  std::string precision = "fp32";  // fp32 | bf16 (docs/decisions.md: what is bf16)
   int batch_size = 4;          // sequences per data-parallel rank per micro-step
   int seq_len = 64;
   int grad_accum = 1;
@@ -87,6 +88,7 @@ struct TrainConfig {
 struct ParallelConfig {
   int data = 1;
   int tensor = 1;
+  double bucket_mb = 25;  // data-parallel gradient bucket (MiB), reduced during the backward; 0: one
 };
 
 struct CheckpointConfig {

@@ -2,20 +2,34 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+
+#include "trainer/tensor_parallel.h"
 
 namespace {
 
 // Ranges of 64-byte multiples, so that every rank's range starts on a cache line.
 size_t shard_size(size_t total, int ranks) { return ((total + ranks - 1) / ranks + 15) / 16 * 16; }
 
+// The communicator sums floats: a double travels as a high and a low part.
+double sum_over(Communicator& comm, double x) {
+  float parts[2] = {float(x), float(x - double(float(x)))};
+  comm.all_reduce_sum(parts, 2);
+  return double(parts[0]) + double(parts[1]);
+}
+
 }  // namespace
 
-DataParallel::DataParallel(Communicator& dp, const TensorTable& table, const config::TrainConfig& cfg)
+DataParallel::DataParallel(Communicator& dp, const TensorTable& table, const config::TrainConfig& cfg,
+                           size_t bucket_floats, bool zero1)
     : comm_(dp),
+      table_(table),
       total_(table.total()),
       shard_(shard_size(table.total(), dp.size())),
-      opt_(table, cfg, std::min(total_, size_t(dp.rank()) * shard_), std::min(total_, size_t(dp.rank() + 1) * shard_)) {
-  if (comm_.size() > 1) {
+      sharded_(zero1 && dp.size() > 1),
+      opt_(table, cfg, sharded_ ? owner_begin(dp.rank()) : 0, sharded_ ? owner_begin(dp.rank() + 1) : total_),
+      bucket_(bucket_floats ? (bucket_floats + 15) / 16 * 16 : total_) {
+  if (sharded_) {
     send_.resize(shard_);
     recv_.resize(shard_ * comm_.size());
   }
@@ -26,12 +40,69 @@ float DataParallel::mean(float local) {
   return local / float(comm_.size());
 }
 
-void DataParallel::average_gradients(float* grads) {
+void DataParallel::start_gradients(float* grads) {
   if (comm_.size() == 1) return;
-  comm_.all_reduce_sum(grads, total_);
+  grads_ = grads;
+  ready_ = started_ = total_;
+  buckets_ = overlapped_ = 0;
+}
+
+void DataParallel::gradients_ready(size_t begin, size_t end) {
+  if (!grads_) return;  // not the last micro-step, or one rank
+  if (end != ready_ || begin > end)
+    throw std::logic_error("DataParallel::gradients_ready: ranges must come from the top of the buffer down");
+  ready_ = begin;
+  launch_final_buckets();
+  overlapped_ = buckets_;
+  for (auto& r : inflight_) r->test();  // MPI moves a collective's data only inside MPI calls
+}
+
+void DataParallel::launch_final_buckets() {
+  while (started_ > 0) {
+    const size_t lo = started_ > bucket_ ? started_ - bucket_ : 0, hi = started_;
+    if (lo < ready_) return;
+    if (sharded_) {
+      std::vector<size_t> counts(size_t(comm_.size()));  // the bucket's part in each rank's range
+      for (int r = 0; r < comm_.size(); r++) {
+        const size_t a = std::max(lo, owner_begin(r)), b = std::min(hi, owner_begin(r + 1));
+        counts[size_t(r)] = b > a ? b - a : 0;
+      }
+      inflight_.push_back(comm_.reduce_scatter_sum_async(grads_ + lo, counts));
+    } else {
+      inflight_.push_back(comm_.all_reduce_sum_async(grads_ + lo, hi - lo));
+    }
+    started_ = lo;
+    buckets_++;
+  }
+}
+
+void DataParallel::finish_gradients() {
+  if (comm_.size() == 1) return;
+  if (!grads_) throw std::logic_error("DataParallel::finish_gradients without start_gradients");
+  ready_ = 0;
+  launch_final_buckets();
+  for (auto& r : inflight_) r->wait();
+  inflight_.clear();
+  float* g = grads_;
+  const size_t lo = grads_begin(), hi = grads_end();
   const float inv = 1.0f / float(comm_.size());
 #pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < total_; i++) grads[i] *= inv;
+  for (size_t i = lo; i < hi; i++) g[i] *= inv;
+  grads_ = nullptr;
+}
+
+double DataParallel::grad_norm_squared(const float* grads, Communicator* tp) const {
+  const bool first = !tp || tp->rank() == 0;  // a replicated tensor counts on tensor rank 0 only
+  const size_t lo = grads_begin(), hi = grads_end();
+  double sum = 0;
+  for (const auto& v : table_.views()) {
+    if (!tp::is_sharded(v) && !first) continue;
+    const size_t a = std::max(lo, v.offset), b = std::min(hi, v.offset + v.size);
+    for (size_t i = a; i < b; i++) sum += double(grads[i]) * grads[i];
+  }
+  if (sharded_) sum = sum_over(comm_, sum);
+  if (tp && tp->size() > 1) sum = sum_over(*tp, sum);
+  return sum;
 }
 
 void DataParallel::gather(const float* full_in_range, float* full_out) {
@@ -44,12 +115,12 @@ void DataParallel::gather(const float* full_in_range, float* full_out) {
 
 void DataParallel::step(float* params, const float* grads, float lr, float grad_scale) {
   opt_.step(params, grads, lr, grad_scale);
-  if (comm_.size() > 1) gather(params, params);
+  if (sharded_) gather(params, params);
 }
 
 void DataParallel::gather_moments(float* m, float* v) {
   const size_t n = opt_.end() - opt_.begin();
-  if (comm_.size() == 1) {
+  if (!sharded_) {
     std::memcpy(m, opt_.m(), n * sizeof(float));
     std::memcpy(v, opt_.v(), n * sizeof(float));
     return;

@@ -88,7 +88,7 @@ void Model::kvm_forward(int l) {
   to_heads(A(x.kh), qkvp + Ca, B, T, NH, hs, 3 * Ca);
   to_heads(A(x.vh), qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
   // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T)
-  k::matmul_forward(A(x.gpre), A(x.ln1), P(w.gatew), nullptr, BT, C, NH);
+  linear_forward(A(x.gpre), A(x.ln1), w.gatew, kNone, BT, C, NH);
   std::vector<float> g_bth(size_t(BT) * NH);
   k::elu_gate_forward(g_bth.data(), A(x.gpre), BT * NH);
   to_heads(A(x.g), g_bth.data(), B, T, NH, 1, NH);
@@ -120,7 +120,7 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   std::vector<float> dg_bth(size_t(BT) * NH);
   from_heads(dg_bth.data(), dg, B, T, NH, 1, NH, false);
   k::elu_gate_backward(dgpre, A(x.gpre), dg_bth.data(), BT * NH);
-  k::matmul_backward(dln1, G(w.gatew), nullptr, dgpre, A(x.ln1), P(w.gatew), BT, C, NH);
+  linear_backward(dln1, w.gatew, kNone, dgpre, A(x.ln1), BT, C, NH);
 }
 
 size_t Model::kvm_cache_bytes(int l) const {
@@ -135,7 +135,7 @@ void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
   KvmLayer& kv = *kvm_[l];
   if (!kv.cache || pos_ == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
   std::vector<float> gpre(NH), g(NH);
-  k::matmul_forward(gpre.data(), ln1, P(w.gatew), nullptr, 1, C, NH);
+  linear_forward(gpre.data(), ln1, w.gatew, kNone, 1, C, NH);
   k::elu_gate_forward(g.data(), gpre.data(), NH);
   kernels::cpu::kvm_decode_step(out, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, g.data(), P(w.lnsw), P(w.lnsb),
                                 P(w.tau_front), P(w.tau_state), kv.params);

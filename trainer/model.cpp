@@ -254,10 +254,36 @@ double Model::flops_per_token(int T) const {
   return matmul + attention;
 }
 
+void Model::use_bf16() {
+  if (!bf16()) params16_ = AlignedBuffer((params_.size() + 1) / 2);
+}
+
+void Model::refresh_bf16(uint64_t seed, uint64_t step) {
+  kernels::bf16* out = reinterpret_cast<kernels::bf16*>(params16_.data());
+  const auto& views = table_.views();
+  for (size_t j = 0; j < views.size(); j++) {
+    const TensorView& v = views[j];
+    tp::for_each_run(v, v.shard_rank, [&](size_t local, size_t full, size_t n) {
+      k::bf16_round_stochastic(out + v.offset + local, P(v.offset) + local, n, seed, step, (uint64_t(j) << 40) + full);
+    });
+  }
+}
+
+void Model::linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC) {
+  if (bf16()) k::matmul_forward_bf16(out, inp, P16(w), P(b), N, IC, OC);
+  else k::matmul_forward(out, inp, P(w), P(b), N, IC, OC);
+}
+
+void Model::linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
+                            int OC) {
+  if (bf16()) k::matmul_backward_bf16(dinp, G(w), G(b), dout, inp, P16(w), N, IC, OC);
+  else k::matmul_backward(dinp, G(w), G(b), dout, inp, P(w), N, IC, OC);
+}
+
 void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {
   const int C = cfg_.d_model;
-  if (tp_size_ == 1) return k::matmul_forward(out, inp, P(w), P(b), BT, IC, C);
-  k::matmul_forward(out, inp, P(w), nullptr, BT, IC, C);
+  if (tp_size_ == 1) return linear_forward(out, inp, w, b, BT, IC, C);
+  linear_forward(out, inp, w, kNone, BT, IC, C);
   tp_sum(out, size_t(BT) * C);
   if (const float* bias = P(b))
     for (int n = 0; n < BT; n++)
@@ -314,7 +340,7 @@ void Model::forward(const int* inputs, int B, int T) {
     residual = A(lacts_[l].residual3);
   }
   k::layernorm_forward(A(lnf_), A(lnf_mean_), A(lnf_rstd_), residual, P(lnfw_), P(lnfb_), BT, C);
-  k::matmul_forward(A(logits_off_), A(lnf_), P(head_), nullptr, BT, C, Vl);
+  linear_forward(A(logits_off_), A(lnf_), head_, kNone, BT, C, Vl);
 }
 
 float Model::loss(const int* targets, float dloss) {
@@ -386,15 +412,24 @@ void Model::backward() {
   std::memset(dres, 0, n * sizeof(float));
   std::memset(dln, 0, n * sizeof(float));
   if (cfg_.value_residual) s_.dv0.zero();
+  // The gradients are final from the top of the buffer down (the layout is in forward order):
+  // ln_f and an untied head, then each block, then the embedding (with a tied head).
+  size_t final_from = table_.total();
+  auto grads_final_from = [&](size_t begin) {
+    if (grads_ready_) grads_ready_(begin, final_from);
+    final_from = begin;
+  };
   const float* last = L == 0 ? A(stream0_) : A(lacts_.back().residual3);
-  k::matmul_backward(dln, G(head_), nullptr, A(logits_off_), A(lnf_), P(head_), BT, C, Vl);
+  linear_backward(dln, head_, kNone, A(logits_off_), A(lnf_), BT, C, Vl);
   if (tp_size_ > 1) tp_sum(dln, n);  // each rank's vocabulary slice gave part of d(ln_f output)
   k::layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
+  grads_final_from(lnfw_);
   for (int l = L - 1; l >= 0; l--) {
     const float* residual = l == 0 ? A(stream0_) : A(lacts_[l - 1].residual3);
     // with recompute the shared activations hold the last block's: recompute every other block
     if (recompute_ && l != L - 1) block_forward(l, residual);
     block_backward(l, residual, dres);
+    grads_final_from(layers_[l].ln1w);  // a block's first tensor
   }
   float* demb = dres;
   if (cfg_.emb_norm) {
@@ -418,4 +453,5 @@ void Model::backward() {
         for (int c = 0; c < C; c++) dwpe[size_t(i % T) * C + c] += d[c];
     }
   }
+  grads_final_from(0);
 }

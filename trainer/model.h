@@ -21,10 +21,12 @@
 // (forward, loss, backward, step) with the same inputs. TP = 1 (or no communicator) is the
 // single-process code path unchanged.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/bf16.h"
 #include "trainer/aligned_buffer.h"
 #include "trainer/communicator.h"
 #include "trainer/config.h"
@@ -59,6 +61,21 @@ class Model {
   // Accumulates parameter gradients of the last forward (after loss with dloss != 0).
   void backward();
   void zero_grad() { grads_.zero(); }
+  // Called during backward() each time the gradients of [begin, end) are final (nothing later in
+  // that backward writes them): ranges from the top of the buffer down, the last one beginning at
+  // 0. Data parallelism starts reducing them while the rest of the backward runs.
+  void on_grads_ready(std::function<void(size_t begin, size_t end)> f) { grads_ready_ = std::move(f); }
+
+  // Mixed precision (train.precision: bf16, docs/decisions.md): every GEMM takes a bf16 copy of
+  // its weight and rounds its activation operands to bf16, accumulating in fp32; everything else
+  // (LayerNorm statistics, softmax, the loss, the master weights, gradients, AdamW) stays fp32.
+  // refresh_bf16 remakes the copy from the fp32 masters by stochastic rounding keyed by
+  // (seed, step, element): an element's index is its place in its full (unsharded) tensor plus
+  // the tensor's ordinal << 40, so the copy is the same whatever the tensor or data parallelism,
+  // and a resumed run remakes it exactly. Call it after every update and before the first forward.
+  void use_bf16();
+  bool bf16() const { return params16_.size() > 0; }
+  void refresh_bf16(uint64_t seed, uint64_t step);
 
   // Decode, one sequence: reset_decode() starts it, step(token) feeds the next token and returns
   // the logits (Vp) of the token after it, equal to forward()'s logits at that position. Under
@@ -112,6 +129,9 @@ class Model {
   };
 
   float* P(size_t off) { return off == kNone ? nullptr : params_.data() + off; }
+  const kernels::bf16* P16(size_t off) {
+    return off == kNone ? nullptr : reinterpret_cast<const kernels::bf16*>(params16_.data()) + off;
+  }
   float* G(size_t off) { return off == kNone ? nullptr : grads_.data() + off; }
   float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
   bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
@@ -127,6 +147,9 @@ class Model {
   void kvm_decode(int l, float* out, const float* qkvp, const float* ln1);
   size_t kvm_cache_bytes(int l) const;
   void kvm_make(int l);
+  // out (N,OC) = inp (N,IC) @ W^T + b and its backward, in the model's precision (model.cpp)
+  void linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC);
+  void linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC, int OC);
   // tensor parallel (model.cpp)
   void tp_sum(float* p, size_t n) { tp_->all_reduce_sum(p, n); }
   // out (BT, C) = inp (BT, IC) @ W^T + b for a row-parallel W (C, IC) with replicated b: partial
@@ -155,6 +178,8 @@ class Model {
   std::vector<Layer> layers_;
   size_t wte_, wpe_ = kNone, lnew_ = kNone, lneb_ = kNone, lnfw_, lnfb_, head_;
   AlignedBuffer params_, grads_;
+  std::function<void(size_t, size_t)> grads_ready_;  // on_grads_ready
+  AlignedBuffer params16_;  // bf16 mixed precision: the bf16 copy of params_ (same offsets), two per float
 
   std::vector<LayerActs> lacts_;
   size_t encoded_, emb_mean_ = kNone, emb_rstd_ = kNone, stream0_, v0_ = kNone;

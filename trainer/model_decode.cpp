@@ -107,7 +107,7 @@ const float* Model::step(int token) {
       lc.prev_att = d.ln1;
       xa = d.xa.data();
     }
-    k::matmul_forward(d.qkv.data(), xa, P(w.qkvw), P(w.qkvb), 1, C, 3 * Ca);
+    linear_forward(d.qkv.data(), xa, w.qkvw, w.qkvb, 1, C, 3 * Ca);
     if (cfg_.value_residual && l == 0) std::memcpy(d.v0.data(), d.qkv.data() + 2 * Ca, Ca * sizeof(float));
     d.qkvp = d.qkv;
     float* qkvp = d.qkvp.data();
@@ -164,7 +164,7 @@ const float* Model::step(int token) {
       lc.prev_mlp = d.ln2;
       xm = d.xm.data();
     }
-    k::matmul_forward(d.fch.data(), xm, P(w.fcw), P(w.fcb), 1, C, F);
+    linear_forward(d.fch.data(), xm, w.fcw, w.fcb, 1, C, F);
     if (cfg_.mlp == "relu2") k::relu2_forward(d.act.data(), d.fch.data(), F);
     else k::gelu_forward(d.act.data(), d.fch.data(), F);
     row_parallel_forward(d.tmp.data(), d.act.data(), w.fcprojw, w.fcprojb, 1, F);
@@ -172,9 +172,9 @@ const float* Model::step(int token) {
   }
   k::layernorm_forward(d.lnf.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(lnfw_), P(lnfb_), 1, C);
   if (tp_size_ == 1) {
-    k::matmul_forward(d.logits.data(), d.lnf.data(), P(head_), nullptr, 1, C, Vl);
+    linear_forward(d.logits.data(), d.lnf.data(), head_, kNone, 1, C, Vl);
   } else {
-    k::matmul_forward(d.local_logits.data(), d.lnf.data(), P(head_), nullptr, 1, C, Vl);
+    linear_forward(d.local_logits.data(), d.lnf.data(), head_, kNone, 1, C, Vl);
     tp_->all_gather(d.local_logits.data(), d.logits.data(), size_t(Vl));
   }
   pos_++;

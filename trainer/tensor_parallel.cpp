@@ -14,31 +14,6 @@ std::vector<int> full_shape(const TensorView& v) {
 
 size_t full_size(const TensorView& v) { return is_sharded(v) ? v.size * size_t(v.shard_count) : v.size; }
 
-namespace {
-
-// Calls f(shard index, full index, run length) for every contiguous run of the shard of `rank`.
-template <class F>
-void for_each_run(const TensorView& v, int rank, F f) {
-  if (!is_sharded(v)) {
-    f(size_t(0), size_t(0), v.size);
-    return;
-  }
-  const size_t d = size_t(v.shard_dim);
-  size_t outer = 1, inner = 1;
-  for (size_t i = 0; i < d; i++) outer *= size_t(v.shape[i]);
-  for (size_t i = d + 1; i < v.shape.size(); i++) inner *= size_t(v.shape[i]);
-  const size_t local = size_t(v.shape[d]), full = local * size_t(v.shard_count);
-  const size_t blk_local = local / size_t(v.shard_blocks), blk_full = full / size_t(v.shard_blocks);
-  for (size_t o = 0; o < outer; o++)
-    for (size_t b = 0; b < size_t(v.shard_blocks); b++) {
-      size_t src = (o * local + b * blk_local) * inner;
-      size_t dst = (o * full + b * blk_full + size_t(rank) * blk_local) * inner;
-      f(src, dst, blk_local * inner);
-    }
-}
-
-}  // namespace
-
 void extract(const TensorView& v, const float* full, float* shard, int rank) {
   if (rank < 0) rank = v.shard_rank;
   for_each_run(v, rank, [&](size_t s, size_t f, size_t n) { std::memcpy(shard + s, full + f, n * sizeof(float)); });

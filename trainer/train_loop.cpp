@@ -25,7 +25,6 @@
 #include "trainer/optimizer.h"
 #include "trainer/run_log.h"
 #include "trainer/sample.h"
-#include "trainer/tensor_parallel.h"
 #include "version.h"
 
 namespace {
@@ -190,7 +189,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   std::printf("kvmtrain %s (commit %s): resolved config\n%s", KVMTRAIN_VERSION, KVMTRAIN_GIT_COMMIT, resolved.c_str());
   json::Object info{{"git_commit", KVMTRAIN_GIT_COMMIT}, {"version", KVMTRAIN_VERSION}, {"world_size", world->size()},
                     {"data_parallel", DP}, {"tensor_parallel", TP},
-                    {"device", tc.device},         {"precision", "fp32"},       {"threads", omp_get_max_threads()}};
+                    {"device", tc.device},         {"precision", tc.precision},       {"threads", omp_get_max_threads()}};
   if (leader) write_run_files(cfg.log.dir, resolved, info);
 
   const int B = tc.batch_size, T = tc.seq_len;
@@ -209,7 +208,10 @@ int run_training(const config::Config& cfg, const std::string& resume) {
 
   Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr);
   model.init(uint64_t(tc.seed));
-  DataParallel dp(*dp_comm, model.table(), tc);  // ZeRO-1 AdamW: this rank's range of the moments
+  if (tc.precision == "bf16") model.use_bf16();
+  // ZeRO-1 AdamW (this rank's range of the moments); gradient buckets reduced during the backward
+  DataParallel dp(*dp_comm, model.table(), tc, size_t(cfg.parallel.bucket_mb * 1048576 / sizeof(float)));
+  model.on_grads_ready([&dp](size_t begin, size_t end) { dp.gradients_ready(begin, end); });
 
   // --resume: every piece of state the loop carries comes back, so the steps after it are
   // bit-identical to an uninterrupted run (docs/checkpoint-format.md). Checkpoints are unsharded:
@@ -247,12 +249,14 @@ int run_training(const config::Config& cfg, const std::string& resume) {
                 tc.init_from.c_str());
   }
   if (!resume.empty() && leader) truncate_log(cfg.log.dir, st.step);
+  // the bf16 copy is a function of the masters and the step, so a resumed run remakes it exactly
+  if (model.bf16()) model.refresh_bf16(uint64_t(tc.seed), uint64_t(st.step));
   // one reference shape for every model (GPT-2 124M's MLP), so MFU compares across configs
-  const double peak = measure_sgemm_peak(std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
+  const double peak = measure_gemm_peak(model.bf16(), std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
   const double flops_per_step = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
-  std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; sgemm peak %.1f GFLOP/s\n",
+  std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; %s GEMM peak %.1f GFLOP/s\n",
               model.num_params(), model.activation_bytes() / 1048576.0,
-              (unsigned long long)train.windows_per_epoch(), peak / 1e9);
+              (unsigned long long)train.windows_per_epoch(), tc.precision.c_str(), peak / 1e9);
 
   const UnigramEntropy unigram = unigram_entropy(cfg.data.train, cfg.data.tokenizer, cfg.model.vocab_size, 50000000);
   std::printf("unigram entropy of the training data: %.4f nats/token (over %llu tokens)\n", unigram.nats,
@@ -302,11 +306,12 @@ int run_training(const config::Config& cfg, const std::string& resume) {
       batch.load(train);
       model.forward(batch.inputs.data(), B, T);
       loss_sum += model.loss(batch.targets.data(), dloss);
+      if (micro + 1 == tc.grad_accum) dp.start_gradients(model.grads());  // the step's gradients are final
       model.backward();
     }
+    dp.finish_gradients();
     const float loss = dp.mean(float(loss_sum / tc.grad_accum));
-    dp.average_gradients(model.grads());
-    const float norm = float(std::sqrt(tp::norm_squared(model.tensor_comm(), model.table(), model.grads())));
+    const float norm = float(std::sqrt(dp.grad_norm_squared(model.grads(), model.tensor_comm())));
     const float lr = lr_at(tc, step);
     const bool finite = std::isfinite(loss) && std::isfinite(norm);
     if (finite) {
@@ -315,6 +320,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
     } else {
       bad_in_a_row++;
     }
+    if (model.bf16()) model.refresh_bf16(uint64_t(tc.seed), uint64_t(step + 1));
     const double dt = std::chrono::duration<double>(clock::now() - t0).count();
     total_time += dt;
 

@@ -3,15 +3,21 @@
 // backward accumulating onto random gradients. Skipped, with a message, where no CUDA device is
 // present (ctest counts them as skipped through SKIP_REGULAR_EXPRESSION).
 // Tolerances, all |cuda - cpu| <= tol * (1 + |cpu|):
-//  - exact (0): residual, encoder forward, relu2 forward (the same float operations);
+//  - exact (0): residual, encoder forward, relu2 forward, scaled_residual dinp1 (the same float
+//    operations); bf16_round_stochastic is compared bit for bit with kernels/bf16.h's host functions;
 //  - 1e-6: relu2 backward, rope (FMA contraction; cos/sin in double, then rounded), adamw after
-//    three steps (2e-6), global_norm_squared (both accumulate in double);
-//  - 1e-5: GELU (the two tanh differ by ~2e-7), encoder backward (atomicAdd order), layernorm
-//    forward, cross-entropy (expf against the CPU's polynomial exp, ~2 ulp);
-//  - 1e-4: sums of hundreds of terms in another order: layernorm backward, matmul forward and
-//    backward (cuBLAS fp32 without TF32), attention forward and backward.
+//    three steps (2e-6), global_norm_squared (both accumulate in double), scaled_residual forward
+//    and dinp2, token_shift forward and dinp (FMA contraction), elu_gate forward (expf within 2 ulp
+//    of glibc's exp, on values <= 1);
+//  - 1e-5: GELU (the two tanh differ by ~2e-7), elu_gate backward (that expf error times dout),
+//    encoder backward (atomicAdd order), layernorm and head_layernorm forward, cross-entropy (expf
+//    against the CPU's polynomial exp, ~2 ulp);
+//  - 1e-4: sums of hundreds of terms in another order: layernorm and head_layernorm backward,
+//    token_shift dmix, matmul forward and backward (cuBLASLt fp32 without TF32), the bf16 matmuls
+//    (the same bf16-rounded operands, fp32 accumulation), attention forward and backward.
 #include <gtest/gtest.h>
 
+#include "tests/cuda_test_util.h"
 #include "tests/test_util.h"
 
 #include <algorithm>
@@ -36,31 +42,17 @@ Vec randn(size_t n, uint32_t seed, float stddev = 1.0f) {
   return v;
 }
 
-// A device copy of a host vector, copied back with host().
-template <class T>
-class DeviceBuf {
- public:
-  explicit DeviceBuf(const std::vector<T>& h) : n_(h.size()) {
-    cuda_check(cudaMalloc(&p_, std::max<size_t>(n_, 1) * sizeof(T)));
-    cuda_check(cudaMemcpy(p_, h.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  DeviceBuf(const DeviceBuf&) = delete;
-  DeviceBuf& operator=(const DeviceBuf&) = delete;
-  ~DeviceBuf() { cudaFree(p_); }
-  T* get() { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> h(n_);
-    cuda_check(cudaDeviceSynchronize());  // surface asynchronous kernel faults here, named
-    cuda_check(cudaMemcpy(h.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
+using test_util::DeviceBuf;
+using test_util::DeviceInts;
+using test_util::DeviceVec;
+using DeviceBf16 = DeviceBuf<kernels::bf16>;
 
- private:
-  T* p_ = nullptr;
-  size_t n_;
-};
-using DeviceVec = DeviceBuf<float>;
-using DeviceInts = DeviceBuf<int>;
+// The bf16 copy of a weight (nearest even; the trainer's copy is rounded stochastically).
+std::vector<kernels::bf16> to_bf16(const Vec& v) {
+  std::vector<kernels::bf16> h(v.size());
+  for (size_t i = 0; i < v.size(); i++) h[i] = kernels::bf16_round_nearest(v[i]);
+  return h;
+}
 
 std::vector<int> randint(size_t n, int hi, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -172,6 +164,179 @@ TEST_F(CudaKernels, MatmulMatchesCpu) {
     kernels::cuda::matmul_backward(with_bias ? dinp_d.get() : nullptr, dw_d.get(), with_bias ? db_d.get() : nullptr,
                                    dout_d.get(), x_d.get(), w_d.get(), N, IC, OC);
     expect_close(out_d.host(), out, 1e-4, "out");
+    expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
+    expect_close(dw_d.host(), dw, 1e-4, "dweight");
+    expect_close(db_d.host(), db, 1e-4, "dbias");
+  }
+  // tensors starting one float into their buffers, as slices of a larger one do: cuBLASLt must be
+  // asked for algorithms that take 4-byte aligned operands, not its default 256
+  Vec out((size_t)N * OC);
+  kernels::cpu::matmul_forward(out.data(), x.data(), w.data(), bias.data(), N, IC, OC);
+  Vec x1(1, 0.0f), w1(1, 0.0f), b1(1, 0.0f);
+  x1.insert(x1.end(), x.begin(), x.end());
+  w1.insert(w1.end(), w.begin(), w.end());
+  b1.insert(b1.end(), bias.begin(), bias.end());
+  DeviceVec x_d(x1), w_d(w1), b_d(b1), out_d{Vec(out.size() + 1)};
+  kernels::cuda::matmul_forward(out_d.get() + 1, x_d.get() + 1, w_d.get() + 1, b_d.get() + 1, N, IC, OC);
+  Vec got = out_d.host();
+  expect_close(Vec(got.begin() + 1, got.end()), out, 1e-4, "out, unaligned operands");
+}
+
+TEST_F(CudaKernels, MatmulBf16MatchesCpu) {
+  const int N = 150, IC = 96, OC = 130;
+  Vec x = randn((size_t)N * IC, 130), bias = randn(OC, 132);
+  std::vector<kernels::bf16> w = to_bf16(randn((size_t)OC * IC, 131, 0.1f));
+  Vec dout = randn((size_t)N * OC, 133), g_in = randn((size_t)N * IC, 134), g_w = randn((size_t)OC * IC, 135),
+      g_b = randn(OC, 136);
+  for (bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "with bias" : "without bias (and no dinp)");
+    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b;
+    kernels::cpu::matmul_forward_bf16(out.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
+    kernels::cpu::matmul_backward_bf16(with_bias ? dinp.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
+                                       dout.data(), x.data(), w.data(), N, IC, OC);
+
+    DeviceVec x_d(x), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in), dw_d(g_w), db_d(g_b);
+    DeviceBf16 w_d(w);
+    kernels::cuda::matmul_forward_bf16(out_d.get(), x_d.get(), w_d.get(), with_bias ? b_d.get() : nullptr, N, IC,
+                                       OC);
+    kernels::cuda::matmul_backward_bf16(with_bias ? dinp_d.get() : nullptr, dw_d.get(),
+                                        with_bias ? db_d.get() : nullptr, dout_d.get(), x_d.get(), w_d.get(), N, IC,
+                                        OC);
+    expect_close(out_d.host(), out, 1e-4, "out");
+    expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
+    expect_close(dw_d.host(), dw, 1e-4, "dweight");
+    expect_close(db_d.host(), db, 1e-4, "dbias");
+  }
+  // a larger problem after the smaller ones: the bf16 scratch buffer grows
+  const int N2 = 2 * N + 3;
+  Vec x2 = randn((size_t)N2 * IC, 137), out2((size_t)N2 * OC);
+  kernels::cpu::matmul_forward_bf16(out2.data(), x2.data(), w.data(), bias.data(), N2, IC, OC);
+  DeviceVec x2_d(x2), b_d(bias), out2_d{Vec(out2.size())};
+  DeviceBf16 w_d(w);
+  kernels::cuda::matmul_forward_bf16(out2_d.get(), x2_d.get(), w_d.get(), b_d.get(), N2, IC, OC);
+  expect_close(out2_d.host(), out2, 1e-4, "out, N grown");
+}
+
+TEST_F(CudaKernels, Bf16RoundStochasticMatchesHost) {
+  const size_t n = 100003;
+  Vec x = randn(n, 140, 10.0f);
+  // the special values keep their meaning; tiny and huge magnitudes round like any other
+  Vec special = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f, 3.0e38f, -3.0e38f, 1.0f};
+  std::copy(special.begin(), special.end(), x.begin());
+  // seed and step use their upper 32 bits; the offset is past 2^32 and not a multiple of 8
+  const uint64_t seed = 0x123456789abcdef1ull, step = (1ull << 32) + 7, offset = (5ull << 32) + 3;
+  auto expect_bits = [&](const std::vector<kernels::bf16>& got, size_t first, uint64_t off, const char* what) {
+    ASSERT_EQ(got.size(), n - first) << what;
+    for (size_t i = 0; i < got.size(); i++) {
+      kernels::bf16 want =
+          kernels::bf16_round_stochastic_bits(x[first + i], kernels::stochastic_round_bits(seed, step, off + i));
+      ASSERT_EQ(got[i].bits, want.bits) << what << "[" << i << "] of input " << x[first + i];
+    }
+  };
+  DeviceVec x_d(x);
+  DeviceBf16 out_d{std::vector<kernels::bf16>(n)};
+  kernels::cuda::bf16_round_stochastic(out_d.get(), x_d.get(), n, seed, step, offset);
+  expect_bits(out_d.host(), 0, offset, "whole");
+  // a shard from element 13 on, with its global offset: the same bits as within the whole
+  const size_t first = 13;
+  DeviceBf16 tail_d{std::vector<kernels::bf16>(n - first)};
+  kernels::cuda::bf16_round_stochastic(tail_d.get(), x_d.get() + first, n - first, seed, step, offset + first);
+  expect_bits(tail_d.host(), first, offset + first, "shard");
+}
+
+TEST_F(CudaKernels, ScaledResidualMatchesCpu) {
+  const float scale = 0.37f;
+  Vec a = randn(N, 150), b = randn(N, 151), dout = randn(N, 152), g1 = randn(N, 153), g2 = randn(N, 154);
+  Vec out(N), d1 = g1, d2 = g2;
+  kernels::cpu::scaled_residual_forward(out.data(), a.data(), b.data(), scale, N);
+  kernels::cpu::scaled_residual_backward(d1.data(), d2.data(), dout.data(), scale, N);
+
+  DeviceVec a_d(a), b_d(b), dout_d(dout), out_d{Vec(N)}, inplace_d(a), d1_d(g1), d2_d(g2);
+  kernels::cuda::scaled_residual_forward(out_d.get(), a_d.get(), b_d.get(), scale, N);
+  kernels::cuda::scaled_residual_forward(inplace_d.get(), inplace_d.get(), b_d.get(), scale, N);
+  kernels::cuda::scaled_residual_backward(d1_d.get(), d2_d.get(), dout_d.get(), scale, N);
+  expect_close(out_d.host(), out, 1e-6, "out");
+  expect_close(inplace_d.host(), out, 1e-6, "out in place");
+  expect_close(d1_d.host(), d1, 0.0, "dinp1");
+  expect_close(d2_d.host(), d2, 1e-6, "dinp2");
+}
+
+TEST_F(CudaKernels, EluGateMatchesCpu) {
+  Vec x = randn(N, 160, 3.0f), dout = randn(N, 161), g0 = randn(N, 162);
+  x[0] = 0.0f;  // the branch point: exp(0) = 1 = 1 + 0
+  Vec out(N), dinp = g0;
+  kernels::cpu::elu_gate_forward(out.data(), x.data(), N);
+  kernels::cpu::elu_gate_backward(dinp.data(), x.data(), dout.data(), N);
+
+  DeviceVec x_d(x), dout_d(dout), out_d{Vec(N)}, dinp_d(g0);
+  kernels::cuda::elu_gate_forward(out_d.get(), x_d.get(), N);
+  kernels::cuda::elu_gate_backward(dinp_d.get(), x_d.get(), dout_d.get(), N);
+  expect_close(out_d.host(), out, 1e-6, "out");
+  expect_close(dinp_d.host(), dinp, 1e-5, "dinp");
+}
+
+TEST_F(CudaKernels, TokenShiftMatchesCpu) {
+  const int B = 3, T = 37, C = 100;  // C not a multiple of 32
+  size_t n = (size_t)B * T * C;
+  Vec x = randn(n, 170), prev = randn((size_t)B * C, 171), dout = randn(n, 172), g_in = randn(n, 173),
+      g_mix = randn(C, 174);
+  Vec mix(C);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::mt19937 rng(175);
+  for (float& m : mix) m = unit(rng);
+  for (bool with_prev : {true, false}) {
+    SCOPED_TRACE(with_prev ? "with prev" : "without prev");
+    Vec out(n);
+    kernels::cpu::token_shift_forward(out.data(), x.data(), with_prev ? prev.data() : nullptr, mix.data(), B, T, C);
+    DeviceVec x_d(x), prev_d(prev), mix_d(mix), out_d{Vec(n)};
+    kernels::cuda::token_shift_forward(out_d.get(), x_d.get(), with_prev ? prev_d.get() : nullptr, mix_d.get(), B, T,
+                                       C);
+    expect_close(out_d.host(), out, 1e-6, "out");
+  }
+  Vec dinp = g_in, dmix = g_mix;
+  kernels::cpu::token_shift_backward(dinp.data(), dmix.data(), dout.data(), x.data(), mix.data(), B, T, C);
+  DeviceVec x_d(x), mix_d(mix), dout_d(dout), dinp_d(g_in), dmix_d(g_mix);
+  kernels::cuda::token_shift_backward(dinp_d.get(), dmix_d.get(), dout_d.get(), x_d.get(), mix_d.get(), B, T, C);
+  expect_close(dinp_d.host(), dinp, 1e-6, "dinp");
+  expect_close(dmix_d.host(), dmix, 1e-4, "dmix");
+}
+
+TEST_F(CudaKernels, HeadLayernormMatchesCpu) {
+  struct Case {
+    int N, NH, hs, ld;
+  };
+  // hs 40 (not a multiple of 32) inside rows wider than the heads (q of a qkv row); hs 64 packed
+  for (Case c : {Case{77, 3, 40, 3 * 3 * 40 + 5}, Case{50, 4, 64, 4 * 64}}) {
+    SCOPED_TRACE("N " + std::to_string(c.N) + " NH " + std::to_string(c.NH) + " hs " + std::to_string(c.hs) +
+                 " ld " + std::to_string(c.ld));
+    size_t n = (size_t)c.N * c.ld, rows = (size_t)c.N * c.NH;
+    Vec x = randn(n, 180, 2.0f), w = randn(c.hs, 181), b = randn(c.hs, 182), dout = randn(n, 183);
+    for (float& v : x) v += 3.0f;  // heads away from zero mean
+    Vec g_in = randn(n, 184), g_w = randn(c.hs, 185), g_b = randn(c.hs, 186);
+    Vec out = randn(n, 187), mean(rows), rstd(rows), dinp = g_in, dw = g_w, db = g_b;
+    DeviceVec out_d(out);  // the columns outside the heads keep what they held
+    kernels::cpu::head_layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), c.N,
+                                         c.NH, c.hs, c.ld);
+    kernels::cpu::head_layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                                          mean.data(), rstd.data(), c.N, c.NH, c.hs, c.ld);
+
+    DeviceVec x_d(x), w_d(w), b_d(b), dout_d(dout), mean_d{Vec(rows)}, rstd_d{Vec(rows)}, inplace_d(x);
+    DeviceVec imean_d{Vec(rows)}, irstd_d{Vec(rows)};
+    kernels::cuda::head_layernorm_forward(out_d.get(), mean_d.get(), rstd_d.get(), x_d.get(), w_d.get(), b_d.get(),
+                                          c.N, c.NH, c.hs, c.ld);
+    kernels::cuda::head_layernorm_forward(inplace_d.get(), imean_d.get(), irstd_d.get(), inplace_d.get(), w_d.get(),
+                                          b_d.get(), c.N, c.NH, c.hs, c.ld);
+    expect_close(out_d.host(), out, 1e-5, "out");
+    expect_close(mean_d.host(), mean, 1e-5, "mean");
+    expect_close(rstd_d.host(), rstd, 1e-5, "rstd");
+    Vec inplace = x, imean(rows), irstd(rows);
+    kernels::cpu::head_layernorm_forward(inplace.data(), imean.data(), irstd.data(), inplace.data(), w.data(),
+                                         b.data(), c.N, c.NH, c.hs, c.ld);
+    expect_close(inplace_d.host(), inplace, 1e-5, "out in place");
+    // the backward from the CPU's statistics, so that only the backward is compared
+    DeviceVec cmean_d(mean), crstd_d(rstd), dinp_d(g_in), dw_d(g_w), db_d(g_b);
+    kernels::cuda::head_layernorm_backward(dinp_d.get(), dw_d.get(), db_d.get(), dout_d.get(), x_d.get(), w_d.get(),
+                                           cmean_d.get(), crstd_d.get(), c.N, c.NH, c.hs, c.ld);
     expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
     expect_close(dw_d.host(), dw, 1e-4, "dweight");
     expect_close(db_d.host(), db, 1e-4, "dbias");
@@ -292,6 +457,17 @@ TEST(CudaCheck, ErrorNamesTheCallAndACause) {
     std::string m = e.what();
     EXPECT_NE(m.find("cudaErrorMemoryAllocation failed at"), std::string::npos) << m;
     EXPECT_NE(m.find("likely cause: out of GPU memory"), std::string::npos) << m;
+  }
+}
+
+TEST(CudaCheck, CublasLtErrorNamesTheCallAndACause) {
+  try {
+    cublaslt_check(CUBLAS_STATUS_NOT_SUPPORTED);
+    FAIL() << "cublaslt_check did not throw";
+  } catch (const std::runtime_error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("CUBLAS_STATUS_NOT_SUPPORTED failed at"), std::string::npos) << m;
+    EXPECT_NE(m.find("likely cause: no cuBLASLt algorithm"), std::string::npos) << m;
   }
 }
 

@@ -1,15 +1,21 @@
 // `mpirun -np N kvmtrain train` as users run it: N data-parallel ranks with batch B log the same
-// losses as one process with batch N*B; tensor parallel 2 the same as 1; and a job whose world
-// size does not match parallel.data x parallel.tensor stops with one clear error, never a hang.
+// losses as one process with batch N*B (with one gradient bucket, and with hundreds under
+// gradient accumulation); tensor parallel 2 the same as 1; and a job whose world size does not
+// match parallel.data x parallel.tensor, a rank that cannot read the data, and a rank killed
+// mid-run each end the job with a non-zero status and a message naming the cause, never a hang.
 // Tolerance: the ranks sum gradients in another order, so losses agree to 2e-5 over 8 steps.
 // Checkpoints of multi-rank runs are unsharded: one written by 2 data-parallel ranks resumes on 1
 // and on 4 (the same global batch), one written by 2 tensor-parallel ranks on 1, and the resumed
 // steps log the losses of the uninterrupted run.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "data/json.h"
 #include "tests/test_util.h"
@@ -52,13 +58,75 @@ class TrainMpi : public ::testing::Test {
     return out;
   }
   test_util::CliResult mpirun(int np, const std::string& args) {
-    const char* mpiexec = std::getenv("KVMTRAIN_MPIEXEC");
-    const char* bin = std::getenv("KVMTRAIN_BIN");
-    std::string cmd = std::string(mpiexec ? mpiexec : "mpiexec") + " -np " + std::to_string(np) + " " +
-                      (bin ? bin : "kvmtrain") + " " + args + " >" + (dir / "stdout").string() + " 2>" +
-                      (dir / "stderr").string();
+    std::string cmd = mpiexec() + " -np " + std::to_string(np) + " " + bin() + " " + args + " >" +
+                      (dir / "stdout").string() + " 2>" + (dir / "stderr").string();
     int st = std::system(cmd.c_str());
     return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, test_util::slurp(dir / "stdout"), test_util::slurp(dir / "stderr")};
+  }
+  static std::string mpiexec() {
+    const char* m = std::getenv("KVMTRAIN_MPIEXEC");
+    return m ? m : "mpiexec";
+  }
+  static std::string bin() {
+    const char* b = std::getenv("KVMTRAIN_BIN");
+    return b ? b : "kvmtrain";
+  }
+
+  // Starts the shell command `cmd` without waiting (its output to dir/stdout, dir/stderr); the
+  // pid is the command's own (mpiexec's).
+  pid_t start(const std::string& cmd) {
+    const std::string line = "exec " + cmd + " >" + (dir / "stdout").string() + " 2>" + (dir / "stderr").string();
+    pid_t pid = fork();
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    return pid;
+  }
+  // The exit status of a started job (128 + the signal that ended it), or -1 when it still runs
+  // after `seconds`: then it and its ranks are killed.
+  static int finish(pid_t job, double seconds) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int st = 0;
+    while (waitpid(job, &st, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        for (pid_t p : ranks(job)) kill(p, SIGKILL);
+        kill(job, SIGKILL);
+        waitpid(job, &st, 0);
+        return -1;
+      }
+      usleep(20000);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+  // The processes mpiexec `job` started on this machine, and the world rank of one of them.
+  static std::vector<pid_t> ranks(pid_t job) {
+    std::vector<pid_t> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename();
+      if (!std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+      std::string stat = test_util::slurp(e.path() / "stat");  // pid (comm) state ppid ...
+      const size_t paren = stat.rfind(')');
+      if (paren == std::string::npos) continue;
+      std::istringstream rest(stat.substr(paren + 1));
+      char state;
+      pid_t ppid;
+      if (rest >> state >> ppid && ppid == job) out.push_back(pid_t(std::stol(name)));
+    }
+    return out;
+  }
+  // Alive: neither gone nor a zombie (mpiexec kills its ranks, and whoever inherits them reaps them).
+  static bool running(pid_t pid) {
+    const std::string stat = test_util::slurp("/proc/" + std::to_string(pid) + "/stat");
+    const size_t paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+  }
+  static int world_rank(pid_t pid) {
+    std::istringstream env(test_util::slurp("/proc/" + std::to_string(pid) + "/environ"));
+    for (std::string var; std::getline(env, var, '\0');)
+      if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) return std::stoi(var.substr(21));
+    return -1;
   }
   fs::path dir;
 };
@@ -66,9 +134,16 @@ class TrainMpi : public ::testing::Test {
 TEST_F(TrainMpi, DataParallelEqualsOneProcessWithTheGlobalBatch) {
   auto one = losses(1, "--set train.batch_size=8", "single");
   auto two = losses(2, "--set parallel.data=2", "dp2");
+  // 0.001 MiB: buckets of 272 floats, started during the backward of the last micro-step only
+  auto buckets = losses(2, "--set parallel.data=2 --set parallel.bucket_mb=0.001 --set train.batch_size=2 "
+                           "--set train.grad_accum=2", "dp2_buckets");
   ASSERT_EQ(one.size(), 8u);
   ASSERT_EQ(two.size(), 8u);
-  for (size_t i = 0; i < one.size(); i++) EXPECT_NEAR(two[i], one[i], 2e-5) << "step " << i + 1;
+  ASSERT_EQ(buckets.size(), 8u);
+  for (size_t i = 0; i < one.size(); i++) {
+    EXPECT_NEAR(two[i], one[i], 2e-5) << "step " << i + 1;
+    EXPECT_NEAR(buckets[i], one[i], 2e-5) << "buckets, step " << i + 1;
+  }
   auto run = json::parse(test_util::slurp(dir / "dp2/run.json"));
   EXPECT_EQ(run.at("world_size").integer(), 2);
   EXPECT_EQ(run.at("data_parallel").integer(), 2);
@@ -122,6 +197,49 @@ TEST_F(TrainMpi, WrongWorldSizeIsOneErrorNotAHang) {
                                                           "--set model.d_model=48");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.err.find("not divisible by parallel.tensor"), std::string::npos) << r.err;
+}
+
+// Open MPI's mpiexec ends the job when a rank dies: it kills the other ranks (stuck in a
+// collective with the dead one) and exits non-zero naming the rank and the signal.
+TEST_F(TrainMpi, RankKilledMidRunEndsTheJob) {
+  const pid_t job = start(mpiexec() + " -np 2 " + bin() + " train " + (dir / "tiny.yaml").string() +
+                          " --set parallel.data=2 --set train.steps=1000000 --set log.dir=" + (dir / "run").string());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (test_util::slurp(dir / "run/log.jsonl").empty() && std::chrono::steady_clock::now() < deadline) usleep(50000);
+  ASSERT_FALSE(test_util::slurp(dir / "run/log.jsonl").empty()) << "no step logged in 60 s";
+  pid_t victim = -1, survivor = -1;
+  for (pid_t p : ranks(job)) (world_rank(p) == 1 ? victim : survivor) = p;
+  ASSERT_GT(victim, 0);
+  ASSERT_GT(survivor, 0);
+  const auto killed = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  const int status = finish(job, 30);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  ASSERT_NE(status, -1) << "the job still ran 30 s after rank 1 was killed";
+  EXPECT_NE(status, 0);
+  EXPECT_FALSE(running(survivor)) << "rank 0 outlived the job";
+  const std::string err = test_util::slurp(dir / "stderr");
+  EXPECT_NE(err.find("process rank 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("signal 9"), std::string::npos) << err;
+  std::printf("the job ended %.1f s after rank 1 was killed, status %d\n", took, status);
+}
+
+// A shard directory missing on one rank's machine (here: relative data paths, rank 1 started
+// elsewhere): that rank's error, and MPI_Abort ends every rank, while rank 0 waits in a collective.
+TEST_F(TrainMpi, RankThatCannotReadTheDataEndsTheJob) {
+  fs::create_directories(dir / "elsewhere");
+  const std::string train = bin() + " train " + (dir / "tiny.yaml").string() +
+                            " --set parallel.data=2 --set data.train=data/train --set data.val=data/val" +
+                            " --set log.dir=" + (dir / "run").string();
+  const pid_t job = start(mpiexec() + " -np 1 -wdir " + dir.string() + " " + train + " : -np 1 -wdir " +
+                          (dir / "elsewhere").string() + " " + train);
+  const int status = finish(job, 60);
+  ASSERT_NE(status, -1) << "the job still ran after 60 s";
+  EXPECT_EQ(status, 2);
+  const std::string err = test_util::slurp(dir / "stderr");
+  EXPECT_NE(err.find("kvmtrain: error: data/train: no such shard file or directory"), std::string::npos) << err;
+  // Open MPI's own "MPI_ABORT was invoked on rank 1" banner goes to stdout or stderr depending on
+  // timing: the status (MPI_Abort's) and the error line are the contract
 }
 
 }  // namespace
