@@ -52,20 +52,25 @@ KVM_HOST_DEVICE inline bf16 bf16_round_nearest(float x) {
 
 // Round up in magnitude with probability (dropped bits)/2^16, given 16 uniform random bits r:
 // unbiased, E[result] = x. NaN and inf are kept.
+// Branch-free, so that CPU loops over it vectorise.
 KVM_HOST_DEVICE inline bf16 bf16_round_stochastic_bits(float x, uint32_t r16) {
-  uint32_t u = float_bits(x);
-  if ((u & 0x7f800000u) == 0x7f800000u) return bf16{(uint16_t)((u >> 16) | (bits_nan(u) ? 0x40u : 0u))};
-  return bf16{(uint16_t)((u + (r16 & 0xffffu)) >> 16)};
+  const uint32_t u = float_bits(x);
+  const uint32_t kept = (u >> 16) | (bits_nan(u) ? 0x40u : 0u);  // inf and NaN
+  const uint32_t rounded = (u + (r16 & 0xffffu)) >> 16;
+  return bf16{(uint16_t)((u & 0x7f800000u) == 0x7f800000u ? kept : rounded)};
 }
 
-// The 16 random bits of global element `index` at `step`: one Philox block (128 bits) serves 8
-// consecutive elements.
+// The 16 random bits of global element `index` at `step`. One Philox block (128 bits) serves 8
+// elements: in each group of 128 consecutive indices, block 16*group + lane serves the elements
+// lane, lane+16, ..., lane+112 (slot s = 0..7: word s/2, high half for odd s), so that a CPU
+// vector of 16 lanes covers 16 consecutive elements.
 KVM_HOST_DEVICE inline uint32_t stochastic_round_bits(uint64_t seed, uint64_t step, uint64_t index) {
-  uint64_t block = index >> 3;
+  const uint64_t block = ((index >> 7) << 4) | (index & 15);
+  const uint32_t slot = (uint32_t)(index >> 4) & 7;
   Philox4x32 r = philox4x32_10({(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)step, (uint32_t)(step >> 32)},
                                (uint32_t)seed, (uint32_t)(seed >> 32));
-  uint32_t word = r.v[(index >> 1) & 3];
-  return (index & 1) ? word >> 16 : word & 0xffffu;
+  const uint32_t word = r.v[slot >> 1];
+  return (slot & 1) ? word >> 16 : word & 0xffffu;
 }
 
 }  // namespace kernels
