@@ -125,7 +125,19 @@
   /* out[i] = inp[i] rounded to bf16 stochastically with the random bits                            \
      stochastic_round_bits(seed, step, offset + i): offset is inp's global element index. */         \
   X(void, bf16_round_stochastic, (kernels::bf16* out /*(n)*/, const float* inp /*(n)*/, size_t n,    \
-                                  uint64_t seed, uint64_t step, uint64_t offset))
+                                  uint64_t seed, uint64_t step, uint64_t offset))                   \
+  /* ---- data movement between the trainer's layouts (kernels/cpu/layout.cpp) ---- */               \
+  /* Token rows (B,T) of NH heads of hs floats at row stride ld -> (B,NH,T,hs), the KVM core's     \
+     layout; merge_heads goes back, accumulate != 0 adding (gradients) instead of writing. */       \
+  X(void, split_heads, (float* out /*(B,NH,T,hs)*/, const float* inp /*(B,T,ld)*/, int B, int T,    \
+                        int NH, int hs, int ld))                                                     \
+  X(void, merge_heads, (float* out /*(B,T,ld)*/, const float* inp /*(B,NH,T,hs)*/, int B, int T,    \
+                        int NH, int hs, int ld, int accumulate))                                     \
+  /* out[n*ldo+c] = a*out[n*ldo+c] + b*inp[n*ldi+c] for n < N, c < C: an axpby over strided rows    \
+     (the value residual on qkv's v columns, gradient scaling, bias adds). a == 0 does not read     \
+     out (BLAS's beta = 0); ldi 0 repeats one row of inp (a bias). out may equal inp. */            \
+  X(void, axpby_rows, (float* out, const float* inp, float a, float b, size_t N, int C, size_t ldo,  \
+                       size_t ldi))
 
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 

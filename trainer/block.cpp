@@ -12,34 +12,20 @@
 // rank's heads / hidden units only) together with the partial gradients of the replicated
 // parameters that act per head (qk-norm, ln_s) or before the column-parallel projection (token
 // shift), packed into tpred_.
-#include <cstring>
-
-#include "kernels/kernels.h"
 #include "trainer/model.h"
-
-namespace k = kernels::cpu;
-
-namespace {
-
-// v rows of qkv (N, 3C) <-> a plain (N, C) buffer
-void copy_v_out(float* v, const float* qkv, int N, int C) {
-  for (int n = 0; n < N; n++) std::memcpy(v + size_t(n) * C, qkv + size_t(n) * 3 * C + 2 * C, C * sizeof(float));
-}
-
-}  // namespace
 
 void Model::mixer_forward(int l) {
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
   if (w.mixer == Mixer::kvm) return kvm_forward(l);
-  k::attention_forward(A(x.atty), A(x.lse), A(x.qkvp), B_, T_, Ca_, NHl_, w.window);
+  be_.attention_forward(A(x.atty), A(x.lse), A(x.qkvp), B_, T_, Ca_, NHl_, w.window);
 }
 
 void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
   if (w.mixer == Mixer::kvm) return kvm_backward(l, datty, dqkvp, dln1);
-  k::attention_backward(dqkvp, datty, A(x.qkvp), A(x.atty), A(x.lse), B_, T_, Ca_, NHl_, w.window);
+  be_.attention_backward(dqkvp, datty, A(x.qkvp), A(x.atty), A(x.lse), B_, T_, Ca_, NHl_, w.window);
 }
 
 void Model::block_forward(int l, const float* residual) {
@@ -50,44 +36,40 @@ void Model::block_forward(int l, const float* residual) {
   const LayerActs& x = lacts_[l];
 
   // ---- attention sub-block ----
-  k::layernorm_forward(A(x.ln1), A(x.ln1_mean), A(x.ln1_rstd), residual, P(w.ln1w), P(w.ln1b), BT, C);
-  if (cfg_.token_shift) k::token_shift_forward(A(x.xa), A(x.ln1), nullptr, P(w.shift_att), B, T, C);
+  be_.layernorm_forward(A(x.ln1), A(x.ln1_mean), A(x.ln1_rstd), residual, P(w.ln1w), P(w.ln1b), BT, C);
+  if (cfg_.token_shift) be_.token_shift_forward(A(x.xa), A(x.ln1), nullptr, P(w.shift_att), B, T, C);
   linear_forward(A(x.qkv), A(x.xa), w.qkvw, w.qkvb, BT, C, 3 * Ca);
-  if (cfg_.value_residual && l == 0) copy_v_out(A(v0_), A(x.qkv), BT, Ca);
+  const size_t f = sizeof(float);
+  if (cfg_.value_residual && l == 0)  // v_0: the v columns of layer 0's qkv rows
+    be_.copy_rows(A(v0_), Ca * f, A(x.qkv) + 2 * Ca, 3 * Ca * f, Ca * f, size_t(BT));
   if (qkv_processed(l)) {
     float* qkvp = A(x.qkvp);
-    std::memcpy(qkvp, A(x.qkv), size_t(BT) * 3 * Ca * sizeof(float));
-    if (cfg_.value_residual && l > 0) {  // v_l = (v_l + v_0) / 2
-      const float* v0 = A(v0_);
-      for (int n = 0; n < BT; n++)
-        for (int c = 0; c < Ca; c++) {
-          float& v = qkvp[size_t(n) * 3 * Ca + 2 * Ca + c];
-          v = 0.5f * (v + v0[size_t(n) * Ca + c]);
-        }
-    }
+    be_.copy(qkvp, A(x.qkv), size_t(BT) * 3 * Ca * f);
+    if (cfg_.value_residual && l > 0)  // v_l = (v_l + v_0) / 2
+      be_.axpby_rows(qkvp + 2 * Ca, A(v0_), 0.5f, 0.5f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
     if (cfg_.qk_norm) {
-      k::head_layernorm_forward(qkvp, A(x.qn_mean), A(x.qn_rstd), A(x.qkv), P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
-      k::head_layernorm_forward(qkvp + Ca, A(x.kn_mean), A(x.kn_rstd), A(x.qkv) + Ca, P(w.knw), P(w.knb), BT, NHl,
-                                hs, 3 * Ca);
+      be_.head_layernorm_forward(qkvp, A(x.qn_mean), A(x.qn_rstd), A(x.qkv), P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
+      be_.head_layernorm_forward(qkvp + Ca, A(x.kn_mean), A(x.kn_rstd), A(x.qkv) + Ca, P(w.knw), P(w.knb), BT, NHl, hs,
+                                 3 * Ca);
     }
     if (w.rope_dims) {
-      k::rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      k::rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
     }
   }
   mixer_forward(l);
   // the projection lands in residual3's buffer, free until the MLP writes it
   row_parallel_forward(A(x.residual3), A(x.atty), w.projw, w.projb, BT, Ca);
-  k::scaled_residual_forward(A(x.residual2), residual, A(x.residual3), s, BT * C);
+  be_.scaled_residual_forward(A(x.residual2), residual, A(x.residual3), s, BT * C);
 
   // ---- MLP sub-block ----
-  k::layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
-  if (cfg_.token_shift) k::token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
+  be_.layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
+  if (cfg_.token_shift) be_.token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
   linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
-  if (cfg_.mlp == "relu2") k::relu2_forward(A(x.fch_act), A(x.fch), BT * F);
-  else k::gelu_forward(A(x.fch_act), A(x.fch), BT * F);
+  if (cfg_.mlp == "relu2") be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
+  else be_.gelu_forward(A(x.fch_act), A(x.fch), BT * F);
   row_parallel_forward(A(x.residual3), A(x.fch_act), w.fcprojw, w.fcprojb, BT, F);
-  k::scaled_residual_forward(A(x.residual3), A(x.residual2), A(x.residual3), s, BT * C);
+  be_.scaled_residual_forward(A(x.residual3), A(x.residual2), A(x.residual3), s, BT * C);
 }
 
 // dres: d(residual3) on entry, d(residual) on exit (the residual adds pass it through unchanged).
@@ -103,12 +85,12 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   float* dln = tp ? red_dln() : s_.dln.data();
   float* dxa = s_.dxa.data();
   // d(sub-block output) = s * dres
-  float* dout = dres;
-  if (s != 1.0f) {
-    dout = s_.dtmp.data();
-    for (size_t i = 0; i < n; i++) dout[i] = s * dres[i];
-  }
-  auto zero = [](float* p, size_t count) { std::memset(p, 0, count * sizeof(float)); };
+  float* dout = s != 1.0f ? s_.dtmp.data() : dres;
+  auto scale_dout = [&] {
+    if (s != 1.0f) be_.axpby_rows(dout, dres, 0.0f, s, size_t(BT), C, size_t(C), size_t(C));
+  };
+  scale_dout();
+  auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
 
   // ---- MLP sub-block: residual3 = residual2 + s * mlp(ln2(residual2)) ----
   zero(s_.dact.data(), size_t(BT) * F);
@@ -117,22 +99,21 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   else zero(dln, n);
   zero(dxa, n);
   linear_backward(s_.dact.data(), w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
-  if (cfg_.mlp == "relu2") k::relu2_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
-  else k::gelu_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
+  if (cfg_.mlp == "relu2") be_.relu2_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
+  else be_.gelu_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
   float* dxm = cfg_.token_shift ? dxa : dln;
   linear_backward(dxm, w.fcw, w.fcb, s_.dfch.data(), A(x.xm), BT, C, F);
   if (cfg_.token_shift)
-    k::token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, A(x.ln2), P(w.shift_mlp), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, A(x.ln2), P(w.shift_mlp), B, T, C);
   if (tp) {
     const size_t dst[kRedSlots] = {w.shift_mlp, kNone, kNone, kNone, kNone, kNone, kNone};
     red_finish(n, dst);
   }
-  k::layernorm_backward(dres, G(w.ln2w), G(w.ln2b), dln, A(x.residual2), P(w.ln2w), A(x.ln2_mean), A(x.ln2_rstd), BT,
-                        C);
+  be_.layernorm_backward(dres, G(w.ln2w), G(w.ln2b), dln, A(x.residual2), P(w.ln2w), A(x.ln2_mean), A(x.ln2_rstd), BT,
+                         C);
 
   // ---- attention sub-block: residual2 = residual + s * attn(ln1(residual)) ----
-  if (s != 1.0f)
-    for (size_t i = 0; i < n; i++) dout[i] = s * dres[i];
+  scale_dout();
   float* datty = s_.datty.data();
   float* dqkvp = s_.dqkvp.data();
   zero(datty, na);
@@ -151,45 +132,34 @@ void Model::block_backward(int l, const float* residual, float* dres) {
     if (w.rope_dims) {
       float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
       if (cfg_.qk_norm) zero(target, na * 3);
-      k::rope_backward(target, dqkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      k::rope_backward(target + Ca, dqkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_backward(target, dqkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_backward(target + Ca, dqkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
       dqk = target;
     }
     if (cfg_.qk_norm) {
-      k::head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, A(x.qkv),
-                                 P(w.qnw), A(x.qn_mean), A(x.qn_rstd), BT, NHl, hs, 3 * Ca);
-      k::head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
-                                 A(x.qkv) + Ca, P(w.knw), A(x.kn_mean), A(x.kn_rstd), BT, NHl, hs, 3 * Ca);
-    } else if (!w.rope_dims) {
-      for (int r = 0; r < BT; r++)
-        std::memcpy(dqkv + size_t(r) * 3 * Ca, dqkvp + size_t(r) * 3 * Ca, 2 * Ca * sizeof(float));
+      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, A(x.qkv),
+                                  P(w.qnw), A(x.qn_mean), A(x.qn_rstd), BT, NHl, hs, 3 * Ca);
+      be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
+                                  A(x.qkv) + Ca, P(w.knw), A(x.kn_mean), A(x.kn_rstd), BT, NHl, hs, 3 * Ca);
+    } else if (!w.rope_dims) {  // q and k columns pass through
+      const size_t f = sizeof(float);
+      be_.copy_rows(dqkv, 3 * Ca * f, dqkvp, 3 * Ca * f, 2 * Ca * f, size_t(BT));
     }
     // v: through the value residual v_l = (v_l + v_0) / 2
     const bool vres = cfg_.value_residual && l > 0;
-    float* dv0 = vres ? s_.dv0.data() : nullptr;
-    for (int r = 0; r < BT; r++)
-      for (int c = 0; c < Ca; c++) {
-        float d = dqkvp[size_t(r) * 3 * Ca + 2 * Ca + c];
-        if (vres) {
-          dqkv[size_t(r) * 3 * Ca + 2 * Ca + c] += 0.5f * d;
-          dv0[size_t(r) * Ca + c] += 0.5f * d;
-        } else {
-          dqkv[size_t(r) * 3 * Ca + 2 * Ca + c] += d;
-        }
-      }
+    const float half = vres ? 0.5f : 1.0f;
+    be_.axpby_rows(dqkv + 2 * Ca, dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(3 * Ca), size_t(3 * Ca));
+    if (vres) be_.axpby_rows(s_.dv0.data(), dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(Ca), size_t(3 * Ca));
   }
-  if (cfg_.value_residual && l == 0) {  // layer 0's v also feeds every later layer
-    const float* dv0 = s_.dv0.data();
-    for (int r = 0; r < BT; r++)
-      for (int c = 0; c < Ca; c++) dqkv[size_t(r) * 3 * Ca + 2 * Ca + c] += dv0[size_t(r) * Ca + c];
-  }
+  if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
+    be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
   float* dx_in = cfg_.token_shift ? dxa : dln;
   linear_backward(dx_in, w.qkvw, w.qkvb, dqkv, A(x.xa), BT, C, 3 * Ca);
   if (cfg_.token_shift)
-    k::token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, A(x.ln1), P(w.shift_att), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, A(x.ln1), P(w.shift_att), B, T, C);
   if (tp) {
     const size_t dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
     red_finish(n, dst);
   }
-  k::layernorm_backward(dres, G(w.ln1w), G(w.ln1b), dln, residual, P(w.ln1w), A(x.ln1_mean), A(x.ln1_rstd), BT, C);
+  be_.layernorm_backward(dres, G(w.ln1w), G(w.ln1b), dln, residual, P(w.ln1w), A(x.ln1_mean), A(x.ln1_rstd), BT, C);
 }

@@ -69,13 +69,17 @@ uint64_t parse_hex64(const std::string& s) { return std::stoull(s, nullptr, 16);
 }  // namespace
 
 std::vector<ckpt::NamedTensor> model_tensors(Model& model) {
-  return views_of(model.table(), model.params(), "", model.tensor_comm());
+  std::vector<float> copy;
+  return views_of(model.table(), model.params_host(copy), "", model.tensor_comm());
 }
 
 void set_model_tensors(Model& model, const std::vector<ckpt::NamedTensor>& tensors, const std::string& origin) {
   ckpt::SafetensorsFile f;
   f.tensors = tensors;
-  set_views(model.table(), model.params(), f, "", origin);
+  std::vector<float> copy;
+  float* params = model.params_host(copy);
+  set_views(model.table(), params, f, "", origin);
+  model.params_from_host(params);
 }
 
 std::string save_run_checkpoint(const config::Config& cfg, const std::string& resolved_yaml, Model& model,
@@ -124,7 +128,10 @@ std::string save_run_checkpoint(const config::Config& cfg, const std::string& re
 LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParallel& dp) {
   const TensorTable& table = model.table();
   const std::string mpath = dir + "/model.safetensors", opath = dir + "/optimizer.safetensors";
-  set_views(table, model.params(), ckpt::read_safetensors(mpath), "", mpath);
+  std::vector<float> copy;
+  float* params = model.params_host(copy);
+  set_views(table, params, ckpt::read_safetensors(mpath), "", mpath);
+  model.params_from_host(params);
   ckpt::SafetensorsFile moments = ckpt::read_safetensors(opath);
   // set_views checks that the file holds exactly its prefix's tensors; m and v share the file
   ckpt::SafetensorsFile m, v;

@@ -1,7 +1,6 @@
 #include "trainer/data_parallel.h"
 
 #include <algorithm>
-#include <cstring>
 #include <stdexcept>
 
 #include "trainer/tensor_parallel.h"
@@ -11,33 +10,42 @@ namespace {
 // Ranges of 64-byte multiples, so that every rank's range starts on a cache line.
 size_t shard_size(size_t total, int ranks) { return ((total + ranks - 1) / ranks + 15) / 16 * 16; }
 
-// The communicator sums floats: a double travels as a high and a low part.
-double sum_over(Communicator& comm, double x) {
-  float parts[2] = {float(x), float(x - double(float(x)))};
-  comm.all_reduce_sum(parts, 2);
-  return double(parts[0]) + double(parts[1]);
-}
-
 }  // namespace
 
 DataParallel::DataParallel(Communicator& dp, const TensorTable& table, const config::TrainConfig& cfg,
-                           size_t bucket_floats, bool zero1)
+                           size_t bucket_floats, bool zero1, const Backend& be)
     : comm_(dp),
       table_(table),
+      be_(be),
       total_(table.total()),
       shard_(shard_size(table.total(), dp.size())),
       sharded_(zero1 && dp.size() > 1),
-      opt_(table, cfg, sharded_ ? owner_begin(dp.rank()) : 0, sharded_ ? owner_begin(dp.rank() + 1) : total_),
+      opt_(table, cfg, sharded_ ? owner_begin(dp.rank()) : 0, sharded_ ? owner_begin(dp.rank() + 1) : total_, be),
+      scalars_(be, 2),
       bucket_(bucket_floats ? (bucket_floats + 15) / 16 * 16 : total_) {
   if (sharded_) {
-    send_.resize(shard_);
-    recv_.resize(shard_ * comm_.size());
+    send_ = DeviceBuffer(be, shard_);
+    recv_ = DeviceBuffer(be, shard_ * comm_.size());
   }
 }
 
 float DataParallel::mean(float local) {
-  comm_.all_reduce_sum(&local, 1);
+  sum_host(comm_, &local, 1);
   return local / float(comm_.size());
+}
+
+void DataParallel::sum_host(Communicator& comm, float* x, size_t n) const {
+  if (comm.backend() != "nccl") return comm.all_reduce_sum(x, n);
+  be_.from_host(scalars_.data(), x, n * sizeof(float));
+  comm.all_reduce_sum(scalars_.data(), n);
+  be_.to_host(x, scalars_.data(), n * sizeof(float));
+}
+
+// The communicator sums floats: a double travels as a high and a low part.
+double DataParallel::sum_over(Communicator& comm, double x) const {
+  float parts[2] = {float(x), float(x - double(float(x)))};
+  sum_host(comm, parts, 2);
+  return double(parts[0]) + double(parts[1]);
 }
 
 void DataParallel::start_gradients(float* grads) {
@@ -83,11 +91,8 @@ void DataParallel::finish_gradients() {
   launch_final_buckets();
   for (auto& r : inflight_) r->wait();
   inflight_.clear();
-  float* g = grads_;
   const size_t lo = grads_begin(), hi = grads_end();
-  const float inv = 1.0f / float(comm_.size());
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = lo; i < hi; i++) g[i] *= inv;
+  be_.axpby_rows(grads_ + lo, grads_ + lo, 0.0f, 1.0f / float(comm_.size()), hi - lo, 1, 1, 1);
   grads_ = nullptr;
 }
 
@@ -98,44 +103,43 @@ double DataParallel::grad_norm_squared(const float* grads, Communicator* tp) con
   for (const auto& v : table_.views()) {
     if (!tp::is_sharded(v) && !first) continue;
     const size_t a = std::max(lo, v.offset), b = std::min(hi, v.offset + v.size);
-    for (size_t i = a; i < b; i++) sum += double(grads[i]) * grads[i];
+    if (a < b) sum += be_.global_norm_squared(grads + a, b - a);
   }
   if (sharded_) sum = sum_over(comm_, sum);
   if (tp && tp->size() > 1) sum = sum_over(*tp, sum);
   return sum;
 }
 
-void DataParallel::gather(const float* full_in_range, float* full_out) {
-  std::fill(send_.begin(), send_.end(), 0.0f);
+void DataParallel::gather(const float* range) {
   const size_t n = opt_.end() - opt_.begin();
-  std::memcpy(send_.data(), full_in_range + opt_.begin(), n * sizeof(float));
+  be_.zero(send_.data(), send_.bytes());  // the last rank's range may be shorter than shard_
+  be_.copy(send_.data(), range, n * sizeof(float));
   comm_.all_gather(send_.data(), recv_.data(), shard_);
-  std::memcpy(full_out, recv_.data(), total_ * sizeof(float));
 }
 
 void DataParallel::step(float* params, const float* grads, float lr, float grad_scale) {
   opt_.step(params, grads, lr, grad_scale);
-  if (sharded_) gather(params, params);
+  if (!sharded_) return;
+  gather(params + opt_.begin());
+  be_.copy(params, recv_.data(), total_ * sizeof(float));
 }
 
 void DataParallel::gather_moments(float* m, float* v) {
   const size_t n = opt_.end() - opt_.begin();
   if (!sharded_) {
-    std::memcpy(m, opt_.m(), n * sizeof(float));
-    std::memcpy(v, opt_.v(), n * sizeof(float));
+    be_.to_host(m, opt_.m(), n * sizeof(float));
+    be_.to_host(v, opt_.v(), n * sizeof(float));
     return;
   }
-  // place this rank's moments at their offset of a full buffer, then gather all ranges
-  std::vector<float> full(total_);
-  std::memcpy(full.data() + opt_.begin(), opt_.m(), n * sizeof(float));
-  gather(full.data(), m);
-  std::memcpy(full.data() + opt_.begin(), opt_.v(), n * sizeof(float));
-  gather(full.data(), v);
+  gather(opt_.m());
+  be_.to_host(m, recv_.data(), total_ * sizeof(float));
+  gather(opt_.v());
+  be_.to_host(v, recv_.data(), total_ * sizeof(float));
 }
 
 void DataParallel::load_moments(const float* m, const float* v, int t) {
   const size_t n = opt_.end() - opt_.begin();
-  std::memcpy(opt_.m(), m + opt_.begin(), n * sizeof(float));
-  std::memcpy(opt_.v(), v + opt_.begin(), n * sizeof(float));
+  be_.from_host(opt_.m(), m + opt_.begin(), n * sizeof(float));
+  be_.from_host(opt_.v(), v + opt_.begin(), n * sizeof(float));
   opt_.set_t(t);
 }

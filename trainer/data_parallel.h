@@ -11,6 +11,9 @@
 // k*bucket) (the last one shorter), so there are ceil(total / bucket) of them. A bucket is
 // all-reduced, or with ZeRO-1 reduced to the owners of its floats only (each rank needs the mean
 // over ranks of its own range, nothing else).
+//
+// Every buffer (gradients, parameters, moments) is in the memory of the backend it is built with,
+// and the communicator works on that memory: MPI on cpu, NCCL on cuda.
 #include <algorithm>
 #include <memory>
 #include <vector>
@@ -26,7 +29,7 @@ class DataParallel {
   // zero1 false: every rank holds all the moments and updates all parameters from all-reduced
   // gradients (no all-gather; D times the optimizer memory).
   DataParallel(Communicator& dp, const TensorTable& table, const config::TrainConfig& cfg, size_t bucket_floats = 0,
-               bool zero1 = true);
+               bool zero1 = true, const Backend& be = cpu_backend());
 
   float mean(float local);  // the mean over ranks of a per-rank value
 
@@ -57,21 +60,27 @@ class DataParallel {
 
   AdamW& optimizer() { return opt_; }        // this rank's shard of the optimizer
   // The moments of every parameter, gathered in the parameters' layout (for checkpoints, which
-  // store them unsharded so that a run can resume on any number of ranks) ...
+  // store them unsharded so that a run can resume on any number of ranks), into host memory ...
   void gather_moments(float* m /*(table.total())*/, float* v /*(table.total())*/);
-  // ... and this rank's range of them taken back from such a full copy.
+  // ... and this rank's range of them taken back from such a full host copy.
   void load_moments(const float* m, const float* v, int t);
 
  private:
-  void gather(const float* full_in_range, float* full_out);  // every rank's range of a full buffer
+  // every rank's range (its opt_ range, from `range`) into recv_, in rank order: a full buffer
+  void gather(const float* range);
+  // sums of host values over the ranks of comm (dp or tp): x (n <= 2) in place, and a double
+  void sum_host(Communicator& comm, float* x, size_t n) const;
+  double sum_over(Communicator& comm, double x) const;
   void launch_final_buckets();  // starts every bucket that lies wholly at or above ready_
   size_t owner_begin(int r) const { return std::min(total_, size_t(r) * shard_); }  // rank r's range starts
   Communicator& comm_;
   const TensorTable& table_;
+  const Backend& be_;
   size_t total_, shard_;  // floats in all, floats per rank (the last rank's range may be shorter)
   bool sharded_;          // ZeRO-1 over more than one rank
   AdamW opt_;
-  std::vector<float> send_, recv_;
+  DeviceBuffer send_, recv_;      // ZeRO-1 all-gather: (shard_), (size * shard_)
+  mutable DeviceBuffer scalars_;  // (2): host values reduce through it over NCCL, which reads device memory only
   size_t bucket_;  // floats per bucket
   // the step's reduction under way (none while grads_ is null): the gradients from ready_ up are
   // final, those from started_ up are being reduced

@@ -7,14 +7,11 @@
 // Under tensor parallelism a rank runs its own heads only (NHl = NH/TP of them, Ca = C/TP wide):
 // its rows of W_g, its tau_front/tau_state entries and its heads' states; ln_s (shared by the
 // heads) gets this rank's part of its gradient, summed over the ranks in block_backward.
-#include <cstring>
+// The permutations are the backend's split_heads / merge_heads kernels.
 #include <vector>
 
-#include "kernels/kernels.h"
 #include "kernels/kvm.h"
 #include "trainer/model.h"
-
-namespace k = kernels::cpu;
 
 struct Model::KvmLayer {
   kernels::KvmParams params;
@@ -23,36 +20,6 @@ struct Model::KvmLayer {
 };
 
 void Model::KvmLayerDeleter::operator()(KvmLayer* p) const { delete p; }
-
-namespace {
-
-// (B,T,NH,hs) rows of stride ld -> (B,NH,T,hs)
-void to_heads(float* out, const float* in, int B, int T, int NH, int hs, int ld) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
-      for (int t = 0; t < T; t++)
-        std::memcpy(out + ((size_t(b) * NH + h) * T + t) * hs, in + (size_t(b) * T + t) * ld + size_t(h) * hs,
-                    hs * sizeof(float));
-}
-
-// (B,NH,T,hs) -> (B,T,NH,hs) rows of stride ld; accumulate: += instead of =
-void from_heads(float* out, const float* in, int B, int T, int NH, int hs, int ld, bool accumulate) {
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < T; t++)
-      for (int h = 0; h < NH; h++) {
-        const float* src = in + ((size_t(b) * NH + h) * T + t) * hs;
-        float* dst = out + (size_t(b) * T + t) * ld + size_t(h) * hs;
-        if (accumulate) {
-          for (int d = 0; d < hs; d++) dst[d] += src[d];
-        } else {
-          std::memcpy(dst, src, hs * sizeof(float));
-        }
-      }
-}
-
-}  // namespace
 
 void Model::kvm_make(int l) {
   const auto& c = cfg_.kvm;
@@ -84,17 +51,16 @@ void Model::kvm_forward(int l) {
   const LayerActs& x = lacts_[l];
   KvmLayer& kv = *kvm_[l];
   const float* qkvp = A(x.qkvp);
-  to_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * Ca);
-  to_heads(A(x.kh), qkvp + Ca, B, T, NH, hs, 3 * Ca);
-  to_heads(A(x.vh), qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
-  // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T)
+  be_.split_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * Ca);
+  be_.split_heads(A(x.kh), qkvp + Ca, B, T, NH, hs, 3 * Ca);
+  be_.split_heads(A(x.vh), qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
+  // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T) (elementwise, so after the permutation)
   linear_forward(A(x.gpre), A(x.ln1), w.gatew, kNone, BT, C, NH);
-  std::vector<float> g_bth(size_t(BT) * NH);
-  k::elu_gate_forward(g_bth.data(), A(x.gpre), BT * NH);
-  to_heads(A(x.g), g_bth.data(), B, T, NH, 1, NH);
-  kernels::cpu::kvm_forward(A(x.outh), kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb),
-                            P(w.tau_front), P(w.tau_state), B, NH, T, hs, kv.params);
-  from_heads(A(x.atty), A(x.outh), B, T, NH, hs, Ca, false);
+  be_.split_heads(A(x.g), A(x.gpre), B, T, NH, 1, NH);
+  be_.elu_gate_forward(A(x.g), A(x.g), BT * NH);
+  be_.kvm_forward(A(x.outh), kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb), P(w.tau_front),
+                  P(w.tau_state), B, NH, T, hs, kv.params);
+  be_.merge_heads(A(x.atty), A(x.outh), B, T, NH, hs, Ca, 0);
 }
 
 void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
@@ -104,22 +70,20 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   const LayerActs& x = lacts_[l];
   KvmLayer& kv = *kvm_[l];
   float *dq = s_.dqh.data(), *dk = s_.dkh.data(), *dv = s_.dvh.data(), *dout = s_.douth.data();
-  float *dg = s_.dg.data(), *dgpre = s_.dgpre.data();
-  for (float* p : {dq, dk, dv}) std::memset(p, 0, n * sizeof(float));
-  std::memset(dg, 0, size_t(BT) * NH * sizeof(float));
-  std::memset(dgpre, 0, size_t(BT) * NH * sizeof(float));
-  to_heads(dout, datty, B, T, NH, hs, Ca);
-  kernels::cpu::kvm_backward(dq, dk, dv, dg, partial_grad(w.lnsw, kRedLnsw), partial_grad(w.lnsb, kRedLnsb),
-                             G(w.tau_front), G(w.tau_state), dout, kv.tape,
-                             A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb), P(w.tau_front),
-                             P(w.tau_state), B, NH, T, hs, kv.params);
-  from_heads(dqkvp, dq, B, T, NH, hs, 3 * Ca, true);
-  from_heads(dqkvp + Ca, dk, B, T, NH, hs, 3 * Ca, true);
-  from_heads(dqkvp + 2 * Ca, dv, B, T, NH, hs, 3 * Ca, true);
+  float *dg = s_.dg.data(), *dgbt = s_.dgbt.data(), *dgpre = s_.dgpre.data();
+  for (float* p : {dq, dk, dv}) be_.zero(p, n * sizeof(float));
+  be_.zero(dg, size_t(BT) * NH * sizeof(float));
+  be_.zero(dgpre, size_t(BT) * NH * sizeof(float));
+  be_.split_heads(dout, datty, B, T, NH, hs, Ca);
+  be_.kvm_backward(dq, dk, dv, dg, partial_grad(w.lnsw, kRedLnsw), partial_grad(w.lnsb, kRedLnsb), G(w.tau_front),
+                   G(w.tau_state), dout, kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb),
+                   P(w.tau_front), P(w.tau_state), B, NH, T, hs, kv.params);
+  be_.merge_heads(dqkvp, dq, B, T, NH, hs, 3 * Ca, 1);
+  be_.merge_heads(dqkvp + Ca, dk, B, T, NH, hs, 3 * Ca, 1);
+  be_.merge_heads(dqkvp + 2 * Ca, dv, B, T, NH, hs, 3 * Ca, 1);
   // back through g = 1 + elu(W_g ln1)
-  std::vector<float> dg_bth(size_t(BT) * NH);
-  from_heads(dg_bth.data(), dg, B, T, NH, 1, NH, false);
-  k::elu_gate_backward(dgpre, A(x.gpre), dg_bth.data(), BT * NH);
+  be_.merge_heads(dgbt, dg, B, T, NH, 1, NH, 0);
+  be_.elu_gate_backward(dgpre, A(x.gpre), dgbt, BT * NH);
   linear_backward(dln1, w.gatew, kNone, dgpre, A(x.ln1), BT, C, NH);
 }
 
@@ -136,7 +100,7 @@ void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
   if (!kv.cache || pos_ == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
   std::vector<float> gpre(NH), g(NH);
   linear_forward(gpre.data(), ln1, w.gatew, kNone, 1, C, NH);
-  k::elu_gate_forward(g.data(), gpre.data(), NH);
-  kernels::cpu::kvm_decode_step(out, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, g.data(), P(w.lnsw), P(w.lnsb),
-                                P(w.tau_front), P(w.tau_state), kv.params);
+  be_.elu_gate_forward(g.data(), gpre.data(), NH);
+  be_.kvm_decode_step(out, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, g.data(), P(w.lnsw), P(w.lnsb), P(w.tau_front),
+                      P(w.tau_state), kv.params);
 }

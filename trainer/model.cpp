@@ -12,10 +12,8 @@
 #include "trainer/rng.h"
 #include "trainer/tensor_parallel.h"
 
-namespace k = kernels::cpu;
-
-Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp)
-    : cfg_(cfg), tp_(tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
+Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp, const Backend& be)
+    : cfg_(cfg), be_(be), tp_(tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
   const int Vp = cfg.padded_vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, hs = C / NH;
   if (cfg.mixers.empty()) throw std::invalid_argument("model.mixers: empty");
   // ---- tensor parallel: this rank's share of heads, MLP width and vocabulary ----
@@ -29,6 +27,10 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   divisible(NH, "model.n_head");
   divisible(Vp, "model.padded_vocab_size");
   divisible(4LL * C, "model.d_model*4");
+  if (TP > 1 && !be.host)
+    throw std::runtime_error(
+        "parallel.tensor > 1 with train.device: cuda is not supported yet (the vocabulary-parallel "
+        "embedding and cross-entropy run on the host); use parallel.data");
   Ca_ = C / TP, NHl_ = NH / TP, Fl_ = 4 * C / TP, Vl_ = Vp / TP;
   const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Vl = Vl_;
   const bool rope = cfg.pos == "rope";
@@ -91,8 +93,8 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   lnfw_ = add("ln_f.weight", {C}, false);
   lnfb_ = add("ln_f.bias", {C}, false);
   head_ = cfg.tie_embeddings ? wte_ : add_sharded("lm_head.weight", {Vl, C}, true, 0);
-  params_ = AlignedBuffer(table_.total());
-  grads_ = AlignedBuffer(table_.total());
+  params_ = DeviceBuffer(be, table_.total());
+  grads_ = DeviceBuffer(be, table_.total());
 
   // ---- activations, sized for (B, T) ----
   const size_t BT = size_t(B) * T;
@@ -167,25 +169,26 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   lnf_rstd_ = alloc(BT);
   logits_off_ = alloc(BT * Vl);
   losses_ = alloc(BT);
-  acts_ = AlignedBuffer(total);
+  acts_ = DeviceBuffer(be, total);
+  if (!be.host) tokens_ = DeviceBuffer(be, 2 * BT);
 
-  for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = AlignedBuffer(BT * C);
-  s_.datty = AlignedBuffer(BT * Ca);
-  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = AlignedBuffer(BT * 3 * Ca);
-  for (auto* b : {&s_.dfch, &s_.dact}) *b = AlignedBuffer(BT * Fl);
-  if (cfg.value_residual) s_.dv0 = AlignedBuffer(BT * Ca);
+  for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = DeviceBuffer(be, BT * C);
+  s_.datty = DeviceBuffer(be, BT * Ca);
+  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = DeviceBuffer(be, BT * 3 * Ca);
+  for (auto* b : {&s_.dfch, &s_.dact}) *b = DeviceBuffer(be, BT * Fl);
+  if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ca);
   if (TP > 1) {
     for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
     red_extra_ = (red_extra_ + 15) / 16 * 16;
-    tpred_ = AlignedBuffer(red_extra_ + BT * C);
+    tpred_ = DeviceBuffer(be, red_extra_ + BT * C);
   }
   kvm_.resize(size_t(L));
   for (int l = 0; l < L; l++) {
     if (layers_[l].mixer != Mixer::kvm) continue;
     kvm_make(l);
     if (s_.dqh.size() == 0) {
-      for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = AlignedBuffer(BT * Ca);
-      for (auto* b : {&s_.dg, &s_.dgpre}) *b = AlignedBuffer(BT * NHl);
+      for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = DeviceBuffer(be, BT * Ca);
+      for (auto* b : {&s_.dg, &s_.dgbt, &s_.dgpre}) *b = DeviceBuffer(be, BT * NHl);
     }
   }
 }
@@ -198,8 +201,9 @@ bool Model::qkv_processed(int l) const {
 
 void Model::init(uint64_t seed) {
   Rng rng(seed);
-  float* p = params_.data();
-  params_.zero();
+  std::vector<float> copy;
+  float* p = params_host(copy);
+  std::fill(p, p + params_.size(), 0.0f);
   const int C = cfg_.d_model, L = cfg_.n_layer;
   const float std_resid = cfg_.zero_init_out ? 0.0f : 0.02f / std::sqrt(2.0f * L);
   std::vector<float> whole;  // a sharded tensor in full, drawn as with TP = 1, then this rank's shard kept
@@ -229,6 +233,33 @@ void Model::init(uint64_t seed) {
     }
     if (sharded) tp::extract(v, whole.data(), p + v.offset);
   }
+  params_from_host(p);
+}
+
+float* Model::params_host(std::vector<float>& copy) {
+  if (be_.host) return params_.data();
+  copy.resize(params_.size());
+  be_.to_host(copy.data(), params_.data(), params_.bytes());
+  return copy.data();
+}
+
+void Model::params_from_host(const float* host) {
+  if (host != params_.data()) be_.from_host(params_.data(), host, params_.bytes());
+}
+
+const float* Model::logits_host(size_t row, size_t rows, std::vector<float>& copy) const {
+  const float* p = logits() + row * size_t(Vl_);
+  if (be_.host) return p;
+  copy.resize(rows * size_t(Vl_));
+  be_.to_host(copy.data(), p, copy.size() * sizeof(float));
+  return copy.data();
+}
+
+const int* Model::tokens_for_backend(const int* host, int slot, size_t n) {
+  if (be_.host) return host;
+  int* dst = reinterpret_cast<int*>(tokens_.data()) + size_t(slot) * maxB_ * maxT_;
+  be_.from_host(dst, host, n * sizeof(int));
+  return dst;
 }
 
 size_t Model::num_params() const {
@@ -255,7 +286,7 @@ double Model::flops_per_token(int T) const {
 }
 
 void Model::use_bf16() {
-  if (!bf16()) params16_ = AlignedBuffer((params_.size() + 1) / 2);
+  if (!bf16()) params16_ = DeviceBuffer(be_, (params_.size() + 1) / 2);
 }
 
 void Model::refresh_bf16(uint64_t seed, uint64_t step) {
@@ -264,20 +295,20 @@ void Model::refresh_bf16(uint64_t seed, uint64_t step) {
   for (size_t j = 0; j < views.size(); j++) {
     const TensorView& v = views[j];
     tp::for_each_run(v, v.shard_rank, [&](size_t local, size_t full, size_t n) {
-      k::bf16_round_stochastic(out + v.offset + local, P(v.offset) + local, n, seed, step, (uint64_t(j) << 40) + full);
+      be_.bf16_round_stochastic(out + v.offset + local, P(v.offset) + local, n, seed, step, (uint64_t(j) << 40) + full);
     });
   }
 }
 
 void Model::linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC) {
-  if (bf16()) k::matmul_forward_bf16(out, inp, P16(w), P(b), N, IC, OC);
-  else k::matmul_forward(out, inp, P(w), P(b), N, IC, OC);
+  if (bf16()) be_.matmul_forward_bf16(out, inp, P16(w), P(b), N, IC, OC);
+  else be_.matmul_forward(out, inp, P(w), P(b), N, IC, OC);
 }
 
 void Model::linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
                             int OC) {
-  if (bf16()) k::matmul_backward_bf16(dinp, G(w), G(b), dout, inp, P16(w), N, IC, OC);
-  else k::matmul_backward(dinp, G(w), G(b), dout, inp, P(w), N, IC, OC);
+  if (bf16()) be_.matmul_backward_bf16(dinp, G(w), G(b), dout, inp, P16(w), N, IC, OC);
+  else be_.matmul_backward(dinp, G(w), G(b), dout, inp, P(w), N, IC, OC);
 }
 
 void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {
@@ -285,9 +316,7 @@ void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t 
   if (tp_size_ == 1) return linear_forward(out, inp, w, b, BT, IC, C);
   linear_forward(out, inp, w, kNone, BT, IC, C);
   tp_sum(out, size_t(BT) * C);
-  if (const float* bias = P(b))
-    for (int n = 0; n < BT; n++)
-      for (int c = 0; c < C; c++) out[size_t(n) * C + c] += bias[c];
+  if (const float* bias = P(b)) be_.axpby_rows(out, bias, 1.0f, 1.0f, size_t(BT), C, size_t(C), 0);
 }
 
 float* Model::partial_grad(size_t off, RedSlot slot) {
@@ -295,7 +324,7 @@ float* Model::partial_grad(size_t off, RedSlot slot) {
   return tp_size_ == 1 ? G(off) : tpred_.data() + red_off_[slot];
 }
 
-void Model::red_begin(size_t n) { std::memset(tpred_.data(), 0, (red_extra_ + n) * sizeof(float)); }
+void Model::red_begin(size_t n) { be_.zero(tpred_.data(), (red_extra_ + n) * sizeof(float)); }
 
 void Model::red_finish(size_t n, const size_t* dst) {
   tp_sum(tpred_.data(), red_extra_ + n);
@@ -303,9 +332,7 @@ void Model::red_finish(size_t n, const size_t* dst) {
   for (int s = 0; s < kRedSlots; s++) {
     if (dst[s] == kNone) continue;
     const int width = s == kRedShift ? C : hs;
-    const float* src = tpred_.data() + red_off_[s];
-    float* g = G(dst[s]);
-    for (int i = 0; i < width; i++) g[i] += src[i];
+    be_.axpby_rows(G(dst[s]), tpred_.data() + red_off_[s], 1.0f, 1.0f, 1, width, size_t(width), size_t(width));
   }
 }
 
@@ -313,8 +340,9 @@ void Model::forward(const int* inputs, int B, int T) {
   const int C = cfg_.d_model, Vl = Vl_, BT = B * T;
   if (B > maxB_ || T > maxT_) throw std::invalid_argument("Model::forward: batch larger than allocated");
   B_ = B, T_ = T, inputs_ = inputs;
+  inputs_be_ = tokens_for_backend(inputs, 0, size_t(BT));
   if (tp_size_ == 1) {
-    k::encoder_forward(A(encoded_), inputs, P(wte_), P(wpe_), B, T, C);
+    be_.encoder_forward(A(encoded_), inputs_be_, P(wte_), P(wpe_), B, T, C);
   } else {
     // vocabulary-parallel embedding: this rank's rows, zero for tokens it does not own, summed
     // over ranks (exactly the owner's row: the others add zeros), then the positions
@@ -333,13 +361,13 @@ void Model::forward(const int* inputs, int B, int T) {
         for (int c = 0; c < C; c++) enc[size_t(n) * C + c] += wpe[size_t(n % T) * C + c];
   }
   if (cfg_.emb_norm)
-    k::layernorm_forward(A(stream0_), A(emb_mean_), A(emb_rstd_), A(encoded_), P(lnew_), P(lneb_), BT, C);
+    be_.layernorm_forward(A(stream0_), A(emb_mean_), A(emb_rstd_), A(encoded_), P(lnew_), P(lneb_), BT, C);
   const float* residual = A(stream0_);
   for (int l = 0; l < int(layers_.size()); l++) {
     block_forward(l, residual);
     residual = A(lacts_[l].residual3);
   }
-  k::layernorm_forward(A(lnf_), A(lnf_mean_), A(lnf_rstd_), residual, P(lnfw_), P(lnfb_), BT, C);
+  be_.layernorm_forward(A(lnf_), A(lnf_mean_), A(lnf_rstd_), residual, P(lnfw_), P(lnfb_), BT, C);
   linear_forward(A(logits_off_), A(lnf_), head_, kNone, BT, C, Vl);
 }
 
@@ -347,8 +375,8 @@ float Model::loss(const int* targets, float dloss) {
   const int N = B_ * T_;
   float* losses = A(losses_);
   if (tp_size_ == 1) {
-    k::crossentropy_forward_backward(A(logits_off_), losses, targets, N, cfg_.vocab_size, cfg_.padded_vocab_size,
-                                     dloss, -1);
+    be_.crossentropy_forward_backward(A(logits_off_), losses, tokens_for_backend(targets, 1, size_t(N)), N,
+                                      cfg_.vocab_size, cfg_.padded_vocab_size, dloss, -1);
   } else {
     // vocabulary-parallel cross-entropy: the global row max (all-gather of the local ones), then
     // the sum of exps and the target's logit (from its owner) in one all-reduce; the gradient
@@ -394,11 +422,18 @@ float Model::loss(const int* targets, float dloss) {
       if (t >= 0 && t < Vl) row[t] -= dloss;
     }
   }
+  std::vector<float> copy;
+  const float* host_losses = losses;
+  if (!be_.host) {
+    copy.resize(size_t(N));
+    be_.to_host(copy.data(), losses, copy.size() * sizeof(float));
+    host_losses = copy.data();
+  }
   double sum = 0;
   int count = 0;
   for (int i = 0; i < N; i++) {
     if (targets[i] == -1) continue;
-    sum += losses[i];
+    sum += host_losses[i];
     count++;
   }
   return count ? float(sum / count) : 0.0f;
@@ -409,8 +444,8 @@ void Model::backward() {
   const size_t n = size_t(BT) * C;
   float* dres = s_.dres.data();  // d(residual stream), carried down through the blocks
   float* dln = s_.dln.data();
-  std::memset(dres, 0, n * sizeof(float));
-  std::memset(dln, 0, n * sizeof(float));
+  be_.zero(dres, n * sizeof(float));
+  be_.zero(dln, n * sizeof(float));
   if (cfg_.value_residual) s_.dv0.zero();
   // The gradients are final from the top of the buffer down (the layout is in forward order):
   // ln_f and an untied head, then each block, then the embedding (with a tied head).
@@ -422,7 +457,7 @@ void Model::backward() {
   const float* last = L == 0 ? A(stream0_) : A(lacts_.back().residual3);
   linear_backward(dln, head_, kNone, A(logits_off_), A(lnf_), BT, C, Vl);
   if (tp_size_ > 1) tp_sum(dln, n);  // each rank's vocabulary slice gave part of d(ln_f output)
-  k::layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
+  be_.layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
   grads_final_from(lnfw_);
   for (int l = L - 1; l >= 0; l--) {
     const float* residual = l == 0 ? A(stream0_) : A(lacts_[l - 1].residual3);
@@ -433,12 +468,12 @@ void Model::backward() {
   }
   float* demb = dres;
   if (cfg_.emb_norm) {
-    std::memset(dln, 0, n * sizeof(float));
-    k::layernorm_backward(dln, G(lnew_), G(lneb_), dres, A(encoded_), P(lnew_), A(emb_mean_), A(emb_rstd_), BT, C);
+    be_.zero(dln, n * sizeof(float));
+    be_.layernorm_backward(dln, G(lnew_), G(lneb_), dres, A(encoded_), P(lnew_), A(emb_mean_), A(emb_rstd_), BT, C);
     demb = dln;
   }
   if (tp_size_ == 1) {
-    k::encoder_backward(G(wte_), G(wpe_), demb, inputs_, B, T, C);
+    be_.encoder_backward(G(wte_), G(wpe_), demb, inputs_be_, B, T, C);
   } else {
     // demb is the same on every rank: each takes its own vocabulary rows, and all the positions
     float* dwte = G(wte_);

@@ -20,6 +20,13 @@
 // (tensor_table.h, trainer/tensor_parallel.h). Every rank of `tp` must make the same calls
 // (forward, loss, backward, step) with the same inputs. TP = 1 (or no communicator) is the
 // single-process code path unchanged.
+//
+// Backends: every kernel goes through the Backend table the model is built with (trainer/backend.h),
+// and every buffer (parameters, gradients, activations, scratch, the bf16 copy) lives in that
+// backend's memory: device memory on cuda, so params(), grads() and logits() are device pointers
+// there; params_host / params_from_host and logits_host give the host what it reads. On cuda the
+// model refuses tensor parallelism (the vocabulary-parallel embedding and cross-entropy are host
+// loops) and token-by-token decode (step, a host loop); forward, loss, backward and bf16 work.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -27,7 +34,7 @@
 #include <vector>
 
 #include "kernels/bf16.h"
-#include "trainer/aligned_buffer.h"
+#include "trainer/backend.h"
 #include "trainer/communicator.h"
 #include "trainer/config.h"
 #include "trainer/tensor_table.h"
@@ -39,8 +46,10 @@ class Model {
   // backward; the gradients are the same.
   // tp: the tensor-parallel communicator (null or size 1: no tensor parallelism); it must outlive
   // the model. Throws std::invalid_argument naming the key when n_head, padded_vocab_size or
-  // 4*d_model is not divisible by TP.
-  Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false, Communicator* tp = nullptr);
+  // 4*d_model is not divisible by TP. be: where the buffers live and the kernels run (it must
+  // outlive the model); cuda with TP > 1 throws std::runtime_error.
+  Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false, Communicator* tp = nullptr,
+        const Backend& be = cpu_backend());
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -49,13 +58,13 @@ class Model {
   // model.zero_init_out), biases 0, LayerNorm weights 1, token-shift mixes as RWKV-4, KVM
   // temperatures 1 and gates U(-1/sqrt(d), 1/sqrt(d)); the padded vocabulary rows stay 0.
   // Under tensor parallelism each rank draws the full tensors and keeps its shards, so that the
-  // model is the TP = 1 model for the same seed.
+  // model is the TP = 1 model for the same seed. Drawn on the host, then uploaded.
   void init(uint64_t seed);
 
-  // Logits (B, T, Vp) of `inputs` (B, T); B <= max B, T <= max T. Under tensor parallelism each
+  // Logits (B, T, Vp) of `inputs` (B, T, host memory); B <= max B, T <= max T. Under tensor parallelism each
   // rank computes its vocabulary slice only: (B, T, Vp/TP), columns [r*Vp/TP, (r+1)*Vp/TP).
   void forward(const int* inputs, int B, int T);
-  // Mean cross-entropy of the last forward against `targets` (B, T) (ignore index -1). With
+  // Mean cross-entropy of the last forward against `targets` (B, T, host) (ignore index -1). With
   // dloss != 0 the logits are overwritten by d(dloss * sum of losses)/dlogits, ready for backward.
   float loss(const int* targets, float dloss);
   // Accumulates parameter gradients of the last forward (after loss with dloss != 0).
@@ -79,20 +88,29 @@ class Model {
 
   // Decode, one sequence: reset_decode() starts it, step(token) feeds the next token and returns
   // the logits (Vp) of the token after it, equal to forward()'s logits at that position. Under
-  // tensor parallelism every rank steps together and gets the full (Vp) logits.
+  // tensor parallelism every rank steps together and gets the full (Vp) logits. cpu only.
   void reset_decode();
   const float* step(int token);
   int decode_position() const { return pos_; }
   // Memory the decode caches hold now: KV caches, KVM states and windows (bytes).
   size_t decode_cache_bytes() const;
 
-  const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, logits_width())
+  const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, logits_width()), backend memory
+  // Rows [row, row + rows) of logits() (row = b*T + t) where the host can read them: in place on
+  // cpu, else copied into `copy`.
+  const float* logits_host(size_t row, size_t rows, std::vector<float>& copy) const;
   int logits_width() const { return Vl_; }  // Vp, or Vp/TP under tensor parallelism
   int tp_size() const { return tp_size_; }
   int tp_rank() const { return tp_rank_; }
   Communicator* tensor_comm() const { return tp_; }
-  float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
+  float* params() { return params_.data(); }  // (table().total()), backend memory
+  float* grads() { return grads_.data(); }    // (table().total()), backend memory
+  // The parameters where the host can read and write them (checkpoints, export, init_from): the
+  // buffer itself on cpu, else a copy made in `copy`; params_from_host writes such a pointer back
+  // (nothing to do on cpu, where it is the buffer).
+  float* params_host(std::vector<float>& copy);
+  void params_from_host(const float* host);
+  const Backend& backend() const { return be_; }
   const TensorTable& table() const { return table_; }
   size_t num_params() const;         // this rank's parameters (its shards), padding between views excluded
   size_t activation_bytes() const { return acts_.bytes(); }
@@ -124,8 +142,8 @@ class Model {
     size_t residual2, ln2, ln2_mean, ln2_rstd, xm, fch, fch_act, residual3;
   };
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
-    AlignedBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dfch, dact, dv0;
-    AlignedBuffer dqh, dkh, dvh, douth, dg, dgpre;  // KVM
+    DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dfch, dact, dv0;
+    DeviceBuffer dqh, dkh, dvh, douth, dg, dgbt, dgpre;  // KVM; dgbt: dg as (B,T,NH)
   };
 
   float* P(size_t off) { return off == kNone ? nullptr : params_.data() + off; }
@@ -135,6 +153,9 @@ class Model {
   float* G(size_t off) { return off == kNone ? nullptr : grads_.data() + off; }
   float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
   bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
+  // host tokens (n) where the backend's kernels read them: in place on cpu, else uploaded to slot
+  // 0 (inputs) or 1 (targets) of tokens_
+  const int* tokens_for_backend(const int* host, int slot, size_t n);
 
   // block.cpp: block l of the last forward's shape, from `residual` (its input)
   void block_forward(int l, const float* residual);
@@ -165,26 +186,29 @@ class Model {
   void red_finish(size_t n, const size_t* dst /* (kRedSlots) gradient offsets, kNone: unused */);
 
   config::ModelConfig cfg_;
+  const Backend& be_;
   Communicator* tp_ = nullptr;
   int tp_size_ = 1, tp_rank_ = 0;
   int Ca_ = 0, NHl_ = 0, Fl_ = 0, Vl_ = 0;  // this rank's attention width (its heads), heads, MLP width, vocab rows
   size_t red_off_[kRedSlots] = {}, red_extra_ = 0;
-  AlignedBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
+  DeviceBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
   int maxB_, maxT_;
   bool recompute_;
   int B_ = 0, T_ = 0;
-  const int* inputs_ = nullptr;  // of the last forward, for the embedding backward
+  const int* inputs_ = nullptr;     // of the last forward (host), for the tensor-parallel embedding
+  const int* inputs_be_ = nullptr;  // the same in the backend's memory, for the kernels
+  DeviceBuffer tokens_;             // cuda: (2, maxB*maxT) ints, the uploaded inputs and targets
   TensorTable table_;
   std::vector<Layer> layers_;
   size_t wte_, wpe_ = kNone, lnew_ = kNone, lneb_ = kNone, lnfw_, lnfb_, head_;
-  AlignedBuffer params_, grads_;
+  DeviceBuffer params_, grads_;
   std::function<void(size_t, size_t)> grads_ready_;  // on_grads_ready
-  AlignedBuffer params16_;  // bf16 mixed precision: the bf16 copy of params_ (same offsets), two per float
+  DeviceBuffer params16_;  // bf16 mixed precision: the bf16 copy of params_ (same offsets), two per float
 
   std::vector<LayerActs> lacts_;
   size_t encoded_, emb_mean_ = kNone, emb_rstd_ = kNone, stream0_, v0_ = kNone;
   size_t lnf_, lnf_mean_, lnf_rstd_, logits_off_, losses_;
-  AlignedBuffer acts_;
+  DeviceBuffer acts_;
   Scratch s_;
   std::vector<std::unique_ptr<KvmLayer, KvmLayerDeleter>> kvm_;  // per layer, null unless kvm
 

@@ -5,17 +5,15 @@
 // step() runs the same kernels as forward() on one row, so its logits equal forward()'s at that
 // position up to summation order. Under tensor parallelism every rank steps its own heads and
 // hidden units (the caches hold them only), with the forward's all-reduces, and the logits of the
-// vocabulary slices are all-gathered so that step() returns all Vp on every rank.
+// vocabulary slices are all-gathered so that step() returns all Vp on every rank. The one-row
+// activations and the attention over the cache are host memory and host loops: cpu only.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
-#include "kernels/kernels.h"
 #include "trainer/model.h"
-
-namespace k = kernels::cpu;
 
 struct Model::DecodeCache {
   struct LayerCache {
@@ -43,6 +41,8 @@ size_t Model::decode_cache_bytes() const {
 }
 
 void Model::reset_decode() {
+  if (!be_.host)
+    throw std::runtime_error("decode (Model::step) runs on cpu only; on cuda sample by recomputing the context");
   const int C = cfg_.d_model, NH = NHl_, Ca = Ca_;
   auto* d = new DecodeCache;
   d->layers.resize(layers_.size());
@@ -93,17 +93,18 @@ const float* Model::step(int token) {
     if (wpe_ != kNone)
       for (int c = 0; c < C; c++) d.enc[c] += P(wpe_)[size_t(pos) * C + c];
   }
-  if (cfg_.emb_norm) k::layernorm_forward(d.x.data(), d.mean.data(), d.rstd.data(), d.enc.data(), P(lnew_), P(lneb_), 1, C);
+  if (cfg_.emb_norm)
+    be_.layernorm_forward(d.x.data(), d.mean.data(), d.rstd.data(), d.enc.data(), P(lnew_), P(lneb_), 1, C);
   else d.x = d.enc;
 
   for (int l = 0; l < int(layers_.size()); l++) {
     const Layer& w = layers_[l];
     auto& lc = d.layers[l];
     // ---- attention sub-block ----
-    k::layernorm_forward(d.ln1.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(w.ln1w), P(w.ln1b), 1, C);
+    be_.layernorm_forward(d.ln1.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(w.ln1w), P(w.ln1b), 1, C);
     const float* xa = d.ln1.data();
     if (cfg_.token_shift) {
-      k::token_shift_forward(d.xa.data(), d.ln1.data(), lc.prev_att.data(), P(w.shift_att), 1, 1, C);
+      be_.token_shift_forward(d.xa.data(), d.ln1.data(), lc.prev_att.data(), P(w.shift_att), 1, 1, C);
       lc.prev_att = d.ln1;
       xa = d.xa.data();
     }
@@ -114,14 +115,14 @@ const float* Model::step(int token) {
     if (cfg_.value_residual && l > 0)
       for (int c = 0; c < Ca; c++) qkvp[2 * Ca + c] = 0.5f * (qkvp[2 * Ca + c] + d.v0[c]);
     if (cfg_.qk_norm) {
-      k::head_layernorm_forward(qkvp, d.hmean.data(), d.hrstd.data(), d.qkv.data(), P(w.qnw), P(w.qnb), 1, NH, hs,
-                                3 * Ca);
-      k::head_layernorm_forward(qkvp + Ca, d.hmean.data(), d.hrstd.data(), d.qkv.data() + Ca, P(w.knw), P(w.knb), 1,
-                                NH, hs, 3 * Ca);
+      be_.head_layernorm_forward(qkvp, d.hmean.data(), d.hrstd.data(), d.qkv.data(), P(w.qnw), P(w.qnb), 1, NH, hs,
+                                 3 * Ca);
+      be_.head_layernorm_forward(qkvp + Ca, d.hmean.data(), d.hrstd.data(), d.qkv.data() + Ca, P(w.knw), P(w.knb), 1,
+                                 NH, hs, 3 * Ca);
     }
     if (w.rope_dims) {
-      k::rope_forward(qkvp, qkvp, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
-      k::rope_forward(qkvp + Ca, qkvp + Ca, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
+      be_.rope_forward(qkvp, qkvp, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
+      be_.rope_forward(qkvp + Ca, qkvp + Ca, 1, 1, NH, hs, 3 * Ca, w.rope_dims, base, pos);
     }
     if (w.mixer == Mixer::kvm) {
       kvm_decode(l, d.atty.data(), qkvp, d.ln1.data());
@@ -155,22 +156,22 @@ const float* Model::step(int token) {
       }
     }
     row_parallel_forward(d.tmp.data(), d.atty.data(), w.projw, w.projb, 1, Ca);
-    k::scaled_residual_forward(d.res2.data(), d.x.data(), d.tmp.data(), s, C);
+    be_.scaled_residual_forward(d.res2.data(), d.x.data(), d.tmp.data(), s, C);
     // ---- MLP sub-block ----
-    k::layernorm_forward(d.ln2.data(), d.mean.data(), d.rstd.data(), d.res2.data(), P(w.ln2w), P(w.ln2b), 1, C);
+    be_.layernorm_forward(d.ln2.data(), d.mean.data(), d.rstd.data(), d.res2.data(), P(w.ln2w), P(w.ln2b), 1, C);
     const float* xm = d.ln2.data();
     if (cfg_.token_shift) {
-      k::token_shift_forward(d.xm.data(), d.ln2.data(), lc.prev_mlp.data(), P(w.shift_mlp), 1, 1, C);
+      be_.token_shift_forward(d.xm.data(), d.ln2.data(), lc.prev_mlp.data(), P(w.shift_mlp), 1, 1, C);
       lc.prev_mlp = d.ln2;
       xm = d.xm.data();
     }
     linear_forward(d.fch.data(), xm, w.fcw, w.fcb, 1, C, F);
-    if (cfg_.mlp == "relu2") k::relu2_forward(d.act.data(), d.fch.data(), F);
-    else k::gelu_forward(d.act.data(), d.fch.data(), F);
+    if (cfg_.mlp == "relu2") be_.relu2_forward(d.act.data(), d.fch.data(), F);
+    else be_.gelu_forward(d.act.data(), d.fch.data(), F);
     row_parallel_forward(d.tmp.data(), d.act.data(), w.fcprojw, w.fcprojb, 1, F);
-    k::scaled_residual_forward(d.x.data(), d.res2.data(), d.tmp.data(), s, C);
+    be_.scaled_residual_forward(d.x.data(), d.res2.data(), d.tmp.data(), s, C);
   }
-  k::layernorm_forward(d.lnf.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(lnfw_), P(lnfb_), 1, C);
+  be_.layernorm_forward(d.lnf.data(), d.mean.data(), d.rstd.data(), d.x.data(), P(lnfw_), P(lnfb_), 1, C);
   if (tp_size_ == 1) {
     linear_forward(d.logits.data(), d.lnf.data(), head_, kNone, 1, C, Vl);
   } else {

@@ -3,30 +3,29 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/kernels.h"
-
-AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin, size_t end)
+AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin, size_t end, const Backend& be)
     : table_(table),
+      be_(be),
       beta1_(float(cfg.beta1)),
       beta2_(float(cfg.beta2)),
       eps_(float(cfg.eps)),
       weight_decay_(float(cfg.weight_decay)),
       begin_(std::min(begin, table.total())),
       end_(std::min(end, table.total())),
-      m_(end_ - begin_),
-      v_(end_ - begin_) {}
+      m_(be, end_ - begin_),
+      v_(be, end_ - begin_) {}
 
 void AdamW::step(float* params, const float* grads, float lr, float grad_scale) {
   t_++;
   for (const auto& view : table_.views()) {
     size_t lo = std::max(view.offset, begin_), hi = std::min(view.offset + view.size, end_);
     if (lo >= hi) continue;
-    kernels::cpu::adamw_update(params + lo, grads + lo, m_.data() + (lo - begin_), v_.data() + (lo - begin_), hi - lo,
-                               lr, beta1_, beta2_, eps_, view.decay ? weight_decay_ : 0.0f, grad_scale, t_);
+    be_.adamw_update(params + lo, grads + lo, m_.data() + (lo - begin_), v_.data() + (lo - begin_), hi - lo, lr, beta1_,
+                     beta2_, eps_, view.decay ? weight_decay_ : 0.0f, grad_scale, t_);
   }
 }
 
-float grad_norm(const float* grads, size_t n) { return std::sqrt(kernels::cpu::global_norm_squared(grads, n)); }
+float grad_norm(const float* grads, size_t n, const Backend& be) { return std::sqrt(be.global_norm_squared(grads, n)); }
 
 float clip_scale(float norm, float max_norm) {
   if (max_norm <= 0) return 1.0f;

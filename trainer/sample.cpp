@@ -13,7 +13,7 @@ const float* LogitsSource::next(const std::vector<int>& tokens) {
   if (!cache_) {
     const int T = std::min<int>(int(tokens.size()), max_context_);
     model_.forward(tokens.data() + tokens.size() - T, 1, T);
-    return model_.logits() + size_t(T - 1) * model_.cfg().padded_vocab_size;
+    return model_.logits_host(size_t(T - 1), 1, host_logits_);
   }
   if (fed_ == 0) model_.reset_decode();
   if (tokens.size() > size_t(model_.cfg().max_seq_len))

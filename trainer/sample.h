@@ -26,6 +26,7 @@ class LogitsSource {
   bool cache_;
   size_t fed_ = 0;  // tokens already in the decode caches
   const float* last_ = nullptr;
+  std::vector<float> host_logits_;  // recompute on cuda: the last row, copied to the host
 };
 
 // A token drawn from softmax(logits[0..V) / temperature) restricted by top_k and top_p.

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -16,6 +17,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "checkpoints/checkpoint.h"
+#include "trainer/backend.h"
 #include "trainer/checkpointing.h"
 #include "trainer/communicator.h"
 #include "trainer/corpus_stats.h"
@@ -153,6 +155,14 @@ struct Batch {
   }
 };
 
+// This rank's index among the ranks on its node (Open MPI, Slurm, MPICH), else its world rank:
+// with cuda, the GPU it takes.
+int local_rank(int world_rank) {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"})
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  return world_rank;
+}
+
 float evaluate(Model& model, data::Loader& val, Batch& batch, int steps) {
   val.set_position(0);  // the same windows every evaluation, so values are comparable
   double sum = 0;
@@ -168,13 +178,13 @@ float evaluate(Model& model, data::Loader& val, Batch& batch, int steps) {
 
 int run_training(const config::Config& cfg, const std::string& resume) {
   const auto& tc = cfg.train;
-  if (tc.device != "cpu") throw std::runtime_error("train.device: cuda training arrives with the CUDA backend; use cpu");
   if (cfg.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
   std::string resolved = config::to_yaml(cfg);
 
   // The grid of ranks: rank = data_rank * tensor + tensor_rank (a tensor group is consecutive
   // ranks, so that on one node its all-reduces stay close).
   auto world = make_world_communicator();
+  const Backend& be = backend_for(tc.device, local_rank(world->rank()));
   const int TP = cfg.parallel.tensor, DP = cfg.parallel.data;
   if (DP * TP != world->size())
     throw std::runtime_error("parallel: data (" + std::to_string(DP) + ") x tensor (" + std::to_string(TP) + ") = " +
@@ -183,6 +193,10 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   check_same_config(*world, resolved);
   auto tp_comm = world->split(world->rank() / TP, world->rank());
   auto dp_comm = world->split(world->rank() % TP, world->rank());
+#ifdef KVMTRAIN_HAS_CUDA
+  // the gradients live on the GPU: NCCL over the same ranks (its id travels over MPI)
+  if (!be.host) dp_comm = make_nccl_communicator(*dp_comm);
+#endif
   const bool leader = world->rank() == 0;  // prints, writes the log and the run files
   if (!leader && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
 
@@ -206,11 +220,11 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   }
   auto tokenizer = data::make_tokenizer(cfg.data.tokenizer);
 
-  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr);
+  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr, be);
   model.init(uint64_t(tc.seed));
   if (tc.precision == "bf16") model.use_bf16();
   // ZeRO-1 AdamW (this rank's range of the moments); gradient buckets reduced during the backward
-  DataParallel dp(*dp_comm, model.table(), tc, size_t(cfg.parallel.bucket_mb * 1048576 / sizeof(float)));
+  DataParallel dp(*dp_comm, model.table(), tc, size_t(cfg.parallel.bucket_mb * 1048576 / sizeof(float)), true, be);
   model.on_grads_ready([&dp](size_t begin, size_t end) { dp.gradients_ready(begin, end); });
 
   // --resume: every piece of state the loop carries comes back, so the steps after it are

@@ -1,6 +1,7 @@
 // Exact resume: runs killed by SIGKILL at a random step, killed inside a checkpoint write, and
 // stopped by SIGTERM / SIGUSR1, each continued with `--resume auto`, log losses bit-identical to an
-// uninterrupted run. Corrupt and truncated checkpoints are named and skipped.
+// uninterrupted run. Corrupt and truncated checkpoints are named and skipped. Ctrl-C stops after
+// the current step.
 #include <random>
 
 #include "tests/checkpoints/run_fixture.h"
@@ -157,6 +158,26 @@ TEST_F(Resume, ResumeErrors) {
   auto r = test_util::kvmtrain("train " + cfg() + " --resume " + (root / "nothing").string(), root);
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("nothing: not a checkpoint"), std::string::npos) << r.err;
+}
+
+// Ctrl-C: the step under way finishes and is logged, the run says so and exits with 130 (the
+// shell's status for SIGINT, so that scripts see the interruption). The run is long enough that
+// the signal lands inside the training loop (after it, Ctrl-C has its default meaning). A second
+// Ctrl-C, which leaves at once, is not tested: two signals sent together merge into one.
+TEST_F(Resume, CtrlCStopsCleanlyAfterTheCurrentStep) {
+  const std::string long_run = "train " + cfg() + " --set train.steps=100000";
+  pid_t pid = spawn(long_run, root);
+  const bool running = wait_for_rows(pid, run() / "log.jsonl", 5);
+  kill(pid, SIGINT);
+  const int status = wait_status(pid);
+  ASSERT_TRUE(running) << "the run ended before Ctrl-C: " << test_util::slurp(root / "bg.err");
+  EXPECT_EQ(status, 130) << test_util::slurp(root / "bg.err");
+  EXPECT_NE(test_util::slurp(root / "bg.out").find("interrupted: stopped cleanly after the current step"),
+            std::string::npos);
+  // every logged row is whole (log_rows parses each), one per step in order
+  auto rows = log_rows(run() / "log.jsonl");
+  ASSERT_GE(rows.size(), 5u);
+  for (size_t i = 0; i < rows.size(); i++) EXPECT_EQ(rows[i].at("step").integer(), int64_t(i + 1));
 }
 
 }  // namespace

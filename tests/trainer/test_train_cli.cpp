@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "data/json.h"
+#include "kernels/kernels.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -110,6 +111,27 @@ TEST_F(TrainCli, ErrorsAreOneLineWithStatus2) {
     EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.args << "\n" << r.err;
   }
+}
+
+// train.device: cuda trains where a GPU is visible and is otherwise refused in one line, status 2.
+TEST_F(TrainCli, CudaDeviceTrainsOrIsRefusedInOneLine) {
+  const std::string args = "train " + (dir / "tiny.yaml").string() + " --set train.device=cuda --set train.steps=2";
+#ifdef KVMTRAIN_HAS_CUDA
+  const bool gpu = kernels::cuda::device_count() > 0;
+  const std::string expect = "train.device: cuda but no CUDA device is visible (cudaGetDeviceCount found none)";
+#else
+  const bool gpu = false;
+  const std::string expect = "train.device: cuda but this kvmtrain was built without the CUDA backend";
+#endif
+  Result r = kvmtrain(args, dir);
+  if (gpu) {
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(json::parse(test_util::slurp(dir / "run/run.json")).at("device").string(), "cuda");
+    return;
+  }
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find("kvmtrain: error: " + expect), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
 }
 
 TEST_F(TrainCli, VersionAndHelp) {

@@ -1,0 +1,84 @@
+// The two backend tables. cpu: kernels::cpu and host memory. cuda: kernels::cuda and the CUDA
+// runtime's device memory; a copy to the host is synchronous, so it also waits for the kernels
+// launched before it on the default stream.
+#include "trainer/backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+
+#ifdef KVMTRAIN_HAS_CUDA
+#include "kernels/cuda/cuda_check.cuh"
+#endif
+
+namespace {
+
+#define KVM_BACKEND_ENTRY(ret, fn, params) , NS::fn
+#define KVM_BACKEND_TABLE(NAME, HOST)                                                                    \
+  NAME, HOST KVM_KERNELS_ALL_BACKENDS(KVM_BACKEND_ENTRY), NS::kvm_forward, NS::kvm_backward, NS::kvm_decode_step
+
+void* host_alloc(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, bytes);
+  return p;
+}
+void host_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+void host_copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void host_copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows) {
+  for (size_t r = 0; r < rows; r++)
+    std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+}
+
+#define NS kernels::cpu
+const Backend kCpu{KVM_BACKEND_TABLE("cpu", true), host_alloc, std::free, host_zero, host_copy, host_copy,
+                   host_copy, host_copy_rows};
+#undef NS
+
+#ifdef KVMTRAIN_HAS_CUDA
+void* cuda_alloc(size_t bytes) {
+  void* p = nullptr;
+  cuda_check(cudaMalloc(&p, bytes ? bytes : 64));
+  cuda_check(cudaMemset(p, 0, bytes));
+  return p;
+}
+void cuda_free(void* p) { cudaFree(p); }  // never throws: called from destructors
+void cuda_zero(void* p, size_t bytes) { cuda_check(cudaMemsetAsync(p, 0, bytes)); }
+void cuda_copy(void* dst, const void* src, size_t bytes) {
+  cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+void cuda_to_host(void* host, const void* src, size_t bytes) {
+  cuda_check(cudaMemcpy(host, src, bytes, cudaMemcpyDeviceToHost));
+}
+void cuda_from_host(void* dst, const void* host, size_t bytes) {
+  cuda_check(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice));
+}
+void cuda_copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows) {
+  if (rows) cuda_check(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice));
+}
+
+#define NS kernels::cuda
+const Backend kCuda{KVM_BACKEND_TABLE("cuda", false), cuda_alloc, cuda_free, cuda_zero, cuda_copy, cuda_to_host,
+                    cuda_from_host, cuda_copy_rows};
+#undef NS
+#endif
+
+}  // namespace
+
+const Backend& cpu_backend() { return kCpu; }
+
+const Backend& backend_for(const std::string& device, int device_index) {
+  if (device == "cpu") return kCpu;
+  if (device != "cuda") throw std::runtime_error("train.device: " + device + " is not a backend (cpu | cuda)");
+#ifdef KVMTRAIN_HAS_CUDA
+  const int n = kernels::cuda::device_count();
+  if (n == 0) throw std::runtime_error("train.device: cuda but no CUDA device is visible (cudaGetDeviceCount found none)");
+  cuda_check(cudaSetDevice(device_index % n));
+  return kCuda;
+#else
+  throw std::runtime_error(
+      "train.device: cuda but this kvmtrain was built without the CUDA backend (configure with -DKVMTRAIN_CUDA=ON)");
+#endif
+}
