@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include "data/json.h"
+#include "trainer/backend.h"
 #include "trainer/config.h"
 #include "trainer/flops.h"
 #include "trainer/model.h"
@@ -48,7 +49,7 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % cfg.model.vocab_size), y[i] = int(rng.next_u64() % cfg.model.vocab_size);
 
   const int C = cfg.model.d_model;
-  const double peak = measure_gemm_peak(bf16, B * T, 4 * C, C, 1.0);
+  const double peak = measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 1.0);
   const double openblas_peak = measure_openblas_sgemm_peak(B * T, 4 * C, C, 1.0);
   using clock = std::chrono::steady_clock;
   double best = 1e30, total = 0;

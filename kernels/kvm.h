@@ -72,22 +72,6 @@ struct KvmTape {
   std::unique_ptr<Device, void (*)(Device*)> device{nullptr, nullptr};
 };
 
-namespace cpu {
-
-void kvm_forward(float* out /*(B,H,T,D)*/, KvmTape& tape, const float* q /*(B,H,T,D)*/, const float* k /*(B,H,T,D)*/,
-                 const float* v /*(B,H,T,D)*/, const float* g /*(B,H,T)*/, const float* ln_s_weight /*(D)*/,
-                 const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
-                 int B, int H, int T, int D, const KvmParams& p);
-
-void kvm_backward(float* dq /*(B,H,T,D)*/, float* dk /*(B,H,T,D)*/, float* dv /*(B,H,T,D)*/, float* dg /*(B,H,T)*/,
-                  float* d_ln_s_weight /*(D)*/, float* d_ln_s_bias /*(D)*/, float* d_tau_front /*(H)*/,
-                  float* d_tau_state /*(H)*/, const float* dout /*(B,H,T,D)*/, const KvmTape& tape,
-                  const float* q, const float* k, const float* v, const float* g, const float* ln_s_weight,
-                  const float* ln_s_bias, const float* tau_front, const float* tau_state, int B, int H, int T, int D,
-                  const KvmParams& p);
-
-}  // namespace cpu
-
 // Token-by-token decode for one sequence (batch 1): state, window (raw k, v, g of at most W*C
 // tokens), coverage. kvm_decode_step reproduces kvm_forward's output for position n exactly
 // (same schedule, same updates).
@@ -104,31 +88,39 @@ struct KvmCache {
   std::unique_ptr<Device, void (*)(Device*)> device{nullptr, nullptr};
 };
 
+// The KVM kernels, declared once for both backends (as kernels/kernels.h does): kernels::cpu
+// takes host pointers, kernels::cuda device pointers. kvm_backward needs the tape of a
+// kvm_forward of the same backend with the same B, H, T, D.
+#define KVM_CORE_KERNELS(X)                                                                              \
+  X(void, kvm_forward,                                                                                   \
+    (float* out /*(B,H,T,D)*/, KvmTape& tape, const float* q /*(B,H,T,D)*/, const float* k /*(B,H,T,D)*/, \
+     const float* v /*(B,H,T,D)*/, const float* g /*(B,H,T)*/, const float* ln_s_weight /*(D)*/,          \
+     const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/, int B, \
+     int H, int T, int D, const KvmParams& p))                                                           \
+  X(void, kvm_backward,                                                                                  \
+    (float* dq /*(B,H,T,D)*/, float* dk /*(B,H,T,D)*/, float* dv /*(B,H,T,D)*/, float* dg /*(B,H,T)*/,      \
+     float* d_ln_s_weight /*(D)*/, float* d_ln_s_bias /*(D)*/, float* d_tau_front /*(H)*/,                 \
+     float* d_tau_state /*(H)*/, const float* dout /*(B,H,T,D)*/, const KvmTape& tape, const float* q,    \
+     const float* k, const float* v, const float* g, const float* ln_s_weight, const float* ln_s_bias,    \
+     const float* tau_front, const float* tau_state, int B, int H, int T, int D, const KvmParams& p))     \
+  X(void, kvm_decode_step,                                                                               \
+    (float* out /*(H,D)*/, KvmCache& cache, const float* q /*(H,D)*/, const float* k /*(H,D)*/,           \
+     const float* v /*(H,D)*/, const float* g /*(H)*/, const float* ln_s_weight /*(D)*/,                  \
+     const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,      \
+     const KvmParams& p))
+
+#define KVM_DECLARE_CORE_KERNEL(ret, name, params) ret name params;
+
 namespace cpu {
-void kvm_decode_step(float* out /*(H,D)*/, KvmCache& cache, const float* q /*(H,D)*/, const float* k /*(H,D)*/,
-                     const float* v /*(H,D)*/, const float* g /*(H)*/, const float* ln_s_weight /*(D)*/,
-                     const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
-                     const KvmParams& p);
+KVM_CORE_KERNELS(KVM_DECLARE_CORE_KERNEL)
 }  // namespace cpu
 
-// The CUDA twins (kernels/cuda/kvm_*.cu): the same semantics, every tensor a device pointer,
-// launched on the default stream. The schedule, the budget and the routing decisions are the
-// CPU's; only the floating-point summation order differs. They share one process-wide scratch,
-// so they must not run from several host threads at once.
+// The CUDA twins (kernels/cuda/kvm_*.cu): the same semantics, launched on the default stream. The
+// schedule, the budget and the routing decisions are the CPU's; only the floating-point summation
+// order differs. They share one process-wide scratch, so they must not run from several host
+// threads at once.
 namespace cuda {
-
-void kvm_forward(float* out /*(B,H,T,D)*/, KvmTape& tape, const float* q /*(B,H,T,D)*/, const float* k /*(B,H,T,D)*/,
-                 const float* v /*(B,H,T,D)*/, const float* g /*(B,H,T)*/, const float* ln_s_weight /*(D)*/,
-                 const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
-                 int B, int H, int T, int D, const KvmParams& p);
-
-// Needs the tape of a cuda::kvm_forward with the same B, H, T, D.
-void kvm_backward(float* dq /*(B,H,T,D)*/, float* dk /*(B,H,T,D)*/, float* dv /*(B,H,T,D)*/, float* dg /*(B,H,T)*/,
-                  float* d_ln_s_weight /*(D)*/, float* d_ln_s_bias /*(D)*/, float* d_tau_front /*(H)*/,
-                  float* d_tau_state /*(H)*/, const float* dout /*(B,H,T,D)*/, const KvmTape& tape,
-                  const float* q, const float* k, const float* v, const float* g, const float* ln_s_weight,
-                  const float* ln_s_bias, const float* tau_front, const float* tau_state, int B, int H, int T, int D,
-                  const KvmParams& p);
+KVM_CORE_KERNELS(KVM_DECLARE_CORE_KERNEL)
 
 // Copies the device tape of the last cuda::kvm_forward into the host part (routing, final state),
 // for the accessors; cpu::kvm_backward can then walk it back too (without snapshots). Synchronous.
@@ -137,12 +129,6 @@ void kvm_tape_to_host(KvmTape& tape);
 // Gives a cache made with KvmCache(H, D, p) its device storage (the constructor is backend-neutral
 // and keeps H and D to the CPU path); call it once, before the first cuda::kvm_decode_step.
 void kvm_decode_init(KvmCache& cache, int H, int D);
-
-void kvm_decode_step(float* out /*(H,D)*/, KvmCache& cache, const float* q /*(H,D)*/, const float* k /*(H,D)*/,
-                     const float* v /*(H,D)*/, const float* g /*(H)*/, const float* ln_s_weight /*(D)*/,
-                     const float* ln_s_bias /*(D)*/, const float* tau_front /*(H)*/, const float* tau_state /*(H)*/,
-                     const KvmParams& p);
-
 }  // namespace cuda
 
 }  // namespace kernels

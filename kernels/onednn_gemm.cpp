@@ -85,8 +85,4 @@ void gemm(Operands t, bool trans_a, bool trans_b, int M, int N, int K, const voi
   s.wait();
 }
 
-const char* gemm_implementation(Operands t, int M, int N, int K) {
-  return cached_gemm(Key{t, false, true, false, false, M, N, K}).pd.impl_info_str();
-}
-
 }  // namespace kernels::onednn

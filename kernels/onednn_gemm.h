@@ -16,7 +16,4 @@ enum class Operands { f32, bf16 };  // A and B; C is always fp32, accumulation f
 void gemm(Operands t, bool trans_a, bool trans_b, int M, int N, int K, const void* A, const void* B,
           const float* bias, float* C, bool accumulate);
 
-// The ISA oneDNN's kernels use for these operands at this shape, e.g. "brg:avx512_core_bf16".
-const char* gemm_implementation(Operands t, int M, int N, int K);
-
 }  // namespace kernels::onednn

@@ -266,7 +266,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   // the bf16 copy is a function of the masters and the step, so a resumed run remakes it exactly
   if (model.bf16()) model.refresh_bf16(uint64_t(tc.seed), uint64_t(st.step));
   // one reference shape for every model (GPT-2 124M's MLP), so MFU compares across configs
-  const double peak = measure_gemm_peak(model.bf16(), std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
+  const double peak = measure_gemm_peak(be, model.bf16(), std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
   const double flops_per_step = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
   std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; %s GEMM peak %.1f GFLOP/s\n",
               model.num_params(), model.activation_bytes() / 1048576.0,

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "tests/trainer/small_models.h"
 #include "trainer/backend.h"
 #include "trainer/model.h"
 #include "trainer/optimizer.h"
@@ -32,24 +33,8 @@ namespace {
 #define SKIP_WITHOUT_GPU() \
   if (kernels::cuda::device_count() == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount found none)"
 
-config::ModelConfig gpt2() {
-  config::ModelConfig m;
-  m.vocab_size = 90, m.padded_vocab_size = 128, m.n_layer = 2, m.n_head = 4, m.d_model = 32, m.max_seq_len = 32;
-  return m;
-}
-
-// every backbone option: RoPE, qk-norm, emb-norm, ReLU^2, token shift, value residual, residual
-// scale, no biases, untied head; sliding window and KVM (chunks of 4, several state updates)
-config::ModelConfig hybrid() {
-  config::ModelConfig m;
-  m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 3, m.n_head = 4, m.d_model = 32, m.max_seq_len = 64;
-  m.pos = "rope", m.rope_dims = 4, m.swa_rope_dims = 8, m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true;
-  m.tie_embeddings = false, m.bias = false, m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
-  m.mixers = {"swa", "kvm"}, m.swa_window = 6;
-  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
-  m.kvm.power_f = 2, m.kvm.power_e = 0.5;
-  return m;
-}
+using test_models::gpt2;
+using test_models::hybrid;
 
 std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
   Rng rng(seed);

@@ -1,0 +1,27 @@
+#pragma once
+// The small models the model-level tests share (tensor parallel, cuda against cpu).
+#include "trainer/config.h"
+
+namespace test_models {
+
+// GPT-2 with a padded vocabulary: 90 of 128, so that with TP = 4 the last shard holds padding only.
+inline config::ModelConfig gpt2(int max_seq_len = 32) {
+  config::ModelConfig m;
+  m.vocab_size = 90, m.padded_vocab_size = 128, m.n_layer = 2, m.n_head = 4, m.d_model = 32, m.max_seq_len = max_seq_len;
+  return m;
+}
+
+// Every backbone option: RoPE, qk-norm, emb-norm, ReLU^2, token shift, value residual, residual
+// scale, no biases, untied head; sliding window and KVM (chunks of 4, several state updates).
+inline config::ModelConfig hybrid() {
+  config::ModelConfig m;
+  m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 3, m.n_head = 4, m.d_model = 32, m.max_seq_len = 64;
+  m.pos = "rope", m.rope_dims = 4, m.swa_rope_dims = 8, m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true;
+  m.tie_embeddings = false, m.bias = false, m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
+  m.mixers = {"swa", "kvm"}, m.swa_window = 6;
+  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
+  m.kvm.power_f = 2, m.kvm.power_e = 0.5;
+  return m;
+}
+
+}  // namespace test_models
