@@ -122,6 +122,15 @@
                                  float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,     \
                                  const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
                                  int N, int IC, int OC))                                             \
+  /* The GPT-2 MLP's first layer fused with its GELU: pre = inp @ weight^T + bias, out =          \
+     gelu(pre), pre kept for the backward (CUDA: cuBLASLt's GELU_AUX_BIAS epilogue, tanh GELU).      \
+     On CUDA OC must be a multiple of 8 (the auxiliary leading dimension). */                       \
+  X(void, matmul_gelu_forward, (float* out /*(N,OC)*/, float* pre /*(N,OC)*/, const float* inp /*(N,IC)*/, \
+                                const float* weight /*(OC,IC)*/, const float* bias /*(OC) or nullptr*/, \
+                                int N, int IC, int OC))                                              \
+  X(void, matmul_gelu_forward_bf16, (float* out /*(N,OC)*/, float* pre /*(N,OC)*/,                   \
+                                     const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
+                                     const float* bias /*(OC) or nullptr*/, int N, int IC, int OC))  \
   /* out[i] = inp[i] rounded to bf16 stochastically with the random bits                            \
      stochastic_round_bits(seed, step, offset + i): offset is inp's global element index. */         \
   X(void, bf16_round_stochastic, (kernels::bf16* out /*(n)*/, const float* inp /*(n)*/, size_t n,    \

@@ -65,9 +65,12 @@ void Model::block_forward(int l, const float* residual) {
   // ---- MLP sub-block ----
   be_.layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
   if (cfg_.token_shift) be_.token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
-  linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
-  if (cfg_.mlp == "relu2") be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
-  else be_.gelu_forward(A(x.fch_act), A(x.fch), BT * F);
+  if (cfg_.mlp == "relu2") {
+    linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+    be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
+  } else {  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
+    linear_gelu_forward(A(x.fch_act), A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+  }
   row_parallel_forward(A(x.residual3), A(x.fch_act), w.fcprojw, w.fcprojb, BT, F);
   be_.scaled_residual_forward(A(x.residual3), A(x.residual2), A(x.residual3), s, BT * C);
 }

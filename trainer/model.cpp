@@ -305,6 +305,11 @@ void Model::linear_forward(float* out, const float* inp, size_t w, size_t b, int
   else be_.matmul_forward(out, inp, P(w), P(b), N, IC, OC);
 }
 
+void Model::linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC) {
+  if (bf16()) be_.matmul_gelu_forward_bf16(out, pre, inp, P16(w), P(b), N, IC, OC);
+  else be_.matmul_gelu_forward(out, pre, inp, P(w), P(b), N, IC, OC);
+}
+
 void Model::linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
                             int OC) {
   if (bf16()) be_.matmul_backward_bf16(dinp, G(w), G(b), dout, inp, P16(w), N, IC, OC);

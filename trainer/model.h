@@ -170,6 +170,8 @@ class Model {
   void kvm_make(int l);
   // out (N,OC) = inp (N,IC) @ W^T + b and its backward, in the model's precision (model.cpp)
   void linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC);
+  // pre (N,OC) = the same, out = gelu(pre)
+  void linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC);
   void linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC, int OC);
   // tensor parallel (model.cpp)
   void tp_sum(float* p, size_t n) { tp_->all_reduce_sum(p, n); }

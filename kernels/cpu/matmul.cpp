@@ -1,7 +1,8 @@
 // Fully connected layer, out = inp @ weight^T + bias, with weight stored (OC,IC) as PyTorch's
 // nn.Linear. The GEMMs are oneDNN's (kernels/onednn_gemm.h): fp32, or bf16 operands with fp32
 // accumulation for mixed precision, where the activations and gradients are rounded to bf16 here
-// (nearest even) and the weight arrives as the trainer's bf16 copy.
+// (nearest even) and the weight arrives as the trainer's bf16 copy. The fused GELU variants are the
+// GEMM then gelu_forward: the CUDA twin fuses them in cuBLASLt's epilogue.
 #include <algorithm>
 #include <vector>
 
@@ -72,6 +73,20 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
   if (dinp) onednn::gemm(Operands::bf16, false, false, N, IC, OC, dout16, weight, nullptr, dinp, true);
   onednn::gemm(Operands::bf16, true, false, OC, IC, N, dout16, inp16, nullptr, dweight, true);
   if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight, const float* bias, int N,
+                         int IC, int OC) {
+  // out, pre (N,OC), inp (N,IC), weight (OC,IC), bias (OC) or nullptr
+  matmul_forward(pre, inp, weight, bias, N, IC, OC);
+  gelu_forward(out, pre, N * OC);
+}
+
+void matmul_gelu_forward_bf16(float* out, float* pre, const float* inp, const bf16* weight, const float* bias, int N,
+                              int IC, int OC) {
+  // out, pre (N,OC), inp (N,IC), weight (OC,IC) bf16, bias (OC) or nullptr
+  matmul_forward_bf16(pre, inp, weight, bias, N, IC, OC);
+  gelu_forward(out, pre, N * OC);
 }
 
 }  // namespace kernels::cpu

@@ -5,7 +5,9 @@
 //    reduced-precision path, so the products match the CPU twin's fp32 GEMM to fp32 rounding;
 //  - bf16: inp and dout are first rounded to bf16 (nearest even, kernels/bf16.h) into a scratch
 //    buffer, the weight is bf16 already; CUBLAS_COMPUTE_32F accumulates in fp32 into fp32 outputs.
-// The forward adds the bias in the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS); the backward GEMMs
+// The forward adds the bias in the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS), and for the GPT-2
+// MLP also applies the GELU there (CUBLASLT_EPILOGUE_GELU_AUX[_BIAS]: D = gelu(x), the auxiliary
+// matrix = x, cuBLASLt's GELU being the tanh form GPT-2 uses); the backward GEMMs
 // accumulate with beta = 1; dbias is a deterministic column sum of the fp32 dout.
 // cuBLASLt is column-major: a row-major (R,C) matrix is its transpose there, a column-major (C,R)
 // with leading dimension C. So out^T (OC,N) = W (the stored (IC,OC), op T) @ inp^T (IC,N).
@@ -50,8 +52,8 @@ struct GemmKey {
   cublasComputeType_t compute;
   cublasOperation_t op_a, op_b;
   int a_rows, a_cols, b_rows, b_cols;
-  bool bias;
-  uint32_t align_a, align_b, align_d, align_bias;
+  bool bias, gelu;
+  uint32_t align_a, align_b, align_d, align_bias, align_aux;
   auto operator<=>(const GemmKey&) const = default;
 };
 
@@ -61,7 +63,7 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo;
 };
 
-GemmPlan make_plan(const GemmKey& k, const float* bias) {
+GemmPlan make_plan(const GemmKey& k, const float* bias, float* aux) {
   int m = k.op_a == CUBLAS_OP_N ? k.a_rows : k.a_cols;
   int n = k.op_b == CUBLAS_OP_N ? k.b_cols : k.b_rows;
   int inner = k.op_a == CUBLAS_OP_N ? k.a_cols : k.a_rows;
@@ -70,10 +72,16 @@ GemmPlan make_plan(const GemmKey& k, const float* bias) {
   cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &k.op_a, sizeof(k.op_a)));
   cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &k.op_b, sizeof(k.op_b)));
   // the bias, when there is one, is fp32 like D (cuBLASLt's default bias type) and spans D's m rows
-  cublasLtEpilogue_t epilogue = k.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  cublasLtEpilogue_t epilogue = k.gelu ? (k.bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                        : (k.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
   cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
   if (k.bias)  // the heuristic reads the bias pointer's alignment from here
     cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  if (k.gelu) {  // the auxiliary (pre-GELU) matrix is fp32 like D, with D's leading dimension
+    const int64_t ld = m;
+    cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+    cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+  }
   cublaslt_check(cublasLtMatrixLayoutCreate(&p.a, k.type, k.a_rows, k.a_cols, k.a_rows));
   cublaslt_check(cublasLtMatrixLayoutCreate(&p.b, k.type, k.b_rows, k.b_cols, k.b_rows));
   cublaslt_check(cublasLtMatrixLayoutCreate(&p.d, CUDA_R_32F, m, n, m));
@@ -99,33 +107,42 @@ GemmPlan make_plan(const GemmKey& k, const float* bias) {
   if (found == 0) {
     std::string what = "cublasLtMatmulAlgoGetHeuristic for the GEMM (m " + std::to_string(m) + ", n " +
                        std::to_string(n) + ", k " + std::to_string(inner) +
-                       (k.type == CUDA_R_16BF ? ", bf16" : ", fp32") + (k.bias ? ", bias epilogue)" : ")");
+                       (k.type == CUDA_R_16BF ? ", bf16" : ", fp32") + (k.bias ? ", bias" : "") +
+                       (k.gelu ? ", GELU epilogue; its auxiliary leading dimension must be a multiple of 8)" : ")");
     cublaslt_fail(CUBLAS_STATUS_NOT_SUPPORTED, what.c_str(), __FILE__, __LINE__);
   }
   p.algo = best.algo;
   return p;
 }
 
-// D (m,n) = op(A) op(B) [+ bias (m), broadcast over the columns] + beta * D; column-major, fp32 D
-void gemm(float* D, const Operand& A, const Operand& B, float beta, const float* bias, Precision prec) {
+// D (m,n) = op(A) op(B) [+ bias (m), broadcast over the columns] + beta * D; column-major, fp32 D.
+// With gelu_aux: gelu_aux = that (beta 0), D = gelu(it).
+void gemm(float* D, const Operand& A, const Operand& B, float beta, const float* bias, Precision prec,
+          float* gelu_aux = nullptr) {
   static std::map<GemmKey, GemmPlan> plans;  // never freed, like the handle they belong to
   GemmKey key{prec.type, prec.compute, A.op, B.op, A.rows, A.cols, B.rows, B.cols, bias != nullptr,
-              alignment(A.data), alignment(B.data), alignment(D), alignment(bias)};
+              gelu_aux != nullptr, alignment(A.data), alignment(B.data), alignment(D), alignment(bias),
+              alignment(gelu_aux)};
   auto it = plans.find(key);
-  if (it == plans.end()) it = plans.emplace(key, make_plan(key, bias)).first;
+  if (it == plans.end()) it = plans.emplace(key, make_plan(key, bias, gelu_aux)).first;
   const GemmPlan& p = it->second;
-  if (bias)  // the cached descriptor holds the previous call's bias
+  // the cached descriptor holds the previous call's pointers
+  if (bias)
     cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  if (gelu_aux)
+    cublaslt_check(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_aux,
+                                                  sizeof(gelu_aux)));
   const float alpha = 1.0f;
   const CublasLt& lt = cublaslt();
   cublaslt_check(cublasLtMatmul(lt.handle, p.desc, &alpha, A.data, p.a, B.data, p.b, &beta, D, p.d, D, p.d, &p.algo,
                                 lt.workspace, kCublasLtWorkspaceBytes, 0));
 }
 
-// out (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias; column-major: out^T (OC,N) = W (IC,OC)^T @ inp^T (IC,N)
+// out (N,OC) = inp (N,IC) @ weight (OC,IC)^T + bias; column-major: out^T (OC,N) = W (IC,OC)^T @ inp^T (IC,N).
+// With pre: pre = that, out = gelu(pre).
 void forward_gemm(float* out, const void* inp, const void* weight, const float* bias, int N, int IC, int OC,
-                  Precision prec) {
-  gemm(out, {weight, CUBLAS_OP_T, IC, OC}, {inp, CUBLAS_OP_N, IC, N}, 0.0f, bias, prec);
+                  Precision prec, float* pre = nullptr) {
+  gemm(out, {weight, CUBLAS_OP_T, IC, OC}, {inp, CUBLAS_OP_N, IC, N}, 0.0f, bias, prec, pre);
 }
 
 // dinp (N,IC) or nullptr, dweight (OC,IC): accumulated; dout (N,OC), inp (N,IC), weight (OC,IC)
@@ -193,11 +210,25 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
 
 void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const float* bias, int N, int IC, int OC) {
   // out (N,OC), inp (N,IC), weight (OC,IC) bf16, bias (OC) or nullptr; device
+  matmul_gelu_forward_bf16(out, nullptr, inp, weight, bias, N, IC, OC);
+}
+
+void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight, const float* bias, int N,
+                         int IC, int OC) {
+  // out, pre (N,OC), inp (N,IC), weight (OC,IC), bias (OC) or nullptr; device
+  if (N == 0 || OC == 0) return;
+  forward_gemm(out, inp, weight, bias, N, IC, OC, kFp32, pre);
+}
+
+// pre == nullptr: matmul_forward_bf16 (no GELU)
+void matmul_gelu_forward_bf16(float* out, float* pre, const float* inp, const bf16* weight, const float* bias, int N,
+                              int IC, int OC) {
+  // out, pre (N,OC) or pre nullptr, inp (N,IC), weight (OC,IC) bf16, bias (OC) or nullptr; device
   if (N == 0 || OC == 0) return;
   size_t n_inp = (size_t)N * IC;
   bf16* inp16 = bf16_scratch(n_inp);  // (N,IC)
   round_nearest(inp16, inp, n_inp);
-  forward_gemm(out, inp16, weight, bias, N, IC, OC, kBf16);
+  forward_gemm(out, inp16, weight, bias, N, IC, OC, kBf16, pre);
 }
 
 void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,

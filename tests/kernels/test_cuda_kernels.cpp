@@ -14,7 +14,8 @@
 //    against the CPU's polynomial exp, ~2 ulp);
 //  - 1e-4: sums of hundreds of terms in another order: layernorm and head_layernorm backward,
 //    token_shift dmix, matmul forward and backward (cuBLASLt fp32 without TF32), the bf16 matmuls
-//    (the same bf16-rounded operands, fp32 accumulation), attention forward and backward.
+//    (the same bf16-rounded operands, fp32 accumulation), the matmul with the GELU epilogue (pre
+//    and out), attention forward and backward.
 #include <gtest/gtest.h>
 
 #include "tests/cuda_test_util.h"
@@ -215,6 +216,29 @@ TEST_F(CudaKernels, MatmulBf16MatchesCpu) {
   DeviceBf16 w_d(w);
   kernels::cuda::matmul_forward_bf16(out2_d.get(), x2_d.get(), w_d.get(), b_d.get(), N2, IC, OC);
   expect_close(out2_d.host(), out2, 1e-4, "out, N grown");
+}
+
+// cuBLASLt's GELU_AUX(_BIAS) epilogue against the CPU's GEMM then gelu_forward, fp32 and bf16:
+// pre within the matmul tolerance, out within it too (the epilogue's tanh against the CPU's).
+TEST_F(CudaKernels, MatmulGeluMatchesCpu) {
+  const int N = 33, IC = 48, OC = 136;  // OC a multiple of 8: the auxiliary leading dimension
+  Vec x = randn((size_t)N * IC, 150), wf = randn((size_t)OC * IC, 151, 0.2f), bias = randn(OC, 152);
+  std::vector<kernels::bf16> w16 = to_bf16(wf);
+  for (bool bf16 : {false, true})
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(std::string(bf16 ? "bf16" : "fp32") + (with_bias ? ", bias" : ", no bias"));
+      const float* b = with_bias ? bias.data() : nullptr;
+      Vec out((size_t)N * OC), pre((size_t)N * OC);
+      if (bf16) kernels::cpu::matmul_gelu_forward_bf16(out.data(), pre.data(), x.data(), w16.data(), b, N, IC, OC);
+      else kernels::cpu::matmul_gelu_forward(out.data(), pre.data(), x.data(), wf.data(), b, N, IC, OC);
+      DeviceVec x_d(x), w_d(wf), b_d(bias), out_d{Vec(out.size(), 7.0f)}, pre_d{Vec(pre.size(), 8.0f)};
+      DeviceBf16 w16_d(w16);
+      float* bd = with_bias ? b_d.get() : nullptr;
+      if (bf16) kernels::cuda::matmul_gelu_forward_bf16(out_d.get(), pre_d.get(), x_d.get(), w16_d.get(), bd, N, IC, OC);
+      else kernels::cuda::matmul_gelu_forward(out_d.get(), pre_d.get(), x_d.get(), w_d.get(), bd, N, IC, OC);
+      expect_close(pre_d.host(), pre, 1e-4, "pre");
+      expect_close(out_d.host(), out, 1e-4, "out");
+    }
 }
 
 TEST_F(CudaKernels, Bf16RoundStochasticMatchesHost) {

@@ -212,6 +212,24 @@ TEST(Matmul, ForwardBackward) {
   }
 }
 
+// The GPT-2 MLP's fused first layer: pre is the linear layer, out its tanh GELU, both against the
+// double references, with and without bias.
+TEST(Matmul, GeluFusedMatchesReferences) {
+  const int N = 7, IC = 19, OC = 40;
+  Vec inp = randn((size_t)N * IC, 30), weight = randn((size_t)OC * IC, 31, 0.3f), bias = randn(OC, 32);
+  DVec x = to_double(inp), wd = to_double(weight), bd = to_double(bias);
+  for (bool with_bias : {true, false}) {
+    SCOPED_TRACE(with_bias ? "bias" : "no bias");
+    Vec out((size_t)N * OC, 5.0f), pre((size_t)N * OC, 6.0f);
+    cpu::matmul_gelu_forward(out.data(), pre.data(), inp.data(), weight.data(), with_bias ? bias.data() : nullptr, N,
+                             IC, OC);
+    DVec want_pre = ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), want_out(want_pre.size());
+    for (size_t i = 0; i < want_pre.size(); i++) want_out[i] = ref_gelu(want_pre[i]);
+    expect_close(pre, want_pre, kFwdTol, "pre");
+    expect_close(out, want_out, kFwdTol, "out");
+  }
+}
+
 TEST(Matmul, NullDinpLeavesOnlyWeightGradients) {
   const int N = 4, IC = 8, OC = 5;
   Vec inp = randn((size_t)N * IC, 27), weight = randn((size_t)OC * IC, 28), dout = randn((size_t)N * OC, 29);
