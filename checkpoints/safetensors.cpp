@@ -8,6 +8,7 @@
 
 #include "checkpoints/file_io.h"
 #include "data/json.h"
+#include "kernels/bf16.h"
 
 namespace ckpt {
 
@@ -38,20 +39,9 @@ float f16_to_fp32(uint16_t h) {
 
 }  // namespace
 
-uint16_t fp32_to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x0040);  // NaN: keep it a (quiet) NaN
-  u += 0x7fffu + ((u >> 16) & 1u);                                             // ties to even
-  return uint16_t(u >> 16);
-}
+uint16_t fp32_to_bf16(float x) { return kernels::bf16_round_nearest(x).bits; }
 
-float bf16_to_fp32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+float bf16_to_fp32(uint16_t h) { return kernels::bf16_to_float(kernels::bf16{h}); }
 
 const NamedTensor* SafetensorsFile::find(const std::string& name) const {
   for (const auto& t : tensors)

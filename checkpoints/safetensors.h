@@ -33,7 +33,7 @@ std::string safetensors_bytes(const std::vector<NamedTensor>& tensors, DType dty
 SafetensorsFile parse_safetensors(const std::string& bytes, const std::string& origin);
 SafetensorsFile read_safetensors(const std::string& path);
 
-// fp32 -> bf16 with round-to-nearest-even (NaN stays NaN), and back (exact).
+// fp32 -> bf16 with round-to-nearest-even (NaN stays NaN), and back (exact): kernels/bf16.h's.
 uint16_t fp32_to_bf16(float x);
 float bf16_to_fp32(uint16_t h);
 

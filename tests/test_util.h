@@ -1,13 +1,17 @@
 #pragma once
 // Helpers shared by the test files: run the kvmtrain binary as a user would, read a file whole,
-// compare vectors element by element.
+// compare vectors element by element, check gradients against finite differences.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -81,6 +85,33 @@ void expect_close(const std::vector<G>& got, const std::vector<W>& want, double 
   for (size_t i = 0; i < got.size(); i++)
     ASSERT_LE(std::abs(double(got[i]) - double(want[i])), tol * (1.0 + std::abs(double(want[i]))))
         << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+}
+
+// A backward's gradient `got`, accumulated onto `g0`, against central differences (h 1e-5) of
+// `loss` (a double reference) with respect to `x`, within tol * (1 + |fd|), at every index or at
+// `samples` random ones.
+inline void expect_fd_grad(const std::vector<float>& got, const std::vector<float>& g0, std::vector<double>& x,
+                           const std::function<double()>& loss, double tol, const char* what,
+                           size_t samples = SIZE_MAX) {
+  ASSERT_EQ(got.size(), x.size()) << what;
+  std::vector<size_t> idx(x.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  if (samples < idx.size()) {
+    std::shuffle(idx.begin(), idx.end(), std::mt19937(7));
+    idx.resize(samples);
+  }
+  constexpr double h = 1e-5;
+  for (size_t i : idx) {
+    const double saved = x[i];
+    x[i] = saved + h;
+    const double up = loss();
+    x[i] = saved - h;
+    const double down = loss();
+    x[i] = saved;
+    const double fd = (up - down) / (2 * h), g = double(got[i]) - g0[i];
+    ASSERT_LE(std::abs(g - fd), tol * (1.0 + std::abs(fd)))
+        << what << "[" << i << "]: backward " << g << ", finite differences " << fd;
+  }
 }
 
 }  // namespace test_util

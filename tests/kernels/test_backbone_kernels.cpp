@@ -26,21 +26,10 @@ using test_util::to_double;
 constexpr double kFwdTol = 2e-5;
 constexpr double kGradTol = 2e-4;
 
-void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<double()>& loss, const char* what) {
-  ASSERT_EQ(got.size(), x.size()) << what;
-  constexpr double h = 1e-5;
-  for (size_t i = 0; i < x.size(); i++) {
-    double saved = x[i];
-    x[i] = saved + h;
-    double up = loss();
-    x[i] = saved - h;
-    double down = loss();
-    x[i] = saved;
-    double fd = (up - down) / (2 * h);
-    double g = (double)got[i] - g0[i];
-    ASSERT_LE(std::abs(g - fd), kGradTol * (1.0 + std::abs(fd)))
-        << what << "[" << i << "]: backward " << g << ", finite differences " << fd;
-  }
+// (b) and (c): a kernel's gradient against central differences of the double reference
+void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<double()>& loss, const char* what,
+                 size_t samples = SIZE_MAX) {
+  test_util::expect_fd_grad(got, g0, x, loss, kGradTol, what, samples);
 }
 
 // ---- references ----

@@ -34,30 +34,10 @@ constexpr double kFwdTol = 1e-5;
 constexpr double kFwdTolTranscendental = 2e-5;
 constexpr double kGradTol = 2e-4;
 
-// (b) and (c): the kernel's gradient `got`, accumulated onto `g0`, against central differences of
-// `loss` (the double reference's L) with respect to `x`, at every index or at `samples` random ones.
+// (b) and (c): a kernel's gradient against central differences of the double reference
 void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<double()>& loss, const char* what,
                  size_t samples = SIZE_MAX) {
-  ASSERT_EQ(got.size(), x.size()) << what;
-  std::vector<size_t> idx(x.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  if (samples < idx.size()) {
-    std::shuffle(idx.begin(), idx.end(), std::mt19937(7));
-    idx.resize(samples);
-  }
-  constexpr double h = 1e-5;
-  for (size_t i : idx) {
-    double saved = x[i];
-    x[i] = saved + h;
-    double up = loss();
-    x[i] = saved - h;
-    double down = loss();
-    x[i] = saved;
-    double fd = (up - down) / (2 * h);
-    double g = (double)got[i] - g0[i];
-    ASSERT_LE(std::abs(g - fd), kGradTol * (1.0 + std::abs(fd)))
-        << what << "[" << i << "]: backward " << g << ", finite differences " << fd;
-  }
+  test_util::expect_fd_grad(got, g0, x, loss, kGradTol, what, samples);
 }
 
 // ---- references -------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 #pragma once
-// The small models the model-level tests share (tensor parallel, cuda against cpu).
+// The small models the model-level tests share (model, tensor parallel, cuda against cpu).
+#include <cstdint>
+
 #include "trainer/config.h"
+#include "trainer/model.h"
+#include "trainer/rng.h"
 
 namespace test_models {
 
@@ -22,6 +26,18 @@ inline config::ModelConfig hybrid() {
   m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
   m.kvm.power_f = 2, m.kvm.power_e = 0.5;
   return m;
+}
+
+// GPT-2 init plus noise everywhere (biases, norms, temperatures too), padded rows left zero; the
+// model's parameters must be host memory (the cpu backend).
+inline void perturb(Model& model, uint64_t seed) {
+  model.init(seed);
+  Rng rng(seed + 1);
+  const auto& m = model.cfg();
+  for (const auto& v : model.table().views()) {
+    size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
+    for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
+  }
 }
 
 }  // namespace test_models

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "tests/trainer/small_models.h"
 #include "trainer/model.h"
 #include "trainer/rng.h"
 
@@ -24,15 +25,7 @@ config::ModelConfig small(std::vector<std::string> mixers) {
   return m;
 }
 
-void perturb(Model& model, uint64_t seed) {
-  model.init(seed);
-  Rng rng(seed + 1);
-  const auto& m = model.cfg();
-  for (const auto& v : model.table().views()) {
-    size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
-    for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
-  }
-}
+using test_models::perturb;
 
 std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
   Rng rng(seed);

@@ -26,16 +26,7 @@ namespace {
 config::ModelConfig gpt2() { return test_models::gpt2(16); }
 using test_models::hybrid;
 
-// GPT-2 init plus noise everywhere (biases, norms, temperatures too), padded rows left zero
-void perturb(Model& model, uint64_t seed) {
-  model.init(seed);
-  Rng rng(seed + 1);
-  const auto& m = model.cfg();
-  for (const auto& v : model.table().views()) {
-    size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
-    for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
-  }
-}
+using test_models::perturb;
 
 // Copies the full model `ref` into the sharded `model` (each rank its shards).
 void load_shards(Model& model, const Model& ref, const float* ref_params) {
