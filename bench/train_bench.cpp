@@ -49,21 +49,27 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % cfg.model.vocab_size), y[i] = int(rng.next_u64() % cfg.model.vocab_size);
 
   const int C = cfg.model.d_model;
-  const double peak = measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 1.0);
+  const double peak = measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 2.0);
   const double openblas_peak = measure_openblas_sgemm_peak(B * T, 4 * C, C, 1.0);
   using clock = std::chrono::steady_clock;
-  double best = 1e30, total = 0;
+  auto seconds = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  double best = 1e30, total = 0, fwd = 0, bwd = 0, upd = 0;  // upd: norm, AdamW and the bf16 copy
   for (int s = 0; s <= steps; s++) {  // step 0 warms up
     auto t0 = clock::now();
     model.zero_grad();
     model.forward(x.data(), B, T);
     model.loss(y.data(), 1.0f / float(B * T));
+    auto t1 = clock::now();
     model.backward();
+    auto t2 = clock::now();
     float norm = grad_norm(model.grads(), model.table().total());
     opt.step(model.params(), model.grads(), 1e-4f, clip_scale(norm, 1.0f));
     if (bf16) model.refresh_bf16(1, uint64_t(s + 1));
-    double dt = std::chrono::duration<double>(clock::now() - t0).count();
-    if (s > 0) best = std::min(best, dt), total += dt;
+    auto t3 = clock::now();
+    if (s > 0) {
+      best = std::min(best, seconds(t0, t3)), total += seconds(t0, t3);
+      fwd += seconds(t0, t1), bwd += seconds(t1, t2), upd += seconds(t2, t3);
+    }
   }
   const double median_like = total / steps;
   const double tok_s = B * T / median_like;
@@ -71,11 +77,13 @@ int main(int argc, char** argv) {
   const double mfu = tok_s * flops_token / peak;
   json::Object row{{"impl", "kvmtrain"}, {"B", B}, {"T", T}, {"threads", omp_get_max_threads()},
                    {"params", uint64_t(model.num_params())}, {"step_s_mean", median_like}, {"step_s_best", best},
+                   {"forward_s_mean", fwd / steps}, {"backward_s_mean", bwd / steps}, {"update_s_mean", upd / steps},
                    {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"precision", precision},
                    {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu}};
   std::ofstream(out) << json::dump(row, 2) << "\n";
-  std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs  mfu %5.1f%%  oneDNN %s peak %.1f GFLOP/s"
-              "  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T, omp_get_max_threads(), tok_s, median_like, 100 * mfu,
-              precision.c_str(), peak / 1e9, openblas_peak / 1e9);
+  std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs (fwd %.3f bwd %.3f update %.3f)  mfu %5.1f%%"
+              "  oneDNN %s peak %.1f GFLOP/s  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T, omp_get_max_threads(), tok_s,
+              median_like, fwd / steps, bwd / steps, upd / steps, 100 * mfu, precision.c_str(), peak / 1e9,
+              openblas_peak / 1e9);
   return 0;
 }

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <mutex>
+#include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <stdexcept>
 #include <string>
@@ -62,6 +63,19 @@ const Gemm& cached_gemm(const Key& k) {
   }
 }
 
+// oneDNN has two fp32 GEMMs: the matmul primitive (its brgemm kernels) and dnnl_sgemm (its
+// MKL-style jit GEMM), and neither wins every layout. Measured on GPT-2 124M's products at 1024
+// and 256 rows, 2 threads (docs/decisions.md): brgemm is 20-40% slower than dnnl_sgemm whenever B
+// is stored (K,N) — the backward's dinp = dout @ W, worst for the tied embedding's K = 50304 —
+// and for the weight gradient dout^T @ inp when the output is square or wide, or very tall (the
+// embedding); it is faster for the forward's inp @ W^T and for the tall qkv and MLP gradients. The
+// choice depends on the shape only, so a run and its resumption round identically.
+bool use_jit_sgemm(bool trans_a, bool trans_b, int M, int N) {
+  if (!trans_a && !trans_b) return true;
+  if (trans_a && !trans_b) return M <= N || M >= 16 * N;
+  return false;
+}
+
 }  // namespace
 
 void gemm(Operands t, bool trans_a, bool trans_b, int M, int N, int K, const void* A, const void* B,
@@ -70,6 +84,15 @@ void gemm(Operands t, bool trans_a, bool trans_b, int M, int N, int K, const voi
   if (K == 0) {  // oneDNN rejects empty reductions; the product is zero
     if (!accumulate)
       for (size_t i = 0; i < (size_t)M * N; i++) C[i] = bias ? bias[i % N] : 0.0f;
+    return;
+  }
+  if (t == Operands::f32 && !bias && use_jit_sgemm(trans_a, trans_b, M, N)) {
+    const dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, 1.0f, static_cast<const float*>(A),
+                                        trans_a ? M : K, static_cast<const float*>(B), trans_b ? K : N,
+                                        accumulate ? 1.0f : 0.0f, C, N);
+    if (st != dnnl_success)
+      throw std::runtime_error("dnnl_sgemm " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) +
+                               " failed with status " + std::to_string(int(st)));
     return;
   }
   const Gemm& g = cached_gemm(Key{t, trans_a, trans_b, bias != nullptr, accumulate, M, N, K});

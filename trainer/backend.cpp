@@ -3,6 +3,7 @@
 // launched before it on the default stream.
 #include "trainer/backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -25,7 +26,18 @@ void* host_alloc(size_t bytes) {
   std::memset(p, 0, bytes);
   return p;
 }
-void host_zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+// Zeroing the gradients is a pass over the whole model every step; one core cannot fill the
+// memory bandwidth, so large buffers are split across the OpenMP threads.
+void host_zero(void* p, size_t bytes) {
+  constexpr size_t kPiece = size_t(1) << 20;
+  if (bytes < 4 * kPiece) return void(std::memset(p, 0, bytes));
+  const long pieces = long((bytes + kPiece - 1) / kPiece);
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < pieces; i++) {
+    const size_t begin = size_t(i) * kPiece;
+    std::memset(static_cast<char*>(p) + begin, 0, std::min(kPiece, bytes - begin));
+  }
+}
 void host_copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void host_copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows) {
   for (size_t r = 0; r < rows; r++)
