@@ -5,7 +5,7 @@
 //  - forward outputs are OVERWRITTEN;
 //  - gradient outputs ACCUMULATE (+=): the trainer zeroes the gradients once per step and sums
 //    over micro-steps, and a tensor feeding two consumers collects both contributions in place;
-//  - crossentropy_forward_backward is the one exception, see there.
+//  - crossentropy_forward_backward and crossentropy_shard_finish are the exceptions, see there.
 // An entry is X(return type, name, (parameters)); comments inside must be /* */ because the
 // lists are macros.
 #include <cstddef>
@@ -23,13 +23,16 @@
                              int N))                                                                 \
   X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
                               int N))                                                                \
-  /* out = wte[inp] + wpe[t]; wpe nullptr: no learned positions */                                   \
-  X(void, encoder_forward, (float* out /*(B,T,C)*/, const int* inp /*(B,T)*/,                       \
-                            const float* wte /*(Vp,C)*/, const float* wpe /*(maxT,C) or nullptr*/,   \
-                            int B, int T, int C))                                                    \
-  X(void, encoder_backward, (float* dwte /*(Vp,C)*/, float* dwpe /*(maxT,C) or nullptr*/,           \
+  /* out = wte[inp] + wpe[t]; wpe nullptr: no learned positions. wte holds the vocabulary rows       \
+     [v0, v0+Vl) (all of it: v0 = 0, Vl = Vp); under tensor parallelism a token of another shard     \
+     gives a zero row, positions included, so the sum over the shards is its owner's row + wpe[t].   \
+     The backward gives dwte the shard's tokens only and dwpe every position. */                     \
+  X(void, encoder_forward, (float* out /*(B,T,C)*/, const int* inp /*(B,T)*/,                        \
+                            const float* wte /*(Vl,C)*/, const float* wpe /*(maxT,C) or nullptr*/,   \
+                            int B, int T, int C, int v0, int Vl))                                    \
+  X(void, encoder_backward, (float* dwte /*(Vl,C)*/, float* dwpe /*(maxT,C) or nullptr*/,            \
                              const float* dout /*(B,T,C)*/, const int* inp /*(B,T)*/, int B, int T,  \
-                             int C))                                                                 \
+                             int C, int v0, int Vl))                                                 \
   /* eps 1e-5, biased variance; mean and rstd are saved for the backward */                          \
   X(void, layernorm_forward, (float* out /*(N,C)*/, float* mean /*(N)*/, float* rstd /*(N)*/,       \
                               const float* inp /*(N,C)*/, const float* weight /*(C)*/,              \
@@ -63,6 +66,23 @@
   X(void, crossentropy_forward_backward, (float* logits /*(N,Vp) in: logits, out: dlogits*/,        \
                                           float* losses /*(N)*/, const int* targets /*(N)*/, int N, \
                                           int V, int Vp, float dloss, int ignore_index))             \
+  /* The vocabulary-parallel cross-entropy (Megatron-LM), crossentropy_forward_backward split into   \
+     three phases around the model's collectives. This rank's logits (N,Vl) are the columns          \
+     [v0, v0+Vl) of the padded vocabulary; those below V are real. (1) shard_max: mx = each row's    \
+     max over the shard's real columns (-inf where it has none); the model all-gathers mx into mxs.  \
+     (2) shard_sums: mx = the max over the ranks of mxs; sums[i] = the sum of exp(logit - mx[i])     \
+     over the shard's real columns, sums[N+i] = the target's logit where the shard holds it, else 0  \
+     (both 0 on ignored rows); the model all-reduces sums. (3) shard_finish: losses, and with        \
+     dloss != 0 the shard's dlogits written over its logits, as crossentropy_forward_backward does. */ \
+  X(void, crossentropy_shard_max, (float* mx /*(N)*/, const float* logits /*(N,Vl)*/, int N, int V,  \
+                                   int v0, int Vl))                                                  \
+  X(void, crossentropy_shard_sums, (float* sums /*(2,N)*/, float* mx /*(N)*/, const float* mxs /*(TP,N)*/, \
+                                    const float* logits /*(N,Vl)*/, const int* targets /*(N)*/, int N, \
+                                    int TP, int V, int v0, int Vl, int ignore_index))                \
+  X(void, crossentropy_shard_finish, (float* logits /*(N,Vl) in: logits, out: dlogits*/,             \
+                                      float* losses /*(N)*/, const float* mx /*(N)*/,                \
+                                      const float* sums /*(2,N)*/, const int* targets /*(N)*/, int N, \
+                                      int V, int v0, int Vl, float dloss, int ignore_index))         \
   /* Fused AdamW with decoupled weight decay: p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p), where the    \
      gradient is grads*grad_scale (clipping) and t is the 1-based step for the bias correction. */  \
   X(void, adamw_update, (float* params /*(n)*/, const float* grads /*(n)*/, float* m /*(n)*/,       \

@@ -11,6 +11,7 @@
 
 #ifdef KVMTRAIN_HAS_CUDA
 #include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/cudnn_attention.h"
 #endif
 
 namespace {
@@ -75,20 +76,33 @@ void cuda_copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, si
 const Backend kCuda{KVM_BACKEND_TABLE("cuda", false), cuda_alloc, cuda_free, cuda_zero, cuda_copy, cuda_to_host,
                     cuda_from_host, cuda_copy_rows};
 #undef NS
+
+// train.attention_backend: cudnn. Only the mixers' attention differs; KVM layers never call it.
+const Backend kCudaCudnn = [] {
+  Backend b = kCuda;
+  b.attention_forward = kernels::cuda::cudnn_attention_forward;
+  b.attention_backward = kernels::cuda::cudnn_attention_backward;
+  return b;
+}();
 #endif
 
 }  // namespace
 
 const Backend& cpu_backend() { return kCpu; }
 
-const Backend& backend_for(const std::string& device, int device_index) {
-  if (device == "cpu") return kCpu;
+const Backend& backend_for(const std::string& device, int device_index, const std::string& attention) {
+  if (attention != "native" && attention != "cudnn")
+    throw std::runtime_error("train.attention_backend: " + attention + " is not one (native | cudnn)");
+  if (device == "cpu") {
+    if (attention == "cudnn") throw std::runtime_error("train.attention_backend: cudnn needs train.device: cuda");
+    return kCpu;
+  }
   if (device != "cuda") throw std::runtime_error("train.device: " + device + " is not a backend (cpu | cuda)");
 #ifdef KVMTRAIN_HAS_CUDA
   const int n = kernels::cuda::device_count();
   if (n == 0) throw std::runtime_error("train.device: cuda but no CUDA device is visible (cudaGetDeviceCount found none)");
   cuda_check(cudaSetDevice(device_index % n));
-  return kCuda;
+  return attention == "cudnn" ? kCudaCudnn : kCuda;
 #else
   throw std::runtime_error(
       "train.device: cuda but this kvmtrain was built without the CUDA backend (configure with -DKVMTRAIN_CUDA=ON)");

@@ -35,7 +35,10 @@ const Backend& cpu_backend();
 // "cpu" or "cuda" (train.device). Throws std::runtime_error with one line when cuda is asked for
 // but not built in, or no CUDA device is visible. With cuda, device_index % (visible devices)
 // becomes the current device (a process per GPU: pass the rank's local index).
-const Backend& backend_for(const std::string& device, int device_index = 0);
+// attention (train.attention_backend): "native", the backend's own attention kernels, or "cudnn"
+// (cuda only): the cuda table with attention_forward / attention_backward, full and
+// sliding-window attention, through cuDNN's fused flash attention (kernels/cuda/cudnn_attention.h).
+const Backend& backend_for(const std::string& device, int device_index = 0, const std::string& attention = "native");
 
 // A zero-initialised float buffer in a backend's memory, freed with it.
 class DeviceBuffer {

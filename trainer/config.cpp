@@ -249,6 +249,9 @@ const std::vector<Field>& schema() {
       choice("train.device", REF(train.device), {"cpu", "cuda"}, "backend"),
       choice("train.precision", REF(train.precision), {"fp32", "bf16"},
              "bf16: bf16 GEMM operands, fp32 master weights, AdamW state and accumulation"),
+      choice("train.attention_backend", REF(train.attention_backend), {"native", "cudnn"},
+             "full and sliding-window attention: the backend's own kernels, or cuDNN's fused flash attention "
+             "(cuda and bf16 only)"),
       integer("train.batch_size", REF(train.batch_size), 1, 1 << 20, "sequences per data-parallel rank per micro-step"),
       integer("train.seq_len", REF(train.seq_len), 1, 1 << 22, "tokens per sequence (at most model.max_seq_len)"),
       integer("train.grad_accum", REF(train.grad_accum), 1, 1 << 20, "micro-steps per optimizer step"),
@@ -436,6 +439,17 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
   if (c.train.seq_len > m.max_seq_len)
     fail("train.seq_len", "expected at most model.max_seq_len (" + std::to_string(m.max_seq_len) + ")");
   if (c.train.min_lr > c.train.lr) fail("train.min_lr", "expected at most train.lr");
+  if (c.train.attention_backend == "cudnn") {
+    const std::string key = "train.attention_backend";
+    if (c.train.device != "cuda") fail(key, "cudnn needs train.device: cuda");
+    if (c.train.precision != "bf16")
+      fail(key, "cudnn needs train.precision: bf16 (cuDNN's fused attention takes bf16 inputs)");
+    const bool attends =
+        std::any_of(m.mixers.begin(), m.mixers.end(), [](const std::string& x) { return x != "kvm"; });
+    if (attends && (hs % 8 != 0 || hs > 128))
+      fail(key, "cudnn needs a head dim (model.d_model / model.n_head) that is a multiple of 8 and at most 128, got " +
+                    std::to_string(hs));
+  }
   if (c.data.tokenizer == "byte" && m.vocab_size != 257) fail("model.vocab_size", "expected 257 for data.tokenizer byte");
   if (c.data.tokenizer == "gpt2" && m.vocab_size != 50257)
     fail("model.vocab_size", "expected 50257 for data.tokenizer gpt2");

@@ -64,6 +64,7 @@ struct DataConfig {
 struct TrainConfig {
   std::string device = "cpu";
   std::string precision = "fp32";  // fp32 | bf16 (docs/decisions.md: what is bf16)
+  std::string attention_backend = "native";  // native | cudnn: full and sliding-window attention (cudnn: cuda, bf16)
   int batch_size = 4;          // sequences per data-parallel rank per micro-step
   int seq_len = 64;
   int grad_accum = 1;

@@ -12,8 +12,9 @@
 #include "trainer/rng.h"
 #include "trainer/tensor_parallel.h"
 
-Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp, const Backend& be)
-    : cfg_(cfg), be_(be), tp_(tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
+Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp, const Backend& be,
+             Communicator* tp_device)
+    : cfg_(cfg), be_(be), tp_(tp), tpd_(tp_device ? tp_device : tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
   const int Vp = cfg.padded_vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, hs = C / NH;
   if (cfg.mixers.empty()) throw std::invalid_argument("model.mixers: empty");
   // ---- tensor parallel: this rank's share of heads, MLP width and vocabulary ----
@@ -27,10 +28,11 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   divisible(NH, "model.n_head");
   divisible(Vp, "model.padded_vocab_size");
   divisible(4LL * C, "model.d_model*4");
-  if (TP > 1 && !be.host)
-    throw std::runtime_error(
-        "parallel.tensor > 1 with train.device: cuda is not supported yet (the vocabulary-parallel "
-        "embedding and cross-entropy run on the host); use parallel.data");
+  if (TP > 1 && !be.host && !tp_device)
+    throw std::invalid_argument("Model: parallel.tensor > 1 on " + std::string(be.name) +
+                                " needs a tensor-parallel communicator over device memory (NCCL)");
+  if (tp_device && (tp_device->size() != TP || tp_device->rank() != tp_rank_))
+    throw std::invalid_argument("Model: the device tensor-parallel communicator is not the ranks of tp");
   Ca_ = C / TP, NHl_ = NH / TP, Fl_ = 4 * C / TP, Vl_ = Vp / TP;
   const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Vl = Vl_;
   const bool rope = cfg.pos == "rope";
@@ -181,6 +183,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
     red_extra_ = (red_extra_ + 15) / 16 * 16;
     tpred_ = DeviceBuffer(be, red_extra_ + BT * C);
+    tpce_ = DeviceBuffer(be, BT * (3 + size_t(TP)));
   }
   kvm_.resize(size_t(L));
   for (int l = 0; l < L; l++) {
@@ -344,27 +347,12 @@ void Model::red_finish(size_t n, const size_t* dst) {
 void Model::forward(const int* inputs, int B, int T) {
   const int C = cfg_.d_model, Vl = Vl_, BT = B * T;
   if (B > maxB_ || T > maxT_) throw std::invalid_argument("Model::forward: batch larger than allocated");
-  B_ = B, T_ = T, inputs_ = inputs;
+  B_ = B, T_ = T;
   inputs_be_ = tokens_for_backend(inputs, 0, size_t(BT));
-  if (tp_size_ == 1) {
-    be_.encoder_forward(A(encoded_), inputs_be_, P(wte_), P(wpe_), B, T, C);
-  } else {
-    // vocabulary-parallel embedding: this rank's rows, zero for tokens it does not own, summed
-    // over ranks (exactly the owner's row: the others add zeros), then the positions
-    float* enc = A(encoded_);
-    const float* wte = P(wte_);
-    const int first = tp_rank_ * Vl;
-    for (int n = 0; n < BT; n++) {
-      const int row = inputs[n] - first;
-      float* o = enc + size_t(n) * C;
-      if (row >= 0 && row < Vl) std::memcpy(o, wte + size_t(row) * C, C * sizeof(float));
-      else std::memset(o, 0, C * sizeof(float));
-    }
-    tp_sum(enc, size_t(BT) * C);
-    if (const float* wpe = P(wpe_))
-      for (int n = 0; n < BT; n++)
-        for (int c = 0; c < C; c++) enc[size_t(n) * C + c] += wpe[size_t(n % T) * C + c];
-  }
+  // this rank's vocabulary rows plus positions; under tensor parallelism zero rows for the tokens
+  // it does not own, summed over the ranks (exactly the owner's row: the others add zeros)
+  be_.encoder_forward(A(encoded_), inputs_be_, P(wte_), P(wpe_), B, T, C, tp_rank_ * Vl, Vl);
+  if (tp_size_ > 1) tp_sum(A(encoded_), size_t(BT) * C);
   if (cfg_.emb_norm)
     be_.layernorm_forward(A(stream0_), A(emb_mean_), A(emb_rstd_), A(encoded_), P(lnew_), P(lneb_), BT, C);
   const float* residual = A(stream0_);
@@ -377,55 +365,26 @@ void Model::forward(const int* inputs, int B, int T) {
 }
 
 float Model::loss(const int* targets, float dloss) {
-  const int N = B_ * T_;
+  const int N = B_ * T_, V = cfg_.vocab_size;
   float* losses = A(losses_);
+  float* logits = A(logits_off_);
+  const int* targets_be = tokens_for_backend(targets, 1, size_t(N));
   if (tp_size_ == 1) {
-    be_.crossentropy_forward_backward(A(logits_off_), losses, tokens_for_backend(targets, 1, size_t(N)), N,
-                                      cfg_.vocab_size, cfg_.padded_vocab_size, dloss, -1);
+    be_.crossentropy_forward_backward(logits, losses, targets_be, N, V, cfg_.padded_vocab_size, dloss, -1);
   } else {
     // vocabulary-parallel cross-entropy: the global row max (all-gather of the local ones), then
     // the sum of exps and the target's logit (from its owner) in one all-reduce; the gradient
     // softmax - onehot stays local. Columns past the real vocabulary never take part.
-    const int TP = tp_size_, Vl = Vl_, first = tp_rank_ * Vl;
-    const int real = std::clamp(cfg_.vocab_size - first, 0, Vl);  // this shard's real columns
-    float* logits = A(logits_off_);
+    const int Vl = Vl_, v0 = tp_rank_ * Vl;
     const size_t n = size_t(N);
-    std::vector<float> mx(n), all(n * TP), red(2 * n, 0.0f);
-    for (int i = 0; i < N; i++) {
-      const float* row = logits + size_t(i) * Vl;
-      float m = -INFINITY;
-      for (int c = 0; c < real; c++) m = row[c] > m ? row[c] : m;
-      mx[i] = m;
-    }
-    tp_->all_gather(mx.data(), all.data(), size_t(N));
-    for (int i = 0; i < N; i++) {
-      float m = -INFINITY;
-      for (int r = 0; r < TP; r++) m = std::max(m, all[size_t(r) * N + i]);
-      mx[i] = m;
-      if (targets[i] == -1) continue;
-      const float* row = logits + size_t(i) * Vl;
-      float sum = 0.0f;
-      for (int c = 0; c < real; c++) sum += std::exp(row[c] - m);
-      red[i] = sum;
-      const int t = targets[i] - first;
-      if (t >= 0 && t < Vl) red[N + i] = row[t];
-    }
-    tp_sum(red.data(), red.size());
-    for (int i = 0; i < N; i++) {
-      float* row = logits + size_t(i) * Vl;
-      if (targets[i] == -1) {
-        losses[i] = 0.0f;
-        if (dloss != 0.0f) std::fill(row, row + Vl, 0.0f);
-        continue;
-      }
-      const float shift = mx[i] + std::log(red[i]);
-      losses[i] = shift - red[N + i];
-      if (dloss == 0.0f) continue;
-      for (int c = 0; c < real; c++) row[c] = dloss * std::exp(row[c] - shift);
-      std::fill(row + real, row + Vl, 0.0f);
-      const int t = targets[i] - first;
-      if (t >= 0 && t < Vl) row[t] -= dloss;
-    }
+    float* mx = tpce_.data();   // (N) this rank's row maxima, then the global ones
+    float* sums = mx + n;       // (2, N) sums of exps, target logits
+    float* mxs = sums + 2 * n;  // (TP, N) every rank's row maxima
+    be_.crossentropy_shard_max(mx, logits, N, V, v0, Vl);
+    tpd_->all_gather(mx, mxs, n);
+    be_.crossentropy_shard_sums(sums, mx, mxs, logits, targets_be, N, tp_size_, V, v0, Vl, -1);
+    tp_sum(sums, 2 * n);
+    be_.crossentropy_shard_finish(logits, losses, mx, sums, targets_be, N, V, v0, Vl, dloss, -1);
   }
   std::vector<float> copy;
   const float* host_losses = losses;
@@ -477,21 +436,7 @@ void Model::backward() {
     be_.layernorm_backward(dln, G(lnew_), G(lneb_), dres, A(encoded_), P(lnew_), A(emb_mean_), A(emb_rstd_), BT, C);
     demb = dln;
   }
-  if (tp_size_ == 1) {
-    be_.encoder_backward(G(wte_), G(wpe_), demb, inputs_be_, B, T, C);
-  } else {
-    // demb is the same on every rank: each takes its own vocabulary rows, and all the positions
-    float* dwte = G(wte_);
-    float* dwpe = G(wpe_);
-    const int first = tp_rank_ * Vl;
-    for (int i = 0; i < BT; i++) {
-      const float* d = demb + size_t(i) * C;
-      const int row = inputs_[i] - first;
-      if (row >= 0 && row < Vl)
-        for (int c = 0; c < C; c++) dwte[size_t(row) * C + c] += d[c];
-      if (dwpe)
-        for (int c = 0; c < C; c++) dwpe[size_t(i % T) * C + c] += d[c];
-    }
-  }
+  // demb is the same on every tensor rank: each takes its own vocabulary rows, and all the positions
+  be_.encoder_backward(G(wte_), G(wpe_), demb, inputs_be_, B, T, C, tp_rank_ * Vl, Vl);
   grads_final_from(0);
 }

@@ -25,8 +25,8 @@
 // and every buffer (parameters, gradients, activations, scratch, the bf16 copy) lives in that
 // backend's memory: device memory on cuda, so params(), grads() and logits() are device pointers
 // there; params_host / params_from_host and logits_host give the host what it reads. On cuda the
-// model refuses tensor parallelism (the vocabulary-parallel embedding and cross-entropy are host
-// loops) and token-by-token decode (step, a host loop); forward, loss, backward and bf16 work.
+// model refuses token-by-token decode (step, a host loop); forward, loss, backward, bf16 and tensor
+// parallelism (its collectives over NCCL) work.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -44,12 +44,14 @@ class Model {
   // Activations are sized for batches of up to B sequences of up to T tokens. recompute_blocks
   // (train.recompute: block): keep only each block's input and recompute its activations in
   // backward; the gradients are the same.
-  // tp: the tensor-parallel communicator (null or size 1: no tensor parallelism); it must outlive
-  // the model. Throws std::invalid_argument naming the key when n_head, padded_vocab_size or
-  // 4*d_model is not divisible by TP. be: where the buffers live and the kernels run (it must
-  // outlive the model); cuda with TP > 1 throws std::runtime_error.
+  // tp: the tensor-parallel communicator over host memory (null or size 1: no tensor parallelism;
+  // tensor_comm(): checkpoints gather the shards over it). Throws std::invalid_argument naming the
+  // key when n_head, padded_vocab_size or 4*d_model is not divisible by TP. be: where the buffers
+  // live and the kernels run. tp_device: the same ranks, in the same order, over be's memory, for
+  // the model's own collectives (the activations' all-reduces): NCCL on cuda, where TP > 1 without
+  // it throws std::invalid_argument; null: tp (cpu). All three must outlive the model.
   Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks = false, Communicator* tp = nullptr,
-        const Backend& be = cpu_backend());
+        const Backend& be = cpu_backend(), Communicator* tp_device = nullptr);
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -173,8 +175,8 @@ class Model {
   // pre (N,OC) = the same, out = gelu(pre)
   void linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC);
   void linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC, int OC);
-  // tensor parallel (model.cpp)
-  void tp_sum(float* p, size_t n) { tp_->all_reduce_sum(p, n); }
+  // tensor parallel (model.cpp); p in the backend's memory
+  void tp_sum(float* p, size_t n) { tpd_->all_reduce_sum(p, n); }
   // out (BT, C) = inp (BT, IC) @ W^T + b for a row-parallel W (C, IC) with replicated b: partial
   // products all-reduced, then the bias; TP = 1: one matmul_forward.
   void row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC);
@@ -189,16 +191,17 @@ class Model {
 
   config::ModelConfig cfg_;
   const Backend& be_;
-  Communicator* tp_ = nullptr;
+  Communicator* tp_ = nullptr;   // host memory (tensor_comm(): checkpoints, the gradient norm)
+  Communicator* tpd_ = nullptr;  // the same ranks over the backend's memory (tp_ on cpu)
   int tp_size_ = 1, tp_rank_ = 0;
   int Ca_ = 0, NHl_ = 0, Fl_ = 0, Vl_ = 0;  // this rank's attention width (its heads), heads, MLP width, vocab rows
   size_t red_off_[kRedSlots] = {}, red_extra_ = 0;
   DeviceBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
+  DeviceBuffer tpce_;   // TP > 1: the vocabulary-parallel cross-entropy's row maxima and sums (loss)
   int maxB_, maxT_;
   bool recompute_;
   int B_ = 0, T_ = 0;
-  const int* inputs_ = nullptr;     // of the last forward (host), for the tensor-parallel embedding
-  const int* inputs_be_ = nullptr;  // the same in the backend's memory, for the kernels
+  const int* inputs_be_ = nullptr;  // the last forward's inputs in the backend's memory, for the kernels
   DeviceBuffer tokens_;             // cuda: (2, maxB*maxT) ints, the uploaded inputs and targets
   TensorTable table_;
   std::vector<Layer> layers_;

@@ -184,7 +184,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   // The grid of ranks: rank = data_rank * tensor + tensor_rank (a tensor group is consecutive
   // ranks, so that on one node its all-reduces stay close).
   auto world = make_world_communicator();
-  const Backend& be = backend_for(tc.device, local_rank(world->rank()));
+  const Backend& be = backend_for(tc.device, local_rank(world->rank()), tc.attention_backend);
   const int TP = cfg.parallel.tensor, DP = cfg.parallel.data;
   if (DP * TP != world->size())
     throw std::runtime_error("parallel: data (" + std::to_string(DP) + ") x tensor (" + std::to_string(TP) + ") = " +
@@ -193,9 +193,15 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   check_same_config(*world, resolved);
   auto tp_comm = world->split(world->rank() / TP, world->rank());
   auto dp_comm = world->split(world->rank() % TP, world->rank());
+  std::unique_ptr<Communicator> tp_device;  // the tensor group over device memory (cuda)
 #ifdef KVMTRAIN_HAS_CUDA
-  // the gradients live on the GPU: NCCL over the same ranks (its id travels over MPI)
-  if (!be.host) dp_comm = make_nccl_communicator(*dp_comm);
+  // the gradients and activations live on the GPU: NCCL over the same ranks (its id travels over
+  // MPI); the MPI tensor group stays for the host's gathers (checkpoints). Every rank creates them
+  // in the same order, so no group waits for a rank that is creating another.
+  if (!be.host) {
+    dp_comm = make_nccl_communicator(*dp_comm);
+    if (TP > 1) tp_device = make_nccl_communicator(*tp_comm);
+  }
 #endif
   const bool leader = world->rank() == 0;  // prints, writes the log and the run files
   if (!leader && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
@@ -220,7 +226,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   }
   auto tokenizer = data::make_tokenizer(cfg.data.tokenizer);
 
-  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr, be);
+  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr, be, tp_device.get());
   model.init(uint64_t(tc.seed));
   if (tc.precision == "bf16") model.use_bf16();
   // ZeRO-1 AdamW (this rank's range of the moments); gradient buckets reduced during the backward

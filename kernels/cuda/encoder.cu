@@ -1,4 +1,5 @@
-// Token plus position embedding, the CUDA twin of kernels/cpu/encoder.cpp.
+// Token plus position embedding over a vocabulary shard (rows [v0, v0+Vl) of wte), the CUDA twin
+// of kernels/cpu/encoder.cpp.
 // Backward: dwte rows collide when a token repeats in the batch, so dwte takes atomicAdd (its
 // summation order, and so its last bits, can vary run to run); dwpe is deterministic: one thread
 // per (t, c) sums over b in order.
@@ -10,24 +11,30 @@ namespace kernels::cuda {
 namespace {
 
 __global__ void encoder_forward_kernel(float* out, const int* inp, const float* wte, const float* wpe, int B,
-                                       int T, int C) {
+                                       int T, int C, int v0, int Vl) {
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   size_t total = (size_t)B * T * C;
   if (idx >= total) return;
   size_t bt = idx / C;
   int c = (int)(idx % C);
-  float v = wte[(size_t)inp[bt] * C + c];
-  if (wpe) v += wpe[(bt % T) * C + c];
+  int row = inp[bt] - v0;
+  float v = 0.0f;  // another shard's token: its owner adds the position too
+  if (row >= 0 && row < Vl) {
+    v = wte[(size_t)row * C + c];
+    if (wpe) v += wpe[(bt % T) * C + c];
+  }
   out[idx] = v;
 }
 
-__global__ void encoder_backward_wte_kernel(float* dwte, const float* dout, const int* inp, int B, int T, int C) {
+__global__ void encoder_backward_wte_kernel(float* dwte, const float* dout, const int* inp, int B, int T, int C,
+                                            int v0, int Vl) {
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   size_t total = (size_t)B * T * C;
   if (idx >= total) return;
   size_t bt = idx / C;
   int c = (int)(idx % C);
-  atomicAdd(dwte + (size_t)inp[bt] * C + c, dout[idx]);
+  int row = inp[bt] - v0;
+  if (row >= 0 && row < Vl) atomicAdd(dwte + (size_t)row * C + c, dout[idx]);
 }
 
 __global__ void encoder_backward_wpe_kernel(float* dwpe, const float* dout, int B, int T, int C) {
@@ -41,19 +48,21 @@ __global__ void encoder_backward_wpe_kernel(float* dwpe, const float* dout, int 
 
 }  // namespace
 
-void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
-  // out (B,T,C), inp (B,T), wte (Vp,C), wpe (maxT,C) or nullptr; device
+void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C, int v0,
+                     int Vl) {
+  // out (B,T,C), inp (B,T), wte (Vl,C), wpe (maxT,C) or nullptr; device
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  encoder_forward_kernel<<<blocks_for(total), kThreads>>>(out, inp, wte, wpe, B, T, C);
+  encoder_forward_kernel<<<blocks_for(total), kThreads>>>(out, inp, wte, wpe, B, T, C, v0, Vl);
   cuda_check(cudaGetLastError());
 }
 
-void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C) {
-  // dwte (Vp,C) and dwpe (maxT,C) or nullptr, accumulated; dout (B,T,C), inp (B,T); device
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C, int v0,
+                      int Vl) {
+  // dwte (Vl,C) and dwpe (maxT,C) or nullptr, accumulated; dout (B,T,C), inp (B,T); device
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  encoder_backward_wte_kernel<<<blocks_for(total), kThreads>>>(dwte, dout, inp, B, T, C);
+  encoder_backward_wte_kernel<<<blocks_for(total), kThreads>>>(dwte, dout, inp, B, T, C, v0, Vl);
   cuda_check(cudaGetLastError());
   if (dwpe) {
     encoder_backward_wpe_kernel<<<blocks_for((size_t)T * C), kThreads>>>(dwpe, dout, B, T, C);

@@ -3,15 +3,17 @@
 // backward accumulating onto random gradients. Skipped, with a message, where no CUDA device is
 // present (ctest counts them as skipped through SKIP_REGULAR_EXPRESSION).
 // Tolerances, all |cuda - cpu| <= tol * (1 + |cpu|):
-//  - exact (0): residual, encoder forward, relu2 forward, scaled_residual dinp1 (the same float
-//    operations); bf16_round_stochastic is compared bit for bit with kernels/bf16.h's host functions;
+//  - exact (0): residual, encoder forward (whole vocabulary and a shard), relu2 forward,
+//    scaled_residual dinp1 (the same float operations), the cross-entropy shard maxima;
+//    bf16_round_stochastic is compared bit for bit with kernels/bf16.h's host functions;
 //  - 1e-6: relu2 backward, rope (FMA contraction; cos/sin in double, then rounded), adamw after
 //    three steps (2e-6), global_norm_squared (both accumulate in double), scaled_residual forward
 //    and dinp2, token_shift forward and dinp (FMA contraction), elu_gate forward (expf within 2 ulp
 //    of glibc's exp, on values <= 1);
 //  - 1e-5: GELU (the two tanh differ by ~2e-7), elu_gate backward (that expf error times dout),
 //    encoder backward (atomicAdd order), layernorm and head_layernorm forward, cross-entropy (expf
-//    against the CPU's polynomial exp, ~2 ulp);
+//    against the CPU's polynomial exp, ~2 ulp) and its vocabulary-shard phases (expf against
+//    std::exp, sums in another order);
 //  - 1e-4: sums of hundreds of terms in another order: layernorm and head_layernorm backward,
 //    token_shift dmix, matmul forward and backward (cuBLASLt fp32 without TF32), the bf16 matmuls
 //    (the same bf16-rounded operands, fp32 accumulation), the matmul with the GELU epilogue (pre
@@ -26,6 +28,7 @@
 #include <stdexcept>
 #include <string>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.cuh"
@@ -103,23 +106,28 @@ TEST_F(CudaKernels, GeluMatchesCpu) {
 TEST_F(CudaKernels, EncoderMatchesCpu) {
   const int B = 3, T = 37, C = 96, Vp = 64, maxT = 50;  // Vp < B*T: tokens repeat
   std::vector<int> tok = randint((size_t)B * T, Vp, 10);
-  Vec wte = randn((size_t)Vp * C, 11), wpe = randn((size_t)maxT * C, 12), dout = randn((size_t)B * T * C, 13);
-  Vec gwte = randn((size_t)Vp * C, 14), gwpe = randn((size_t)maxT * C, 15);
-  for (bool with_wpe : {true, false}) {
-    SCOPED_TRACE(with_wpe ? "with wpe" : "without wpe");
-    Vec out((size_t)B * T * C), dwte = gwte, dwpe = gwpe;
-    kernels::cpu::encoder_forward(out.data(), tok.data(), wte.data(), with_wpe ? wpe.data() : nullptr, B, T, C);
-    kernels::cpu::encoder_backward(dwte.data(), with_wpe ? dwpe.data() : nullptr, dout.data(), tok.data(), B, T, C);
+  Vec wpe = randn((size_t)maxT * C, 12), dout = randn((size_t)B * T * C, 13), gwpe = randn((size_t)maxT * C, 15);
+  // the whole vocabulary, and the second of two vocabulary shards (the other's tokens: zero rows)
+  for (auto [v0, Vl] : {std::pair{0, Vp}, std::pair{Vp / 2, Vp / 2}})
+    for (bool with_wpe : {true, false}) {
+      SCOPED_TRACE(std::string(with_wpe ? "with wpe" : "without wpe") + ", rows from " + std::to_string(v0));
+      Vec wte = randn((size_t)Vl * C, 11), gwte = randn((size_t)Vl * C, 14);
+      Vec out((size_t)B * T * C), dwte = gwte, dwpe = gwpe;
+      const float* wpe_h = with_wpe ? wpe.data() : nullptr;
+      kernels::cpu::encoder_forward(out.data(), tok.data(), wte.data(), wpe_h, B, T, C, v0, Vl);
+      kernels::cpu::encoder_backward(dwte.data(), with_wpe ? dwpe.data() : nullptr, dout.data(), tok.data(), B, T, C,
+                                     v0, Vl);
 
-    DeviceInts tok_d(tok);
-    DeviceVec wte_d(wte), wpe_d(wpe), dout_d(dout), out_d{Vec(out.size())}, dwte_d(gwte), dwpe_d(gwpe);
-    kernels::cuda::encoder_forward(out_d.get(), tok_d.get(), wte_d.get(), with_wpe ? wpe_d.get() : nullptr, B, T, C);
-    kernels::cuda::encoder_backward(dwte_d.get(), with_wpe ? dwpe_d.get() : nullptr, dout_d.get(), tok_d.get(), B,
-                                    T, C);
-    expect_close(out_d.host(), out, 0.0, "out");
-    expect_close(dwte_d.host(), dwte, 1e-5, "dwte");
-    expect_close(dwpe_d.host(), dwpe, 1e-5, "dwpe");  // untouched without wpe
-  }
+      DeviceInts tok_d(tok);
+      DeviceVec wte_d(wte), wpe_d(wpe), dout_d(dout), out_d{Vec(out.size(), 9.0f)}, dwte_d(gwte), dwpe_d(gwpe);
+      kernels::cuda::encoder_forward(out_d.get(), tok_d.get(), wte_d.get(), with_wpe ? wpe_d.get() : nullptr, B, T, C,
+                                     v0, Vl);
+      kernels::cuda::encoder_backward(dwte_d.get(), with_wpe ? dwpe_d.get() : nullptr, dout_d.get(), tok_d.get(), B,
+                                      T, C, v0, Vl);
+      expect_close(out_d.host(), out, 0.0, "out");
+      expect_close(dwte_d.host(), dwte, 1e-5, "dwte");
+      expect_close(dwpe_d.host(), dwpe, 1e-5, "dwpe");  // untouched without wpe
+    }
 }
 
 TEST_F(CudaKernels, LayernormMatchesCpu) {
@@ -383,6 +391,53 @@ TEST_F(CudaKernels, CrossentropyMatchesCpu) {
     expect_close(losses_d.host(), losses, 1e-5, "losses");
     expect_close(logits_d.host(), cpu, 1e-5, "dlogits");  // dloss 0: the logits untouched
   }
+}
+
+// The vocabulary-parallel phases, each from the same inputs as its CPU twin (the phases before it
+// taken from the CPU, so that each is compared alone), on the 3 shards of V = 1000 of Vp = 1536:
+// [0,512), [512,1024) (488 real columns) and [1024,1536) (padding only). Tolerances: the maxima
+// exact, sums and losses and dlogits 1e-5 (expf against std::exp, sums in another order).
+TEST_F(CudaKernels, CrossentropyShardsMatchCpu) {
+  const int N = 70, V = 1000, Vp = 1536, TP = 3, Vl = Vp / TP, ignore = -100;
+  std::vector<int> targets = randint(N, V, 41);
+  targets[3] = targets[50] = ignore;
+  targets[7] = V - 1;  // the last real column, in the partly padded shard
+  std::vector<Vec> shard(TP);
+  Vec mxs((size_t)TP * N), sums((size_t)2 * N, 0.0f);
+  for (int r = 0; r < TP; r++) {
+    shard[r] = randn((size_t)N * Vl, 42 + r, 3.0f);
+    DeviceVec logits_d(shard[r]), mx_d{Vec(N)};
+    kernels::cpu::crossentropy_shard_max(&mxs[(size_t)r * N], shard[r].data(), N, V, r * Vl, Vl);
+    kernels::cuda::crossentropy_shard_max(mx_d.get(), logits_d.get(), N, V, r * Vl, Vl);
+    expect_close(mx_d.host(), Vec(&mxs[(size_t)r * N], &mxs[(size_t)(r + 1) * N]), 0.0, "shard max");
+  }
+  DeviceVec mxs_d(mxs);
+  DeviceInts targets_d(targets);
+  std::vector<Vec> mx(TP, Vec(N));
+  for (int r = 0; r < TP; r++) {
+    Vec part((size_t)2 * N);
+    kernels::cpu::crossentropy_shard_sums(part.data(), mx[r].data(), mxs.data(), shard[r].data(), targets.data(), N,
+                                          TP, V, r * Vl, Vl, ignore);
+    DeviceVec logits_d(shard[r]), part_d{Vec((size_t)2 * N, 7.0f)}, mx_d{Vec(N)};
+    kernels::cuda::crossentropy_shard_sums(part_d.get(), mx_d.get(), mxs_d.get(), logits_d.get(), targets_d.get(), N,
+                                           TP, V, r * Vl, Vl, ignore);
+    expect_close(part_d.host(), part, 1e-5, "sums and target logits");
+    expect_close(mx_d.host(), mx[r], 0.0, "global max");
+    for (size_t k = 0; k < sums.size(); k++) sums[k] += part[k];
+  }
+  DeviceVec sums_d(sums);
+  for (float dloss : {0.0f, 1.0f / N})
+    for (int r = 0; r < TP; r++) {
+      SCOPED_TRACE("shard " + std::to_string(r) + (dloss == 0.0f ? ", forward only" : ", forward and backward"));
+      Vec cpu = shard[r], losses(N);
+      kernels::cpu::crossentropy_shard_finish(cpu.data(), losses.data(), mx[r].data(), sums.data(), targets.data(), N,
+                                              V, r * Vl, Vl, dloss, ignore);
+      DeviceVec logits_d(shard[r]), losses_d{Vec(N, 5.0f)}, mx_d(mx[r]);
+      kernels::cuda::crossentropy_shard_finish(logits_d.get(), losses_d.get(), mx_d.get(), sums_d.get(),
+                                               targets_d.get(), N, V, r * Vl, Vl, dloss, ignore);
+      expect_close(losses_d.host(), losses, 1e-5, "losses");
+      expect_close(logits_d.host(), cpu, 1e-5, "dlogits");  // dloss 0: the logits untouched
+    }
 }
 
 TEST_F(CudaKernels, AdamwMatchesCpu) {

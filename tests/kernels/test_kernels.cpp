@@ -14,6 +14,8 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -42,11 +44,15 @@ void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<dou
 
 // ---- references -------------------------------------------------------------------------------
 
-DVec ref_encoder(const std::vector<int>& inp, const DVec& wte, const DVec* wpe, int B, int T, int C) {
-  DVec out((size_t)B * T * C);
-  for (int bt = 0; bt < B * T; bt++)
+// wte: the vocabulary rows [v0, v0+Vl); another shard's token gives a zero row
+DVec ref_encoder(const std::vector<int>& inp, const DVec& wte, const DVec* wpe, int B, int T, int C, int v0, int Vl) {
+  DVec out((size_t)B * T * C, 0.0);
+  for (int bt = 0; bt < B * T; bt++) {
+    const int row = inp[bt] - v0;
+    if (row < 0 || row >= Vl) continue;
     for (int c = 0; c < C; c++)
-      out[(size_t)bt * C + c] = wte[(size_t)inp[bt] * C + c] + (wpe ? (*wpe)[(size_t)(bt % T) * C + c] : 0.0);
+      out[(size_t)bt * C + c] = wte[(size_t)row * C + c] + (wpe ? (*wpe)[(size_t)(bt % T) * C + c] : 0.0);
+  }
   return out;
 }
 
@@ -130,22 +136,34 @@ DVec ref_crossentropy(const DVec& logits, const std::vector<int>& targets, int N
 TEST(Encoder, ForwardBackward) {
   const int B = 2, T = 5, C = 24, Vp = 11;
   std::vector<int> inp = {3, 0, 3, 10, 7, 3, 3, 1, 0, 9};  // repeats: dwte rows collect several positions
-  for (bool positions : {true, false}) {
-    SCOPED_TRACE(positions ? "learned positions" : "no wpe");
-    Vec wte = randn((size_t)Vp * C, 1), wpe = randn((size_t)T * C, 2);
-    Vec out((size_t)B * T * C);
-    cpu::encoder_forward(out.data(), inp.data(), wte.data(), positions ? wpe.data() : nullptr, B, T, C);
-    DVec dwte_ref = to_double(wte), dwpe_ref = to_double(wpe);
-    expect_close(out, ref_encoder(inp, dwte_ref, positions ? &dwpe_ref : nullptr, B, T, C), kFwdTol, "out");
+  // the whole vocabulary, then the two shards of a vocabulary-parallel split (tokens of both)
+  for (auto [v0, Vl] : {std::pair{0, Vp}, std::pair{0, 6}, std::pair{6, Vp - 6}})
+    for (bool positions : {true, false}) {
+      SCOPED_TRACE(std::string(positions ? "learned positions" : "no wpe") + ", rows [" + std::to_string(v0) + ", " +
+                   std::to_string(v0 + Vl) + ")");
+      Vec wte = randn((size_t)Vl * C, 1), wpe = randn((size_t)T * C, 2);
+      Vec out((size_t)B * T * C, 99.0f);
+      cpu::encoder_forward(out.data(), inp.data(), wte.data(), positions ? wpe.data() : nullptr, B, T, C, v0, Vl);
+      DVec dwte_ref = to_double(wte), dwpe_ref = to_double(wpe);
+      auto ref = [&] { return ref_encoder(inp, dwte_ref, positions ? &dwpe_ref : nullptr, B, T, C, v0, Vl); };
+      expect_close(out, ref(), kFwdTol, "out");
 
-    Vec w = randn(out.size(), 3);
-    Vec g0_wte = randn(wte.size(), 4), g0_wpe = randn(wpe.size(), 5);
-    Vec dwte = g0_wte, dwpe = g0_wpe;
-    cpu::encoder_backward(dwte.data(), positions ? dwpe.data() : nullptr, w.data(), inp.data(), B, T, C);
-    auto loss = [&] { return dot(ref_encoder(inp, dwte_ref, positions ? &dwpe_ref : nullptr, B, T, C), w); };
-    expect_grad(dwte, g0_wte, dwte_ref, loss, "dwte");
-    if (positions) expect_grad(dwpe, g0_wpe, dwpe_ref, loss, "dwpe");
-  }
+      Vec w = randn(out.size(), 3);
+      Vec g0_wte = randn(wte.size(), 4), g0_wpe = randn(wpe.size(), 5);
+      Vec dwte = g0_wte, dwpe = g0_wpe;
+      cpu::encoder_backward(dwte.data(), positions ? dwpe.data() : nullptr, w.data(), inp.data(), B, T, C, v0, Vl);
+      auto loss = [&] { return dot(ref(), w); };
+      expect_grad(dwte, g0_wte, dwte_ref, loss, "dwte");
+      if (!positions) continue;
+      if (Vl == Vp) {
+        expect_grad(dwpe, g0_wpe, dwpe_ref, loss, "dwpe");
+      } else {  // a shard's dwpe takes every position, its zero rows included (all shards see the same dout)
+        DVec want = to_double(g0_wpe);
+        for (int bt = 0; bt < B * T; bt++)
+          for (int c = 0; c < C; c++) want[(size_t)(bt % T) * C + c] += w[(size_t)bt * C + c];
+        expect_close(dwpe, want, kFwdTol, "dwpe of a shard");
+      }
+    }
 }
 
 TEST(LayerNorm, ForwardBackward) {
@@ -354,6 +372,79 @@ TEST_P(CrossEntropy, LossesAndGradient) {
 INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropy,
                          ::testing::Values(CrossEntropyShape{6, 37, 40, 1.0f},
                                            CrossEntropyShape{4, 1500, 1536, 3.0f}));  // 3 online-softmax chunks
+
+// The vocabulary-parallel phases on TP shards of the padded vocabulary, with the collectives the
+// model makes between them done here (the all-gather of the maxima, the sum over the shards),
+// against a naive double softmax: losses on every shard, and the shards' dlogits side by side.
+// V = 30 of Vp = 48: at TP = 4 the shards are [0,12), [12,24), [24,36) (6 real columns) and
+// [36,48) (padding only); targets in several shards, and ignored rows.
+TEST(CrossEntropyShards, MatchNaiveSoftmax) {
+  const int N = 7, V = 30, Vp = 48, ignore = -1;
+  const float dloss = 0.37f;
+  Vec logits = randn((size_t)N * Vp, 61, 2.0f);
+  std::vector<int> targets = {29, 3, ignore, 17, 0, 25, ignore};
+  for (int i = 0; i < N; i++)
+    for (int c = V; c < Vp; c++) logits[(size_t)i * Vp + c] = 1e4f;  // padding would dominate if it took part
+  // the reference: losses and dloss * (softmax - onehot), 0 in the padding and on ignored rows
+  DVec want_loss(N, 0.0), want_grad((size_t)N * Vp, 0.0);
+  for (int i = 0; i < N; i++) {
+    if (targets[i] == ignore) continue;
+    const float* row = &logits[(size_t)i * Vp];
+    double mx = -INFINITY, sum = 0.0;
+    for (int c = 0; c < V; c++) mx = std::max(mx, double(row[c]));
+    for (int c = 0; c < V; c++) sum += std::exp(row[c] - mx);
+    want_loss[i] = mx + std::log(sum) - row[targets[i]];
+    for (int c = 0; c < V; c++)
+      want_grad[(size_t)i * Vp + c] = dloss * (std::exp(row[c] - mx) / sum - (c == targets[i] ? 1.0 : 0.0));
+  }
+  for (int TP : {1, 2, 3, 4}) {
+    SCOPED_TRACE("TP=" + std::to_string(TP));
+    const int Vl = Vp / TP;
+    std::vector<Vec> shard(TP, Vec((size_t)N * Vl));
+    Vec mxs((size_t)TP * N), sums((size_t)2 * N, 0.0f);
+    for (int r = 0; r < TP; r++) {
+      for (int i = 0; i < N; i++)
+        std::copy_n(&logits[(size_t)i * Vp + (size_t)r * Vl], Vl, &shard[r][(size_t)i * Vl]);
+      cpu::crossentropy_shard_max(&mxs[(size_t)r * N], shard[r].data(), N, V, r * Vl, Vl);
+      for (int i = 0; i < N && r * Vl >= V; i++) {
+        ASSERT_EQ(mxs[(size_t)r * N + i], -INFINITY) << "a shard of padding only";
+      }
+    }
+    for (float dl : {0.0f, dloss}) {
+      SCOPED_TRACE(dl == 0.0f ? "forward only" : "forward and backward");
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      std::vector<Vec> mx(TP, Vec(N)), part(TP, Vec((size_t)2 * N, 99.0f));
+      for (int r = 0; r < TP; r++) {
+        cpu::crossentropy_shard_sums(part[r].data(), mx[r].data(), mxs.data(), shard[r].data(), targets.data(), N, TP,
+                                     V, r * Vl, Vl, ignore);
+        for (int i = 0; i < N; i++) {  // the target logit comes from its owner only; ignored rows give 0, 0
+          const int t = targets[i] - r * Vl;
+          const bool owner = targets[i] != ignore && t >= 0 && t < Vl;
+          const float want = owner ? shard[r][(size_t)i * Vl + t] : 0.0f;
+          EXPECT_EQ(part[r][(size_t)N + i], want) << "row " << i << " shard " << r;
+          EXPECT_TRUE(targets[i] != ignore || part[r][i] == 0.0f) << "ignored row " << i;
+        }
+        for (size_t k = 0; k < sums.size(); k++) sums[k] += part[r][k];
+      }
+      Vec got((size_t)N * Vp);
+      for (int r = 0; r < TP; r++) {
+        Vec out = shard[r], losses(N, 99.0f);
+        cpu::crossentropy_shard_finish(out.data(), losses.data(), mx[r].data(), sums.data(), targets.data(), N, V,
+                                       r * Vl, Vl, dl, ignore);
+        expect_close(losses, want_loss, kFwdTolTranscendental, "losses");
+        EXPECT_TRUE(dl != 0.0f || out == shard[r]) << "dloss == 0 must leave the logits alone";
+        for (int i = 0; i < N; i++) std::copy_n(&out[(size_t)i * Vl], Vl, &got[(size_t)i * Vp + (size_t)r * Vl]);
+      }
+      if (dl == 0.0f) continue;
+      expect_close(got, want_grad, kFwdTolTranscendental, "dlogits");
+      for (int i = 0; i < N; i++)
+        for (int c = 0; c < Vp; c++) {
+          const bool zero = c >= V || targets[i] == ignore;  // padding, ignored rows
+          ASSERT_TRUE(!zero || got[(size_t)i * Vp + c] == 0.0f) << "row " << i << " column " << c;
+        }
+    }
+  }
+}
 
 TEST(AdamW, MatchesScalarLoop) {
   const size_t n = 1001;

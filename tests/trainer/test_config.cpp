@@ -75,6 +75,37 @@ TEST(Config, CrossFieldChecksNameTheKey) {
   EXPECT_NE(error_of("model: {padded_vocab_size: 100}\n").find("expected at least model.vocab_size"), std::string::npos);
 }
 
+TEST(Config, CudnnAttentionNeedsCudaBf16AndAHeadDimItTakes) {
+  const auto npos = std::string::npos;
+  EXPECT_EQ(config::load_string("", "t.yaml").train.attention_backend, "native");
+  const std::string cudnn = "train: {device: cuda, precision: bf16, attention_backend: cudnn}\n";
+  EXPECT_EQ(error_of(cudnn), "");
+  EXPECT_EQ(config::load_string(cudnn, "t.yaml").train.attention_backend, "cudnn");
+
+  std::string m = error_of("train: {precision: bf16, attention_backend: cudnn}\n");
+  EXPECT_NE(m.find("t.yaml:1: train.attention_backend: cudnn needs train.device: cuda"), npos) << m;
+  m = error_of("train: {device: cuda, attention_backend: cudnn}\n");
+  EXPECT_NE(m.find("t.yaml:1: train.attention_backend: cudnn needs train.precision: bf16 (cuDNN's fused attention "
+                   "takes bf16 inputs)"),
+            npos)
+      << m;
+  m = error_of("", {"train.attention_backend=cudnn"});
+  EXPECT_NE(m.find("--set train.attention_backend=cudnn: train.attention_backend: cudnn needs train.device: cuda"),
+            npos)
+      << m;
+  m = error_of("train: {attention_backend: flash}\n");
+  EXPECT_NE(m.find("t.yaml:1: train.attention_backend: expected one of native | cudnn, got 'flash'"), npos) << m;
+
+  // head dim 65 (not a multiple of 8) and 256 (over 128); no check when no layer attends
+  m = error_of("model: {d_model: 780, n_head: 12}\n" + cudnn);
+  EXPECT_NE(m.find("train.attention_backend: cudnn needs a head dim (model.d_model / model.n_head) that is a "
+                   "multiple of 8 and at most 128, got 65"),
+            npos)
+      << m;
+  EXPECT_NE(error_of("model: {d_model: 768, n_head: 3}\n" + cudnn).find("at most 128, got 256"), npos);
+  EXPECT_EQ(error_of("model: {d_model: 780, n_head: 12, mixers: [kvm]}\n" + cudnn), "");
+}
+
 TEST(Config, InvalidYamlNamesLine) {
   std::string m = error_of("model:\n  n_layer: [1, 2\n");
   EXPECT_NE(m.find("t.yaml:"), std::string::npos) << m;
