@@ -4,16 +4,21 @@
 // measured in the same process at the MLP shape (B*T) x 4C x C; OpenBLAS's sgemm peak beside it.
 // Writes JSON (--out) and prints one row.
 //   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]
-//               [--out FILE]
+//               [--profile 0|1] [--out FILE]
+// --profile 1 times every kernel call (bench/timed_backend.h) and adds a per-kernel table.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <omp.h>
 
+#include "bench/timed_backend.h"
 #include "data/json.h"
 #include "trainer/backend.h"
 #include "trainer/config.h"
@@ -28,6 +33,7 @@ int main(int argc, char** argv) {
   std::string config_path = std::string(KVMTRAIN_SOURCE_DIR) + "/configs/gpt2-124m.yaml", out = "train_bench.json";
   std::string precision = "fp32";
   int B = 4, T = 64, steps = 4;
+  bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--config") config_path = argv[i + 1];
@@ -36,14 +42,16 @@ int main(int argc, char** argv) {
     else if (a == "--steps") steps = std::atoi(argv[i + 1]);
     else if (a == "--out") out = argv[i + 1];
     else if (a == "--precision") precision = argv[i + 1];
+    else if (a == "--profile") profile = std::atoi(argv[i + 1]) != 0;
     else return std::fprintf(stderr, "train_bench: unknown flag %s\n", a.c_str()), 2;
   }
   config::Config cfg = config::load(config_path, {"train.seq_len=" + std::to_string(T)});
-  Model model(cfg.model, B, T);
+  const Backend& be = profile ? timed_backend::cpu() : cpu_backend();
+  Model model(cfg.model, B, T, false, nullptr, be);
   model.init(1);
   const bool bf16 = precision == "bf16";
   if (bf16) model.use_bf16(), model.refresh_bf16(1, 0);
-  AdamW opt(model.table(), cfg.train);
+  AdamW opt(model.table(), cfg.train, 0, SIZE_MAX, be);
   Rng rng(2);
   std::vector<int> x(size_t(B) * T), y(size_t(B) * T);
   for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % cfg.model.vocab_size), y[i] = int(rng.next_u64() % cfg.model.vocab_size);
@@ -62,10 +70,11 @@ int main(int argc, char** argv) {
     auto t1 = clock::now();
     model.backward();
     auto t2 = clock::now();
-    float norm = grad_norm(model.grads(), model.table().total());
+    float norm = grad_norm(model.grads(), model.table().total(), be);
     opt.step(model.params(), model.grads(), 1e-4f, clip_scale(norm, 1.0f));
     if (bf16) model.refresh_bf16(1, uint64_t(s + 1));
     auto t3 = clock::now();
+    if (s == 0) timed_backend::totals().clear();  // the warm-up step is not timed
     if (s > 0) {
       best = std::min(best, seconds(t0, t3)), total += seconds(t0, t3);
       fwd += seconds(t0, t1), bwd += seconds(t1, t2), upd += seconds(t2, t3);
@@ -80,6 +89,18 @@ int main(int argc, char** argv) {
                    {"forward_s_mean", fwd / steps}, {"backward_s_mean", bwd / steps}, {"update_s_mean", upd / steps},
                    {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"precision", precision},
                    {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu}};
+  if (profile) {
+    json::Object per_kernel;
+    std::vector<std::pair<double, std::string>> rows;
+    for (const auto& [name, t] : timed_backend::totals()) rows.emplace_back(t.seconds / steps, name);
+    std::sort(rows.rbegin(), rows.rend());
+    std::printf("%-34s %10s %7s\n", "kernel", "s/step", "share");
+    for (const auto& [sec, name] : rows) {
+      per_kernel[name] = sec;
+      std::printf("%-34s %10.4f %6.1f%%\n", name.c_str(), sec, 100 * sec / median_like);
+    }
+    row["kernel_s_per_step"] = per_kernel;
+  }
   std::ofstream(out) << json::dump(row, 2) << "\n";
   std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs (fwd %.3f bwd %.3f update %.3f)  mfu %5.1f%%"
               "  oneDNN %s peak %.1f GFLOP/s  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T, omp_get_max_threads(), tok_s,

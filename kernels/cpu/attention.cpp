@@ -3,14 +3,12 @@
 // kBlock x kBlock scratch (64 KiB, in L2) and the T x T matrix never exists, so memory stays
 // O(T) per head at any context length. The forward keeps an online softmax (running max m and
 // sum l per query) and saves lse = m + log(l); the backward recomputes each tile's probabilities
-// as exp(S - lse) and pushes the tile's gradients straight into dqkv with sgemm.
-#include "kernels/cpu/serial_blas.h"
-#include <cblas.h>
-
+// as exp(S - lse) and pushes the tile's gradients straight into dqkv with serial_gemm.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/serial_gemm.h"
 #include "kernels/cpu/vecmath.h"
 #include "kernels/kernels.h"
 
@@ -18,8 +16,8 @@ namespace kernels::cpu {
 
 namespace {
 
-// Tile edge. At GPT-2's shapes (hs 64, T 1024) 128 beats 64 by ~10%: bigger tiles amortise
-// sgemm's packing better than the masked half of each diagonal tile costs.
+// Tile edge. GPT-2 124M at T 256, 2 threads: 64 and 128 tie, 256 is ~20% slower (the masked
+// half of each diagonal tile costs more than bigger products save).
 constexpr int kBlock = 128;
 
 
@@ -36,7 +34,7 @@ int first_key(const Head& hd, int i0) { return hd.window > 0 ? std::max(0, i0 - 
 
 // S (bq,bk), row stride kBlock: scale * q[i0..] k[j0..]^T, -inf where query i0+r may not see key j0+c.
 void tile_scores(float* S, const Head& hd, int i0, int bq, int j0, int bk) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, hd.hs, hd.scale, hd.q + (size_t)i0 * hd.ld, hd.ld,
+  serial_gemm(false, true, bq, bk, hd.hs, hd.scale, hd.q + (size_t)i0 * hd.ld, hd.ld,
               hd.k + (size_t)j0 * hd.ld, hd.ld, 0.0f, S, kBlock);
   bool all_visible = j0 + bk - 1 <= i0 && (hd.window == 0 || j0 > i0 + bq - 1 - hd.window);
   if (all_visible) return;
@@ -60,7 +58,6 @@ Head head_view(const float* qkv, int b, int h, int T, int C, int NH, int window)
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window) {
   // out (B,T,C), lse (B,NH,T), qkv (B,T,3C)
   int hs = C / NH;
-  SerialBlas serial;
 #pragma omp parallel
   {
     std::vector<float> S(kBlock * kBlock);  // (kBlock,kBlock) scores, then probabilities
@@ -104,7 +101,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
               for (int d = 0; d < hs; d++) orow[d] *= alpha;
             }
             // O += P @ V
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, hs, bk, 1.0f, S.data(), kBlock,
+            serial_gemm(false, false, bq, hs, bk, 1.0f, S.data(), kBlock,
                         hd.v + (size_t)j0 * hd.ld, hd.ld, 1.0f, O.data(), hs);
           }
           for (int r = 0; r < bq; r++) {
@@ -124,7 +121,6 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         int B, int T, int C, int NH, int window) {
   // dqkv (B,T,3C) accumulated; dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T)
   int hs = C / NH;
-  SerialBlas serial;
 #pragma omp parallel
   {
     std::vector<float> P(kBlock * kBlock);   // (kBlock,kBlock) probabilities of the tile
@@ -163,10 +159,10 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             const float* V = hd.v + (size_t)j0 * hd.ld;
             const float* Q = hd.q + (size_t)i0 * hd.ld;
             // dV += P^T dO
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bk, hs, bq, 1.0f, P.data(), kBlock, dO, C, 1.0f,
+            serial_gemm(true, false, bk, hs, bq, 1.0f, P.data(), kBlock, dO, C, 1.0f,
                         dv + (size_t)j0 * hd.ld, hd.ld);
             // dP = dO V^T, then dS = P * (dP - D)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, bk, hs, 1.0f, dO, C, V, hd.ld, 0.0f,
+            serial_gemm(false, true, bq, bk, hs, 1.0f, dO, C, V, hd.ld, 0.0f,
                         dS.data(), kBlock);
             for (int r = 0; r < bq; r++) {
               float* srow = dS.data() + r * kBlock;
@@ -176,9 +172,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
               for (int c = 0; c < bk; c++) srow[c] = prow[c] * (srow[c] - Di);
             }
             // dQ += scale dS K, dK += scale dS^T Q
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, hs, bk, hd.scale, dS.data(), kBlock, K,
+            serial_gemm(false, false, bq, hs, bk, hd.scale, dS.data(), kBlock, K,
                         hd.ld, 1.0f, dq + (size_t)i0 * hd.ld, hd.ld);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bk, hs, bq, hd.scale, dS.data(), kBlock, Q,
+            serial_gemm(true, false, bk, hs, bq, hd.scale, dS.data(), kBlock, Q,
                         hd.ld, 1.0f, dk + (size_t)j0 * hd.ld, hd.ld);
           }
         }

@@ -23,7 +23,6 @@ void kvm_backward(float* dq, float* dk, float* dv, float* dg, float* d_ln_s_weig
   // per (b,h) partial sums of the shared parameters' gradients, reduced in a fixed order below
   std::vector<float> part_w((size_t)B * H * D, 0.0f), part_b((size_t)B * H * D, 0.0f);
   std::vector<float> part_tf((size_t)B * H, 0.0f), part_ts((size_t)B * H, 0.0f);
-  SerialBlas serial;
 #pragma omp parallel
   {
     ReadoutScratch sc;

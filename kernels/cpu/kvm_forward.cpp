@@ -48,7 +48,6 @@ void kvm_forward(float* out, KvmTape& tape, const float* q, const float* k, cons
     int M = tp.m_after.empty() ? m0 : tp.m_after.back();
     tp.m_after.push_back(M + n_appends(p, s.qe, s.nwb, M, s.nwb - s.wb));
   }
-  SerialBlas serial;
 #pragma omp parallel
   {
     ReadoutScratch sc;

@@ -4,8 +4,7 @@
 // rows, the state update of doc section 8 and the joint read-out of doc section 6. Each exists
 // once, so decode reproduces prefill by construction (same update code, same inputs, same state).
 // Everything here works on ONE (batch, head): rows are D floats apart.
-#include "kernels/cpu/serial_blas.h"
-#include <cblas.h>
+#include "kernels/cpu/serial_gemm.h"
 
 #include <algorithm>
 #include <cstdint>

@@ -22,7 +22,7 @@ void probabilities(ReadoutScratch& sc, const float* q, int nq, int q0, const flo
   for (size_t i = 0; i < (size_t)nw * D; i++) sc.K[(size_t)M * D + i] = k[i] * tf;
   std::copy(ps.vs.begin(), ps.vs.begin() + (size_t)M * D, sc.V.begin());
   std::copy(v, v + (size_t)nw * D, sc.V.begin() + (size_t)M * D);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, N, D, 1.0f / std::sqrt((float)D), q, D, sc.K.data(), D,
+  serial_gemm(false, true, nq, N, D, 1.0f / std::sqrt((float)D), q, D, sc.K.data(), D,
               0.0f, sc.S.data(), N);
   for (int i = 0; i < nq; i++) {
     float* s = sc.S.data() + (size_t)i * N;
@@ -47,7 +47,7 @@ void readout_forward(float* out, const float* q, int nq, int q0, const float* k,
                      const Prepared& ps, float tf, float ts, int D, ReadoutScratch& sc) {
   probabilities(sc, q, nq, q0, k, v, w0, nw, ps, tf, ts, D);
   int N = ps.M + nw;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, D, N, 1.0f, sc.S.data(), N, sc.V.data(), D, 0.0f, out,
+  serial_gemm(false, false, nq, D, N, 1.0f, sc.S.data(), N, sc.V.data(), D, 0.0f, out,
               D);
 }
 
@@ -61,7 +61,7 @@ void readout_backward(float* dq, float* dk, float* dv, float* dks, float* dvs, f
   sc.dK.resize((size_t)N * D);
   sc.dV.resize((size_t)N * D);
   // dP = dout V^T, then dS = P * (dP - sum_j P dP) in place
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, N, D, 1.0f, dout, D, sc.V.data(), D, 0.0f, sc.dP.data(),
+  serial_gemm(false, true, nq, N, D, 1.0f, dout, D, sc.V.data(), D, 0.0f, sc.dP.data(),
               N);
   for (int i = 0; i < nq; i++) {
     const float* p = sc.S.data() + (size_t)i * N;
@@ -73,10 +73,10 @@ void readout_backward(float* dq, float* dk, float* dv, float* dks, float* dvs, f
     for (int j = 0; j < N; j++) ds[j] = p[j] * (ds[j] - rowsum);
   }
   // dq += scale dS K; dK = scale dS^T q; dV = P^T dout
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, D, N, scale, sc.dP.data(), N, sc.K.data(), D, 1.0f, dq,
+  serial_gemm(false, false, nq, D, N, scale, sc.dP.data(), N, sc.K.data(), D, 1.0f, dq,
               D);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, D, nq, scale, sc.dP.data(), N, q, D, 0.0f, sc.dK.data(), D);
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, D, nq, 1.0f, sc.S.data(), N, dout, D, 0.0f, sc.dV.data(),
+  serial_gemm(true, false, N, D, nq, scale, sc.dP.data(), N, q, D, 0.0f, sc.dK.data(), D);
+  serial_gemm(true, false, N, D, nq, 1.0f, sc.S.data(), N, dout, D, 0.0f, sc.dV.data(),
               D);
   float gtf = 0.0f, gts = 0.0f;
   for (int j = 0; j < nw; j++) {

@@ -47,7 +47,7 @@ void axpy(Y* y, float a, const float* x, int D) {
 
 // scores (n,M) = x (n,D) ks (M,D)^T
 void scores(float* s, const float* x, int n, const float* ks, int M, int D) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, M, D, 1.0f, x, D, ks, D, 0.0f, s, M);
+  serial_gemm(false, true, n, M, D, 1.0f, x, D, ks, D, 0.0f, s, M);
 }
 
 // ln_s over D of n rows: y = (x - mean) * rstd * w + b, biased variance. mean/rstd (n) may be null.

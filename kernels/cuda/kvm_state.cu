@@ -3,7 +3,7 @@
 // or accumulates: ln_s statistics and norms in double, each gated contribution rounded to fp32
 // before it is added to the double sums, a slot's merges added in time order. So both backends
 // build the same sums from the same routing, and the routing differs only where two scores (cuBLAS
-// against OpenBLAS summation order) tie to ~1e-7.
+// against the CPU twin's summation order) tie to ~1e-7.
 // One warp per (head, token) or (head, slot) row, lanes over D; a block per head where a chunk's
 // tokens must see each other (append selection, merge chains).
 #include <climits>
