@@ -170,6 +170,12 @@
 
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 
+namespace kernels {
+// The real columns of the vocabulary shard [v0, v0+Vl): those below V (none in a shard of padding
+// only). The crossentropy_shard_* kernels of both backends take their columns from it.
+inline int vocab_shard_real_columns(int V, int v0, int Vl) { return V - v0 < 0 ? 0 : V - v0 > Vl ? Vl : V - v0; }
+}  // namespace kernels
+
 namespace kernels::cpu {
 KVM_KERNELS_ALL_BACKENDS(KVM_DECLARE_KERNEL)
 }  // namespace kernels::cpu

@@ -87,6 +87,17 @@ void expect_close(const std::vector<G>& got, const std::vector<W>& want, double 
         << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
 }
 
+// max |got - want| <= tol * max |want| over [0, n): one tolerance for a whole tensor, scaled by
+// its largest value (backends that sum in different orders).
+inline void expect_close_to_max(const float* got, const float* want, size_t n, float tol, const std::string& what) {
+  float scale = 0, diff = 0;
+  for (size_t i = 0; i < n; i++) {
+    scale = std::max(scale, std::fabs(want[i]));
+    diff = std::max(diff, std::fabs(got[i] - want[i]));
+  }
+  EXPECT_LE(diff, tol * scale) << what << ": max |got - want| " << diff << ", max |want| " << scale;
+}
+
 // A backward's gradient `got`, accumulated onto `g0`, against central differences (h 1e-5) of
 // `loss` (a double reference) with respect to `x`, within tol * (1 + |fd|), at every index or at
 // `samples` random ones.

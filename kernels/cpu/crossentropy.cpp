@@ -52,20 +52,13 @@ void crossentropy_forward_backward(float* logits, float* losses, const int* targ
   }
 }
 
-namespace {
-
-// The shard's real columns: those of [v0, v0+Vl) below V (none in a shard of padding only).
-int real_columns(int V, int v0, int Vl) { return std::clamp(V - v0, 0, Vl); }
-
-}  // namespace
-
 // The shard phases walk a row's columns in order with the scalar std::exp (a row per thread): the
 // float operations, in the order, of the host loops in the model that they replaced, so the
 // tensor-parallel losses and gradients stayed as they were.
 
 void crossentropy_shard_max(float* mx, const float* logits, int N, int V, int v0, int Vl) {
   // mx (N) out; logits (N,Vl)
-  const int real = real_columns(V, v0, Vl);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; i++) {
     const float* row = logits + (size_t)i * Vl;
@@ -79,7 +72,7 @@ void crossentropy_shard_sums(float* sums, float* mx, const float* mxs, const flo
                              int N, int TP, int V, int v0, int Vl, int ignore_index) {
   // sums (2,N) out: sums of exps, then target logits; mx (N) out: the global row max; mxs (TP,N): every
   // shard's row max; logits (N,Vl); targets (N)
-  const int real = real_columns(V, v0, Vl);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; i++) {
     float m = -INFINITY;
@@ -100,7 +93,7 @@ void crossentropy_shard_finish(float* logits, float* losses, const float* mx, co
                                int N, int V, int v0, int Vl, float dloss, int ignore_index) {
   // logits (N,Vl): in logits, out dlogits when dloss != 0; losses (N) out; mx (N), sums (2,N): the
   // all-reduced phase 2; targets (N)
-  const int real = real_columns(V, v0, Vl);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; i++) {
     float* row = logits + (size_t)i * Vl;

@@ -4,8 +4,6 @@
 // dloss != 0, overwrites the row with dloss * (softmax - onehot), zero in the padded columns [V,Vp)
 // and on rows whose target is ignore_index. Probabilities never go to memory.
 // The vocabulary-parallel phases (crossentropy_shard_*) are one block per row as well.
-#include <algorithm>
-
 #include "kernels/cuda/common.cuh"
 #include "kernels/kernels.h"
 
@@ -55,9 +53,6 @@ __global__ void crossentropy_kernel(float* logits, float* losses, const int* tar
   if (threadIdx.x == 0) losses[blockIdx.x] = shift - target_logit;
   if (dloss != 0.0f) write_dlogits(row, V, Vp, shift, target, dloss);
 }
-
-// The shard's real columns: those of [v0, v0+Vl) below V (none in a shard of padding only).
-int real_columns(int V, int v0, int Vl) { return std::clamp(V - v0, 0, Vl); }
 
 __global__ void shard_max_kernel(float* mx, const float* logits, int real, int Vl) {
   __shared__ float shared[32];
@@ -116,7 +111,8 @@ void crossentropy_forward_backward(float* logits, float* losses, const int* targ
 void crossentropy_shard_max(float* mx, const float* logits, int N, int V, int v0, int Vl) {
   // mx (N) out; logits (N,Vl); device
   if (N == 0) return;
-  shard_max_kernel<<<N, kRowThreads>>>(mx, logits, real_columns(V, v0, Vl), Vl);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
+  shard_max_kernel<<<N, kRowThreads>>>(mx, logits, real, Vl);
   cuda_check(cudaGetLastError());
 }
 
@@ -125,8 +121,8 @@ void crossentropy_shard_sums(float* sums, float* mx, const float* mxs, const flo
   // sums (2,N) out: sums of exps, then target logits; mx (N) out: the global row max; mxs (TP,N);
   // logits (N,Vl); targets (N); device
   if (N == 0) return;
-  shard_sums_kernel<<<N, kRowThreads>>>(sums, mx, mxs, logits, targets, N, TP, real_columns(V, v0, Vl), v0, Vl,
-                                        ignore_index);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
+  shard_sums_kernel<<<N, kRowThreads>>>(sums, mx, mxs, logits, targets, N, TP, real, v0, Vl, ignore_index);
   cuda_check(cudaGetLastError());
 }
 
@@ -135,8 +131,8 @@ void crossentropy_shard_finish(float* logits, float* losses, const float* mx, co
   // logits (N,Vl): in logits, out dlogits when dloss != 0; losses (N) out; mx (N), sums (2,N);
   // targets (N); device
   if (N == 0) return;
-  shard_finish_kernel<<<N, kRowThreads>>>(logits, losses, mx, sums, targets, N, real_columns(V, v0, Vl), v0, Vl,
-                                          dloss, ignore_index);
+  const int real = vocab_shard_real_columns(V, v0, Vl);
+  shard_finish_kernel<<<N, kRowThreads>>>(logits, losses, mx, sums, targets, N, real, v0, Vl, dloss, ignore_index);
   cuda_check(cudaGetLastError());
 }
 

@@ -1,6 +1,8 @@
 #pragma once
-// The small models the model-level tests share (model, tensor parallel, cuda against cpu).
+// The small models the model-level tests share (model, tensor parallel, cuda against cpu), and
+// what they feed them.
 #include <cstdint>
+#include <vector>
 
 #include "trainer/config.h"
 #include "trainer/model.h"
@@ -38,6 +40,22 @@ inline void perturb(Model& model, uint64_t seed) {
     size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
     for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
   }
+}
+
+// n random token ids below V; with ignore, positions 1 and n-2 are the ignore index -1.
+inline std::vector<int> tokens(size_t n, int V, uint64_t seed, bool ignore = false) {
+  Rng rng(seed);
+  std::vector<int> t(n);
+  for (auto& x : t) x = int(rng.next_u64() % V);
+  if (ignore) t[1] = t[n - 2] = -1;
+  return t;
+}
+
+// n floats of a buffer in be's memory, copied to the host.
+inline std::vector<float> to_host(const Backend& be, const float* p, size_t n) {
+  std::vector<float> h(n);
+  be.to_host(h.data(), p, n * sizeof(float));
+  return h;
 }
 
 }  // namespace test_models

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "tests/test_util.h"
 #include "tests/trainer/small_models.h"
 #include "trainer/backend.h"
 #include "trainer/model.h"
@@ -35,29 +36,9 @@ namespace {
 
 using test_models::gpt2;
 using test_models::hybrid;
-
-std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.next_u64() % V);
-  return t;
-}
-
-std::vector<float> to_host(const Backend& be, const float* p, size_t n) {
-  std::vector<float> h(n);
-  be.to_host(h.data(), p, n * sizeof(float));
-  return h;
-}
-
-// max |got - want| <= tol * max |want| over [0, n)
-void expect_close(const float* got, const float* want, size_t n, float tol, const std::string& what) {
-  float scale = 0, diff = 0;
-  for (size_t i = 0; i < n; i++) {
-    scale = std::max(scale, std::fabs(want[i]));
-    diff = std::max(diff, std::fabs(got[i] - want[i]));
-  }
-  EXPECT_LE(diff, tol * scale) << what << ": max |cuda - cpu| " << diff << ", max |cpu| " << scale;
-}
+using test_models::to_host;
+using test_models::tokens;
+using test_util::expect_close_to_max;
 
 // A cpu model and a cuda model with the same (GPT-2 init plus noise) weights.
 struct Pair {
@@ -83,7 +64,7 @@ void compare_step(const config::ModelConfig& m, bool bf16, const char* name) {
   const int B = 2, T = 19, BT = B * T;
   const float tol = bf16 ? 2e-2f : 1e-4f;
   Pair p(m, B, T, bf16);
-  auto x = random_tokens(size_t(BT), m.vocab_size, 5), y = random_tokens(size_t(BT), m.vocab_size, 6);
+  auto x = tokens(size_t(BT), m.vocab_size, 5), y = tokens(size_t(BT), m.vocab_size, 6);
   y[3] = -1;  // an ignored target
   float loss[2];
   std::vector<float> logits[2];  // before loss() overwrites them with their gradient
@@ -97,11 +78,11 @@ void compare_step(const config::ModelConfig& m, bool bf16, const char* name) {
     loss[k] = model.loss(y.data(), 1.0f / BT);
     model.backward();
   }
-  expect_close(logits[1].data(), logits[0].data(), logits[0].size(), tol, std::string(name) + " logits");
+  expect_close_to_max(logits[1].data(), logits[0].data(), logits[0].size(), tol, std::string(name) + " logits");
   EXPECT_LE(std::fabs(loss[1] - loss[0]), tol * std::fabs(loss[0])) << name << " loss " << loss[0] << " " << loss[1];
   const auto g = to_host(p.cuda.backend(), p.cuda.grads(), p.cuda.table().total());
   for (const auto& v : p.cpu.table().views())
-    expect_close(g.data() + v.offset, p.cpu.grads() + v.offset, v.size, tol, std::string(name) + " d" + v.name);
+    expect_close_to_max(g.data() + v.offset, p.cpu.grads() + v.offset, v.size, tol, std::string(name) + " d" + v.name);
 }
 
 void compare_adamw(const config::ModelConfig& m, bool bf16, const char* name) {
@@ -111,7 +92,7 @@ void compare_adamw(const config::ModelConfig& m, bool bf16, const char* name) {
   config::TrainConfig tc;
   AdamW opt_cpu(p.cpu.table(), tc), opt_cuda(p.cuda.table(), tc, 0, SIZE_MAX, p.cuda.backend());
   for (int s = 0; s < steps; s++) {
-    auto x = random_tokens(size_t(BT), m.vocab_size, 20 + s), y = random_tokens(size_t(BT), m.vocab_size, 40 + s);
+    auto x = tokens(size_t(BT), m.vocab_size, 20 + s), y = tokens(size_t(BT), m.vocab_size, 40 + s);
     float loss[2];
     for (int k = 0; k < 2; k++) {
       Model& model = k ? p.cuda : p.cpu;
@@ -151,7 +132,7 @@ TEST(ModelCuda, LayoutKernelsMatchCpu) {
     gpu.from_host(in.data(), inp.data(), inp.size() * sizeof(float));
     op(gpu, out.data(), in.data());
     const auto got = to_host(gpu, out.data(), init.size());
-    expect_close(got.data(), want.data(), want.size(), 1e-6f, what);
+    expect_close_to_max(got.data(), want.data(), want.size(), 1e-6f, what);
   };
   both(std::vector<float>(heads), qkv, [&](const Backend& be, float* o, const float* i) {
     be.split_heads(o, i + hs, B, T, NH, hs, ld);

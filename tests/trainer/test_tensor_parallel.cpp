@@ -27,6 +27,7 @@ config::ModelConfig gpt2() { return test_models::gpt2(16); }
 using test_models::hybrid;
 
 using test_models::perturb;
+using test_models::tokens;
 
 // Copies the full model `ref` into the sharded `model` (each rank its shards).
 void load_shards(Model& model, const Model& ref, const float* ref_params) {
@@ -35,14 +36,6 @@ void load_shards(Model& model, const Model& ref, const float* ref_params) {
     ASSERT_EQ(tp::full_size(v), f.size) << v.name;
     tp::extract(v, ref_params + f.offset, model.params() + v.offset);
   }
-}
-
-std::vector<int> tokens(size_t n, int V, uint64_t seed, bool ignore) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.next_u64() % V);
-  if (ignore) t[1] = t[n - 2] = -1;
-  return t;
 }
 
 float max_abs(const float* p, size_t n) {

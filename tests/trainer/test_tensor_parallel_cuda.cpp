@@ -18,6 +18,7 @@
 
 #include "kernels/kernels.h"
 #include "tests/mpi_test_main.h"
+#include "tests/test_util.h"
 #include "tests/trainer/small_models.h"
 #include "trainer/backend.h"
 #include "trainer/communicator.h"
@@ -36,12 +37,12 @@ class StagedCommunicator final : public Communicator {
   int size() const override { return host_.size(); }
   std::string backend() const override { return "staged"; }
   void all_reduce_sum(float* buf, size_t n) override {
-    std::vector<float> h = to_host(buf, n);
+    std::vector<float> h = test_models::to_host(be_, buf, n);
     host_.all_reduce_sum(h.data(), n);
     be_.from_host(buf, h.data(), n * sizeof(float));
   }
   void all_gather(const float* send, float* recv, size_t n) override {
-    std::vector<float> h = to_host(send, n), all(n * size_t(size()));
+    std::vector<float> h = test_models::to_host(be_, send, n), all(n * size_t(size()));
     host_.all_gather(h.data(), all.data(), n);
     be_.from_host(recv, all.data(), all.size() * sizeof(float));
   }
@@ -54,31 +55,12 @@ class StagedCommunicator final : public Communicator {
 
  private:
   [[noreturn]] static void unused() { throw std::logic_error("StagedCommunicator: not a collective of the model"); }
-  std::vector<float> to_host(const float* p, size_t n) const {
-    std::vector<float> h(n);
-    be_.to_host(h.data(), p, n * sizeof(float));
-    return h;
-  }
   Communicator& host_;
   const Backend& be_;
 };
 
-std::vector<int> tokens(size_t n, int V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.next_u64() % V);
-  return t;
-}
-
-// max |got - want| <= tol * max |want| over [0, n)
-void expect_close(const float* got, const float* want, size_t n, float tol, const std::string& what) {
-  float scale = 0, diff = 0;
-  for (size_t i = 0; i < n; i++) {
-    scale = std::max(scale, std::fabs(want[i]));
-    diff = std::max(diff, std::fabs(got[i] - want[i]));
-  }
-  EXPECT_LE(diff, tol * scale) << what << ": max |cuda TP - cpu| " << diff << ", max |cpu| " << scale;
-}
+using test_models::tokens;
+using test_util::expect_close_to_max;
 
 class TensorParallelCuda : public ::testing::Test {
  protected:
@@ -102,8 +84,7 @@ class TensorParallelCuda : public ::testing::Test {
     for (const auto& v : model.table().views())
       tp::extract(v, ref.params() + ref.table().at(v.name).offset, shards.data() + v.offset);
     model.params_from_host(shards.data());
-    auto x = tokens(size_t(BT), m.vocab_size, 5), y = tokens(size_t(BT), m.vocab_size, 6);
-    y[1] = y[size_t(BT) - 2] = -1;  // ignored targets
+    auto x = tokens(size_t(BT), m.vocab_size, 5), y = tokens(size_t(BT), m.vocab_size, 6, true);
     const float dloss = 1.0f / float(BT - 2);
 
     ref.zero_grad();
@@ -121,17 +102,16 @@ class TensorParallelCuda : public ::testing::Test {
     for (int r = 0; r < TP; r++)
       for (int i = 0; i < BT; i++)
         std::copy_n(all.data() + (size_t(r) * BT + i) * Vl, Vl, logits.data() + size_t(i) * Vp + size_t(r) * Vl);
-    expect_close(logits.data(), ref_logits.data(), logits.size(), tol, "logits");
+    expect_close_to_max(logits.data(), ref_logits.data(), logits.size(), tol, "logits");
     const float loss = model.loss(y.data(), dloss);
     EXPECT_LE(std::fabs(loss - ref_loss), tol * std::fabs(ref_loss)) << "loss " << loss << " vs " << ref_loss;
     model.backward();
 
-    std::vector<float> grads(model.table().total());
-    be->to_host(grads.data(), model.grads(), grads.size() * sizeof(float));
+    const std::vector<float> grads = test_models::to_host(*be, model.grads(), model.table().total());
     for (const auto& v : model.table().views()) {
       const auto& f = ref.table().at(v.name);
       const std::vector<float> g = tp::gather(*tp, v, grads.data());
-      expect_close(g.data(), ref.grads() + f.offset, f.size, tol, "d" + v.name);
+      expect_close_to_max(g.data(), ref.grads() + f.offset, f.size, tol, "d" + v.name);
     }
   }
 
