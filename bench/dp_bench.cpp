@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/gpt2_bench_flags.h"
 #include "data/json.h"
 #include "trainer/communicator.h"
 #include "trainer/config.h"
@@ -72,19 +73,16 @@ Timing run(Model& model, DataParallel& dp, Communicator& world, const std::vecto
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);
   comm_init(&argc, &argv);
-  std::string config_path = std::string(KVMTRAIN_SOURCE_DIR) + "/configs/gpt2-124m.yaml", out = "dp_bench.json";
-  int B = 4, T = 64, steps = 3;
+  Gpt2BenchFlags flags{.out = "dp_bench.json", .steps = 3};
   double bucket_mb = 25;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--config") config_path = argv[i + 1];
-    else if (a == "--B") B = std::atoi(argv[i + 1]);
-    else if (a == "--T") T = std::atoi(argv[i + 1]);
-    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
-    else if (a == "--bucket-mb") bucket_mb = std::atof(argv[i + 1]);
-    else if (a == "--out") out = argv[i + 1];
-    else return std::fprintf(stderr, "dp_bench: unknown flag %s\n", a.c_str()), 2;
+    if (a == "--bucket-mb") bucket_mb = std::atof(argv[i + 1]);
+    else if (!flags.parse(a, argv[i + 1])) return std::fprintf(stderr, "dp_bench: unknown flag %s\n", a.c_str()), 2;
   }
+  const std::string& config_path = flags.config_path;
+  const std::string& out = flags.out;
+  const int B = flags.B, T = flags.T, steps = flags.steps;
   auto world = make_world_communicator();
   const int N = world->size();
   config::Config cfg = config::load(config_path, {"train.seq_len=" + std::to_string(T)});

@@ -18,6 +18,7 @@
 
 #include <omp.h>
 
+#include "bench/gpt2_bench_flags.h"
 #include "bench/timed_backend.h"
 #include "data/json.h"
 #include "trainer/backend.h"
@@ -30,21 +31,18 @@
 
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);  // the same runtime settings as kvmtrain itself
-  std::string config_path = std::string(KVMTRAIN_SOURCE_DIR) + "/configs/gpt2-124m.yaml", out = "train_bench.json";
+  Gpt2BenchFlags flags{.out = "train_bench.json", .steps = 4};
   std::string precision = "fp32";
-  int B = 4, T = 64, steps = 4;
   bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--config") config_path = argv[i + 1];
-    else if (a == "--B") B = std::atoi(argv[i + 1]);
-    else if (a == "--T") T = std::atoi(argv[i + 1]);
-    else if (a == "--steps") steps = std::atoi(argv[i + 1]);
-    else if (a == "--out") out = argv[i + 1];
-    else if (a == "--precision") precision = argv[i + 1];
+    if (a == "--precision") precision = argv[i + 1];
     else if (a == "--profile") profile = std::atoi(argv[i + 1]) != 0;
-    else return std::fprintf(stderr, "train_bench: unknown flag %s\n", a.c_str()), 2;
+    else if (!flags.parse(a, argv[i + 1])) return std::fprintf(stderr, "train_bench: unknown flag %s\n", a.c_str()), 2;
   }
+  const std::string& config_path = flags.config_path;
+  const std::string& out = flags.out;
+  const int B = flags.B, T = flags.T, steps = flags.steps;
   config::Config cfg = config::load(config_path, {"train.seq_len=" + std::to_string(T)});
   const Backend& be = profile ? timed_backend::cpu() : cpu_backend();
   Model model(cfg.model, B, T, false, nullptr, be);
