@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libbenchmark-dev       # tests, micro-benchmarks
   libomp-dev libopenblas-dev          # CPU threads, sgemm
   libdnnl-dev                         # oneDNN: the CPU GEMMs (AVX-512, AVX-512 BF16)
+  ocl-icd-opencl-dev                  # only a Recommends of libdnnl-dev, yet its CMake config requires OpenCL
   python3-torch python3-numpy python3-h5py   # reference models and interop tests (/usr/bin/python3)
   bible-kjv                           # the default corpus
   nodejs                              # the independent GPT-2 tokenizer used to make test fixtures
