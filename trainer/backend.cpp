@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 #include <stdexcept>
+#include <sys/mman.h>
 
 #ifdef KVMTRAIN_HAS_CUDA
 #include "kernels/cuda/cuda_check.cuh"
@@ -20,10 +21,17 @@ namespace {
 #define KVM_BACKEND_TABLE(NAME, HOST)                                                                    \
   NAME, HOST KVM_KERNELS_ALL_BACKENDS(KVM_BACKEND_ENTRY), NS::kvm_forward, NS::kvm_backward, NS::kvm_decode_step
 
+// Large buffers (weights, gradients, moments, activations) sit on 2 MiB transparent huge pages:
+// with 4 KiB pages the GEMMs' strided walks over a 150 MB weight miss the TLB, which cost 4-6% of a
+// GPT-2 124M step (train_bench --profile, docs/decisions.md). Debian's default THP mode is
+// madvise, so the pages have to be asked for.
 void* host_alloc(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  const size_t rounded = std::max(align, (bytes + align - 1) / align * align);
+  void* p = std::aligned_alloc(align, rounded);
   if (!p) throw std::bad_alloc();
+  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP, 4 KiB pages
   std::memset(p, 0, bytes);
   return p;
 }
