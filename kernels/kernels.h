@@ -3,9 +3,12 @@
 // kernels::cpu takes host pointers, kernels::cuda device pointers (launched on the default stream).
 // All tensors are fp32 (bf16 where the type says so), row-major, shapes in the comments. Conventions, as in llm.c:
 //  - forward outputs are OVERWRITTEN;
-//  - gradient outputs ACCUMULATE (+=): the trainer zeroes the gradients once per step and sums
-//    over micro-steps, and a tensor feeding two consumers collects both contributions in place;
-//  - crossentropy_forward_backward and crossentropy_shard_finish are the exceptions, see there.
+//  - gradient outputs ACCUMULATE (+=): the trainer sums over micro-steps, and a tensor feeding two
+//    consumers collects both contributions in place;
+//  - crossentropy_forward_backward and crossentropy_shard_finish are the exceptions, see there,
+//    and so are matmul_backward's weight and bias gradients with accumulate = false: the first
+//    micro-step writes them rather than add them to zeros, which spares a step the pass that
+//    zeroes 0.5 GB of GPT-2 124M gradients and the GEMMs' read of those zeros (trainer/model.h).
 // An entry is X(return type, name, (parameters)); comments inside must be /* */ because the
 // lists are macros.
 #include <cstddef>
@@ -45,10 +48,11 @@
   X(void, matmul_forward, (float* out /*(N,OC)*/, const float* inp /*(N,IC)*/,                      \
                            const float* weight /*(OC,IC)*/, const float* bias /*(OC) or nullptr*/,   \
                            int N, int IC, int OC))                                                   \
+  /* dinp +=; dweight and dbias += with accumulate, = without */                                    \
   X(void, matmul_backward, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,          \
                             float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,          \
                             const float* inp /*(N,IC)*/, const float* weight /*(OC,IC)*/, int N,    \
-                            int IC, int OC))                                                         \
+                            int IC, int OC, bool accumulate))                                        \
   /* Causal multi-head attention, scale 1/sqrt(hs), hs = C/NH. qkv rows are q,k,v each C wide,     \
      head h at columns [h*hs,(h+1)*hs) of each. window 0: query t sees keys [0,t]; window > 0:     \
      keys (t-window, t]. Flash-style: the T x T matrix is never stored; lse (the per-row           \
@@ -141,7 +145,7 @@
   X(void, matmul_backward_bf16, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,     \
                                  float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,     \
                                  const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
-                                 int N, int IC, int OC))                                             \
+                                 int N, int IC, int OC, bool accumulate))                            \
   /* The GPT-2 MLP's first layer fused with its GELU: pre = inp @ weight^T + bias, out =          \
      gelu(pre), pre kept for the backward (CUDA: cuBLASLt's GELU_AUX_BIAS epilogue, tanh GELU).      \
      On CUDA OC must be a multiple of 8 (the auxiliary leading dimension). */                       \

@@ -45,10 +45,11 @@ double measure_gemm_peak(const Backend& be, bool bf16, int M, int N, int K, doub
     wait();
   });
   // The backward's two products (dinp, dweight) at the same shape may run on other kernels
-  // (kernels/onednn_gemm.cpp picks per layout): the peak is the faster of the two passes.
+  // (kernels/onednn_gemm.cpp picks per layout): the peak is the faster of the two passes. The
+  // weight gradient is overwritten, as in a step's first micro-step, its faster form.
   const double backward = 2 * best_flops(M, N, K, seconds / 2, [&] {
-    if (bf16) be.matmul_backward_bf16(da.data(), dw.data(), nullptr, c.data(), a.data(), w_bf16, M, K, N);
-    else be.matmul_backward(da.data(), dw.data(), nullptr, c.data(), a.data(), w.data(), M, K, N);
+    if (bf16) be.matmul_backward_bf16(da.data(), dw.data(), nullptr, c.data(), a.data(), w_bf16, M, K, N, false);
+    else be.matmul_backward(da.data(), dw.data(), nullptr, c.data(), a.data(), w.data(), M, K, N, false);
     wait();
   });
   return std::max(forward, backward);

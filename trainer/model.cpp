@@ -97,6 +97,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   head_ = cfg.tie_embeddings ? wte_ : add_sharded("lm_head.weight", {Vl, C}, true, 0);
   params_ = DeviceBuffer(be, table_.total());
   grads_ = DeviceBuffer(be, table_.total());
+  stale_.assign(table_.views().size(), 0);
 
   // ---- activations, sized for (B, T) ----
   const size_t BT = size_t(B) * T;
@@ -315,8 +316,46 @@ void Model::linear_gelu_forward(float* out, float* pre, const float* inp, size_t
 
 void Model::linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
                             int OC) {
-  if (bf16()) be_.matmul_backward_bf16(dinp, G(w), G(b), dout, inp, P16(w), N, IC, OC);
-  else be_.matmul_backward(dinp, G(w), G(b), dout, inp, P(w), N, IC, OC);
+  // a weight and its bias are written by this call only, so they are stale together
+  const bool accumulate = !claim_stale(w);
+  float* dw = grads_.data() + w;
+  float* db = b == kNone ? nullptr : grads_.data() + b;
+  if (db && claim_stale(b) == accumulate) throw std::logic_error("Model::linear_backward: weight and bias gradients out of step");
+  if (bf16()) be_.matmul_backward_bf16(dinp, dw, db, dout, inp, P16(w), N, IC, OC, accumulate);
+  else be_.matmul_backward(dinp, dw, db, dout, inp, P(w), N, IC, OC, accumulate);
+}
+
+namespace {
+// Index of the view that starts at `off` (views are in offset order).
+size_t view_index(const TensorTable& table, size_t off) {
+  const auto& views = table.views();
+  auto it = std::lower_bound(views.begin(), views.end(), off, [](const TensorView& v, size_t o) { return v.offset < o; });
+  if (it == views.end() || it->offset != off) throw std::logic_error("Model: no parameter tensor at offset " + std::to_string(off));
+  return size_t(it - views.begin());
+}
+}  // namespace
+
+bool Model::claim_stale(size_t off) {
+  char& s = stale_[view_index(table_, off)];
+  const bool was = s;
+  s = 0;
+  return was;
+}
+
+float* Model::G(size_t off) {
+  if (off == kNone) return nullptr;
+  const size_t j = view_index(table_, off);
+  if (stale_[j]) {
+    be_.zero(grads_.data() + off, table_.views()[j].size * sizeof(float));
+    stale_[j] = 0;
+  }
+  return grads_.data() + off;
+}
+
+void Model::zero_stale(size_t begin, size_t end) {
+  const auto& views = table_.views();
+  for (size_t j = 0; j < views.size(); j++)
+    if (stale_[j] && views[j].offset >= begin && views[j].offset < end) G(views[j].offset);
 }
 
 void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {
@@ -415,6 +454,7 @@ void Model::backward() {
   // ln_f and an untied head, then each block, then the embedding (with a tied head).
   size_t final_from = table_.total();
   auto grads_final_from = [&](size_t begin) {
+    zero_stale(begin, final_from);
     if (grads_ready_) grads_ready_(begin, final_from);
     final_from = begin;
   };

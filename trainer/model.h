@@ -27,6 +27,7 @@
 // there; params_host / params_from_host and logits_host give the host what it reads. On cuda the
 // model refuses token-by-token decode (step, a host loop); forward, loss, backward, bf16 and tensor
 // parallelism (its collectives over NCCL) work.
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -71,7 +72,13 @@ class Model {
   float loss(const int* targets, float dloss);
   // Accumulates parameter gradients of the last forward (after loss with dloss != 0).
   void backward();
-  void zero_grad() { grads_.zero(); }
+  // Makes the next backward() write the gradients instead of adding to them. No pass over memory:
+  // every tensor's gradient is marked stale, and the backward's first write to it overwrites (the
+  // linear layers' GEMMs with accumulate = false; the small rest zeroed just before its kernel);
+  // what the backward does not reach is zeroed before it is reported final. This spares a step a
+  // pass over all gradients and the weight-gradient GEMMs' read of zeros (docs/decisions.md).
+  // grads() holds stale values between zero_grad() and the end of the next backward().
+  void zero_grad() { std::fill(stale_.begin(), stale_.end(), 1); }
   // Called during backward() each time the gradients of [begin, end) are final (nothing later in
   // that backward writes them): ranges from the top of the buffer down, the last one beginning at
   // 0. Data parallelism starts reducing them while the rest of the backward runs.
@@ -152,7 +159,11 @@ class Model {
   const kernels::bf16* P16(size_t off) {
     return off == kNone ? nullptr : reinterpret_cast<const kernels::bf16*>(params16_.data()) + off;
   }
-  float* G(size_t off) { return off == kNone ? nullptr : grads_.data() + off; }
+  // The gradient of the tensor at `off` (a view's offset), ready to be added to: zeroed first if stale.
+  float* G(size_t off);
+  // True, and no longer stale, when the gradient at `off` is stale: the caller overwrites it.
+  bool claim_stale(size_t off);
+  void zero_stale(size_t begin, size_t end);  // zeroes the stale gradients of the views in [begin, end)
   float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
   bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
   // host tokens (n) where the backend's kernels read them: in place on cpu, else uploaded to slot
@@ -207,6 +218,7 @@ class Model {
   std::vector<Layer> layers_;
   size_t wte_, wpe_ = kNone, lnew_ = kNone, lneb_ = kNone, lnfw_, lnfb_, head_;
   DeviceBuffer params_, grads_;
+  std::vector<char> stale_;  // per view of table_ (in offset order): its gradient awaits overwriting
   std::function<void(size_t, size_t)> grads_ready_;  // on_grads_ready
   DeviceBuffer params16_;  // bf16 mixed precision: the bf16 copy of params_ (same offsets), two per float
 

@@ -15,12 +15,13 @@ namespace {
 
 using onednn::Operands;
 
-void bias_backward(float* dbias, const float* dout, int N, int OC) {
-  // dbias (OC) += column sums of dout (N,OC); threads split the columns so none of them race
+void bias_backward(float* dbias, const float* dout, int N, int OC, bool accumulate) {
+  // dbias (OC) += (or =) column sums of dout (N,OC); threads split the columns so none of them race
   constexpr int kChunk = 64;
 #pragma omp parallel for schedule(static)
   for (int o0 = 0; o0 < OC; o0 += kChunk) {
     int o1 = std::min(OC, o0 + kChunk);
+    if (!accumulate) std::fill(dbias + o0, dbias + o1, 0.0f);
     for (int i = 0; i < N; i++) {
       const float* d = dout + (size_t)i * OC;
 #pragma omp simd
@@ -49,12 +50,12 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int IC, int OC) {
-  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated;
-  // dout (N,OC), inp (N,IC), weight (OC,IC)
+                     const float* weight, int N, int IC, int OC, bool accumulate) {
+  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
+  // overwritten; dout (N,OC), inp (N,IC), weight (OC,IC)
   if (dinp) onednn::gemm(Operands::f32, false, false, N, IC, OC, dout, weight, nullptr, dinp, true);  // += dout @ W
-  onednn::gemm(Operands::f32, true, false, OC, IC, N, dout, inp, nullptr, dweight, true);  // += dout^T @ inp
-  if (dbias) bias_backward(dbias, dout, N, OC);
+  onednn::gemm(Operands::f32, true, false, OC, IC, N, dout, inp, nullptr, dweight, accumulate);  // (+)= dout^T @ inp
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);
 }
 
 void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const float* bias, int N, int IC,
@@ -65,14 +66,14 @@ void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const
 }
 
 void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                          const bf16* weight, int N, int IC, int OC) {
-  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated;
-  // dout (N,OC), inp (N,IC), weight (OC,IC) bf16
+                          const bf16* weight, int N, int IC, int OC, bool accumulate) {
+  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
+  // overwritten; dout (N,OC), inp (N,IC), weight (OC,IC) bf16
   const bf16* dout16 = round_to_bf16(dout, (size_t)N * OC, 0);
   const bf16* inp16 = round_to_bf16(inp, (size_t)N * IC, 1);
   if (dinp) onednn::gemm(Operands::bf16, false, false, N, IC, OC, dout16, weight, nullptr, dinp, true);
-  onednn::gemm(Operands::bf16, true, false, OC, IC, N, dout16, inp16, nullptr, dweight, true);
-  if (dbias) bias_backward(dbias, dout, N, OC);
+  onednn::gemm(Operands::bf16, true, false, OC, IC, N, dout16, inp16, nullptr, dweight, accumulate);
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);
 }
 
 void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight, const float* bias, int N,

@@ -159,23 +159,30 @@ TEST(MatmulBf16, ForwardBackwardMatchDoubleLoopOnRoundedOperands) {
       }
     test_util::expect_close(out, want, 1e-5, "out");
   }
-  // backward onto random gradients: they must accumulate
-  std::vector<float> dinp = test_util::randn(inp.size(), 5), dw = test_util::randn(w.size(), 6),
-                     db = test_util::randn(OC, 7);
-  std::vector<double> want_dinp(dinp.begin(), dinp.end()), want_dw(dw.begin(), dw.end()), want_db(db.begin(), db.end());
-  for (int n = 0; n < N; n++)
-    for (int o = 0; o < OC; o++) {
-      const double d = rd[size_t(n) * OC + o];
-      want_db[o] += dout[size_t(n) * OC + o];  // the bias gradient sums the fp32 dout
-      for (int i = 0; i < IC; i++) {
-        want_dinp[size_t(n) * IC + i] += d * rw[size_t(o) * IC + i];
-        want_dw[size_t(o) * IC + i] += d * ri[size_t(n) * IC + i];
+  // backward onto random gradients: they must accumulate; or, without accumulate, dweight and
+  // dbias overwritten (they start as NaN, which a read would spread)
+  for (bool accumulate : {true, false}) {
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+    std::vector<float> dinp = test_util::randn(inp.size(), 5), dw = test_util::randn(w.size(), 6),
+                       db = test_util::randn(OC, 7);
+    std::vector<double> want_dinp(dinp.begin(), dinp.end()), want_dw(dw.size(), 0.0), want_db(db.size(), 0.0);
+    if (accumulate) want_dw.assign(dw.begin(), dw.end()), want_db.assign(db.begin(), db.end());
+    else std::fill(dw.begin(), dw.end(), NAN), std::fill(db.begin(), db.end(), NAN);
+    for (int n = 0; n < N; n++)
+      for (int o = 0; o < OC; o++) {
+        const double d = rd[size_t(n) * OC + o];
+        want_db[o] += dout[size_t(n) * OC + o];  // the bias gradient sums the fp32 dout
+        for (int i = 0; i < IC; i++) {
+          want_dinp[size_t(n) * IC + i] += d * rw[size_t(o) * IC + i];
+          want_dw[size_t(o) * IC + i] += d * ri[size_t(n) * IC + i];
+        }
       }
-    }
-  kernels::cpu::matmul_backward_bf16(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w16.data(), N, IC, OC);
-  test_util::expect_close(dinp, want_dinp, 1e-5, "dinp");
-  test_util::expect_close(dw, want_dw, 1e-5, "dweight");
-  test_util::expect_close(db, want_db, 1e-5, "dbias");
+    kernels::cpu::matmul_backward_bf16(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w16.data(), N, IC,
+                                       OC, accumulate);
+    test_util::expect_close(dinp, want_dinp, 1e-5, "dinp");
+    test_util::expect_close(dw, want_dw, 1e-5, "dweight");
+    test_util::expect_close(db, want_db, 1e-5, "dbias");
+  }
 }
 
 }  // namespace

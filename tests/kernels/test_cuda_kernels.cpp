@@ -160,22 +160,24 @@ TEST_F(CudaKernels, MatmulMatchesCpu) {
   Vec x = randn((size_t)N * IC, 30), w = randn((size_t)OC * IC, 31, 0.1f), bias = randn(OC, 32);
   Vec dout = randn((size_t)N * OC, 33), g_in = randn((size_t)N * IC, 34), g_w = randn((size_t)OC * IC, 35),
       g_b = randn(OC, 36);
-  for (bool with_bias : {true, false}) {
+  for (bool with_bias : {true, false})
+  for (bool accumulate : {true, false}) {
     SCOPED_TRACE(with_bias ? "with bias" : "without bias (and no dinp)");
-    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b;
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite (device gradients start as NaN)");
+    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_w(g_w.size(), NAN), nan_b(g_b.size(), NAN);
     kernels::cpu::matmul_forward(out.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
     kernels::cpu::matmul_backward(with_bias ? dinp.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
-                                  dout.data(), x.data(), w.data(), N, IC, OC);
+                                  dout.data(), x.data(), w.data(), N, IC, OC, accumulate);
 
-    DeviceVec x_d(x), w_d(w), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in), dw_d(g_w),
-        db_d(g_b);
+    DeviceVec x_d(x), w_d(w), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in),
+        dw_d(accumulate ? g_w : nan_w), db_d(accumulate ? g_b : nan_b);
     kernels::cuda::matmul_forward(out_d.get(), x_d.get(), w_d.get(), with_bias ? b_d.get() : nullptr, N, IC, OC);
     kernels::cuda::matmul_backward(with_bias ? dinp_d.get() : nullptr, dw_d.get(), with_bias ? db_d.get() : nullptr,
-                                   dout_d.get(), x_d.get(), w_d.get(), N, IC, OC);
+                                   dout_d.get(), x_d.get(), w_d.get(), N, IC, OC, accumulate);
     expect_close(out_d.host(), out, 1e-4, "out");
     expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
     expect_close(dw_d.host(), dw, 1e-4, "dweight");
-    expect_close(db_d.host(), db, 1e-4, "dbias");
+    if (with_bias) expect_close(db_d.host(), db, 1e-4, "dbias");
   }
   // tensors starting one float into their buffers, as slices of a larger one do: cuBLASLt must be
   // asked for algorithms that take 4-byte aligned operands, not its default 256
@@ -197,24 +199,27 @@ TEST_F(CudaKernels, MatmulBf16MatchesCpu) {
   std::vector<kernels::bf16> w = to_bf16(randn((size_t)OC * IC, 131, 0.1f));
   Vec dout = randn((size_t)N * OC, 133), g_in = randn((size_t)N * IC, 134), g_w = randn((size_t)OC * IC, 135),
       g_b = randn(OC, 136);
-  for (bool with_bias : {true, false}) {
+  for (bool with_bias : {true, false})
+  for (bool accumulate : {true, false}) {
     SCOPED_TRACE(with_bias ? "with bias" : "without bias (and no dinp)");
-    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b;
+    SCOPED_TRACE(accumulate ? "accumulate" : "overwrite (device gradients start as NaN)");
+    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_w(g_w.size(), NAN), nan_b(g_b.size(), NAN);
     kernels::cpu::matmul_forward_bf16(out.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
     kernels::cpu::matmul_backward_bf16(with_bias ? dinp.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
-                                       dout.data(), x.data(), w.data(), N, IC, OC);
+                                       dout.data(), x.data(), w.data(), N, IC, OC, accumulate);
 
-    DeviceVec x_d(x), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in), dw_d(g_w), db_d(g_b);
+    DeviceVec x_d(x), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in),
+        dw_d(accumulate ? g_w : nan_w), db_d(accumulate ? g_b : nan_b);
     DeviceBf16 w_d(w);
     kernels::cuda::matmul_forward_bf16(out_d.get(), x_d.get(), w_d.get(), with_bias ? b_d.get() : nullptr, N, IC,
                                        OC);
     kernels::cuda::matmul_backward_bf16(with_bias ? dinp_d.get() : nullptr, dw_d.get(),
                                         with_bias ? db_d.get() : nullptr, dout_d.get(), x_d.get(), w_d.get(), N, IC,
-                                        OC);
+                                        OC, accumulate);
     expect_close(out_d.host(), out, 1e-4, "out");
     expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
     expect_close(dw_d.host(), dw, 1e-4, "dweight");
-    expect_close(db_d.host(), db, 1e-4, "dbias");
+    if (with_bias) expect_close(db_d.host(), db, 1e-4, "dbias");
   }
   // a larger problem after the smaller ones: the bf16 scratch buffer grows
   const int N2 = 2 * N + 3;

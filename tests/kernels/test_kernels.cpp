@@ -199,14 +199,22 @@ TEST(Matmul, ForwardBackward) {
     expect_close(out, ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), kFwdTol, "out");
 
     Vec w = randn(out.size(), 23);
-    Vec g0_inp = randn(inp.size(), 24), g0_w = randn(weight.size(), 25), g0_b = randn(OC, 26);
-    Vec dinp = g0_inp, dweight = g0_w, dbias = g0_b;
-    cpu::matmul_backward(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr, w.data(), inp.data(),
-                         weight.data(), N, IC, OC);
     auto loss = [&] { return dot(ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), w); };
-    expect_grad(dinp, g0_inp, x, loss, "dinp");
-    expect_grad(dweight, g0_w, wd, loss, "dweight");
-    if (with_bias) expect_grad(dbias, g0_b, bd, loss, "dbias");
+    for (bool accumulate : {true, false}) {
+      SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+      // overwritten gradients start as NaN: a kernel that read them would show it
+      Vec g0_inp = randn(inp.size(), 24), g0_w = randn(weight.size(), 25), g0_b = randn(OC, 26);
+      Vec dinp = g0_inp, dweight = g0_w, dbias = g0_b;
+      if (!accumulate) {
+        std::fill(dweight.begin(), dweight.end(), NAN), std::fill(dbias.begin(), dbias.end(), NAN);
+        std::fill(g0_w.begin(), g0_w.end(), 0.0f), std::fill(g0_b.begin(), g0_b.end(), 0.0f);
+      }
+      cpu::matmul_backward(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr, w.data(), inp.data(),
+                           weight.data(), N, IC, OC, accumulate);
+      expect_grad(dinp, g0_inp, x, loss, "dinp");
+      expect_grad(dweight, g0_w, wd, loss, "dweight");
+      if (with_bias) expect_grad(dbias, g0_b, bd, loss, "dbias");
+    }
   }
 }
 
@@ -232,7 +240,7 @@ TEST(Matmul, NullDinpLeavesOnlyWeightGradients) {
   const int N = 4, IC = 8, OC = 5;
   Vec inp = randn((size_t)N * IC, 27), weight = randn((size_t)OC * IC, 28), dout = randn((size_t)N * OC, 29);
   Vec dweight(weight.size(), 0.0f);
-  cpu::matmul_backward(nullptr, dweight.data(), nullptr, dout.data(), inp.data(), weight.data(), N, IC, OC);
+  cpu::matmul_backward(nullptr, dweight.data(), nullptr, dout.data(), inp.data(), weight.data(), N, IC, OC, true);
   DVec want(weight.size(), 0.0);
   for (int o = 0; o < OC; o++)
     for (int k = 0; k < IC; k++)

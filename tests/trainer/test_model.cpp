@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "tests/trainer/small_models.h"
@@ -52,6 +53,45 @@ TEST(Model, BlockRecomputeGivesIdenticalGradients) {
     for (const auto& v : a.table().views())
       for (size_t i = 0; i < v.size; i++)
         ASSERT_EQ(a.grads()[v.offset + i], b.grads()[v.offset + i]) << mixers[0] << ": " << v.name << "[" << i << "]";
+  }
+}
+
+// zero_grad() only marks the gradients stale; the next backward must write every one of them
+// (linear layers through GEMMs that overwrite, the rest zeroed before use) and later backwards add.
+// Reference: the same model with no zero_grad, accumulating onto the allocation's zeros. The
+// gradients start as NaN, so anything stale that survived would show.
+TEST(Model, ZeroGradMakesTheNextBackwardOverwriteEveryGradient) {
+  for (const auto& [name, m] : {std::pair{"gpt2 (tied head, biases)", test_models::gpt2()},
+                                std::pair{"hybrid (untied, kvm)", test_models::hybrid()}}) {
+    SCOPED_TRACE(name);
+    const int B = 2, T = 19;
+    Model ref(m, B, T), model(m, B, T);
+    perturb(ref, 7);
+    std::copy(ref.params(), ref.params() + ref.table().total(), model.params());
+    const auto x1 = random_tokens(size_t(B) * T, m.vocab_size, 8), y1 = random_tokens(size_t(B) * T, m.vocab_size, 9);
+    const auto x2 = random_tokens(size_t(B) * T, m.vocab_size, 10), y2 = random_tokens(size_t(B) * T, m.vocab_size, 11);
+    auto pass = [&](Model& mod, const std::vector<int>& x, const std::vector<int>& y) {
+      mod.forward(x.data(), B, T);
+      mod.loss(y.data(), 1.0f / (B * T));
+      mod.backward();
+    };
+    auto expect_grads = [&](const char* what) {
+      for (const auto& v : ref.table().views()) {
+        float scale = 0;
+        for (size_t i = 0; i < v.size; i++) scale = std::max(scale, std::fabs(ref.grads()[v.offset + i]));
+        for (size_t i = 0; i < v.size; i++)
+          ASSERT_NEAR(model.grads()[v.offset + i], ref.grads()[v.offset + i], 1e-6f * scale + 1e-30f)
+              << what << ": " << v.name << "[" << i << "]";
+      }
+    };
+    std::fill(model.grads(), model.grads() + model.table().total(), NAN);
+    model.zero_grad();
+    pass(model, x1, y1);
+    pass(ref, x1, y1);
+    expect_grads("one backward after zero_grad");
+    pass(model, x2, y2);  // a second micro-step adds
+    pass(ref, x2, y2);
+    expect_grads("two accumulated backwards");
   }
 }
 
