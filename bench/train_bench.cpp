@@ -2,6 +2,9 @@
 // (forward, backward, clip, AdamW, and the bf16 copy of the weights in bf16) on random tokens,
 // against the peak of the GEMM library kvmtrain uses (oneDNN, fp32 or bf16 operands as the run)
 // measured in the same process at the MLP shape (B*T) x 4C x C; OpenBLAS's sgemm peak beside it.
+// Two MFUs: `mfu` divides the mean step by the best peak of the whole run (measured before and
+// after the steps); `mfu_paired` is the median over steps of each step against the peak measured
+// right after it, which follows this shared machine's speed as it drifts (±15% within minutes).
 // Writes JSON (--out) and prints one row.
 //   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]
 //               [--profile 0|1] [--out FILE]
@@ -62,7 +65,9 @@ int main(int argc, char** argv) {
   const double openblas_peak = measure_openblas_sgemm_peak(B * T, 4 * C, C, 1.0);
   using clock = std::chrono::steady_clock;
   auto seconds = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  const double flops_token = 3.0 * model.flops_per_token(T);
   double best = 1e30, total = 0, fwd = 0, bwd = 0, upd = 0;  // upd: norm, AdamW and the bf16 copy
+  std::vector<double> paired;  // per step: its MFU against the peak measured right after it
   for (int s = 0; s <= steps; s++) {  // step 0 warms up
     auto t0 = clock::now();
     model.zero_grad();
@@ -79,18 +84,24 @@ int main(int argc, char** argv) {
     if (s > 0) {
       best = std::min(best, seconds(t0, t3)), total += seconds(t0, t3);
       fwd += seconds(t0, t1), bwd += seconds(t1, t2), upd += seconds(t2, t3);
+      const double step_peak = measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 0.4);
+      paired.push_back(B * T * flops_token / seconds(t0, t3) / step_peak);
     }
   }
+  std::vector<double> sorted = paired;
+  std::sort(sorted.begin(), sorted.end());
+  const double mfu_paired = sorted.size() % 2 ? sorted[sorted.size() / 2]
+                                              : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
   peak = std::max(peak, measure_peak());
   const double median_like = total / steps;
   const double tok_s = B * T / median_like;
-  const double flops_token = 3.0 * model.flops_per_token(T);
   const double mfu = tok_s * flops_token / peak;
   json::Object row{{"impl", "kvmtrain"}, {"B", B}, {"T", T}, {"threads", omp_get_max_threads()},
                    {"params", uint64_t(model.num_params())}, {"step_s_mean", median_like}, {"step_s_best", best},
                    {"forward_s_mean", fwd / steps}, {"backward_s_mean", bwd / steps}, {"update_s_mean", upd / steps},
                    {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"precision", precision},
-                   {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu}};
+                   {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu},
+                   {"mfu_paired", mfu_paired}, {"mfu_per_step", json::Array(paired.begin(), paired.end())}};
   if (profile) {
     json::Object per_kernel;
     std::vector<std::pair<double, std::string>> rows;
@@ -105,8 +116,8 @@ int main(int argc, char** argv) {
   }
   std::ofstream(out) << json::dump(row, 2) << "\n";
   std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs (fwd %.3f bwd %.3f update %.3f)  mfu %5.1f%%"
-              "  oneDNN %s peak %.1f GFLOP/s  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T, omp_get_max_threads(), tok_s,
-              median_like, fwd / steps, bwd / steps, upd / steps, 100 * mfu, precision.c_str(), peak / 1e9,
-              openblas_peak / 1e9);
+              " (paired %5.1f%%)  oneDNN %s peak %.1f GFLOP/s  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T,
+              omp_get_max_threads(), tok_s, median_like, fwd / steps, bwd / steps, upd / steps, 100 * mfu,
+              100 * mfu_paired, precision.c_str(), peak / 1e9, openblas_peak / 1e9);
   return 0;
 }
