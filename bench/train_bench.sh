@@ -30,7 +30,7 @@ done
 import json, sys, os
 d, out = sys.argv[1], sys.argv[2]
 rows = []
-print(f"\n{'prec':>5} {'T':>5} {'kvmtrain tok/s':>15} {'pytorch tok/s':>14} {'ratio':>6} {'kvmtrain MFU':>13}"
+print(f"\n{'prec':>5} {'T':>5} {'kvmtrain tok/s':>15} {'pytorch tok/s':>14} {'ratio':>6} {'kvmtrain MFU':>13} {'MFU paired':>11}"
       f" {'oneDNN peak GF/s':>17} {'OpenBLAS GF/s':>14}")
 for prec in ("fp32", "bf16"):
     for T in (64, 256):
@@ -39,6 +39,7 @@ for prec in ("fp32", "bf16"):
         r = k["tokens_per_s"] / p["tokens_per_s"]
         rows.append({"precision": prec, "T": T, "kvmtrain": k, "pytorch": p, "ratio": r})
         print(f"{prec:>5} {T:>5} {k['tokens_per_s']:>15.1f} {p['tokens_per_s']:>14.1f} {r:>6.2f} {100*k['mfu']:>12.1f}%"
+              f" {100*k['mfu_paired']:>10.1f}%"
               f" {k['gemm_peak_flops']/1e9:>17.1f} {k['openblas_sgemm_peak_flops']/1e9:>14.1f}")
 json.dump(rows, open(os.path.join(out, "train_bench.json"), "w"), indent=2)
 PY
