@@ -32,19 +32,32 @@ struct Head {
 // The first key that some query of the tile starting at i0 can see.
 int first_key(const Head& hd, int i0) { return hd.window > 0 ? std::max(0, i0 - hd.window + 1) : 0; }
 
-// S (bq,bk), row stride kBlock: scale * q[i0..] k[j0..]^T, -inf where query i0+r may not see key j0+c.
+// The columns [lo, hi) of a key tile (keys j0.. j0+bk-1) that query t sees; empty when hi <= lo.
+struct Visible {
+  int lo, hi;
+};
+Visible visible_keys(const Head& hd, int t, int j0, int bk) {
+  return {hd.window > 0 ? std::max(0, t - hd.window + 1 - j0) : 0, std::min(bk, t - j0 + 1)};
+}
+
+// S (bq,bk), row stride kBlock: scale * q[i0..] k[j0..]^T for every pair. The masked ones are
+// never read: each row's softmax reads only its visible_keys and writes zeros around them.
 void tile_scores(float* S, const Head& hd, int i0, int bq, int j0, int bk) {
   serial_gemm(false, true, bq, bk, hd.hs, hd.scale, hd.q + (size_t)i0 * hd.ld, hd.ld,
               hd.k + (size_t)j0 * hd.ld, hd.ld, 0.0f, S, kBlock);
-  bool all_visible = j0 + bk - 1 <= i0 && (hd.window == 0 || j0 > i0 + bq - 1 - hd.window);
-  if (all_visible) return;
-  for (int r = 0; r < bq; r++) {
-    int t = i0 + r;
-    for (int c = 0; c < bk; c++) {
-      int s = j0 + c;
-      if (s > t || (hd.window > 0 && s <= t - hd.window)) S[r * kBlock + c] = -INFINITY;
-    }
+}
+
+// row[lo, hi) = exp(row - shift), zeros elsewhere in [0, bk); returns the sum of the exps.
+float exp_visible(float* row, Visible v, int bk, float shift) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int c = v.lo; c < v.hi; c++) {
+    row[c] = vexp(row[c] - shift);
+    sum += row[c];
   }
+  std::fill(row, row + v.lo, 0.0f);
+  std::fill(row + v.hi, row + bk, 0.0f);
+  return sum;
 }
 
 Head head_view(const float* qkv, int b, int h, int T, int C, int NH, int window) {
@@ -79,20 +92,16 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
             tile_scores(S.data(), hd, i0, bq, j0, bk);
             for (int r = 0; r < bq; r++) {
               float* srow = S.data() + r * kBlock;
-              float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-              for (int c = 0; c < bk; c++) mx = srow[c] > mx ? srow[c] : mx;  // std::max does not vectorise here
-              float mnew = std::max(m[r], mx);
-              if (mnew == -INFINITY) {  // this query sees none of these keys (window edge)
+              const Visible v = visible_keys(hd, i0 + r, j0, bk);
+              if (v.hi <= v.lo) {  // this query sees none of these keys (window edge)
                 std::fill(srow, srow + bk, 0.0f);
                 continue;
               }
-              float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-              for (int c = 0; c < bk; c++) {
-                srow[c] = vexp(srow[c] - mnew);
-                sum += srow[c];
-              }
+              float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+              for (int c = v.lo; c < v.hi; c++) mx = srow[c] > mx ? srow[c] : mx;  // std::max does not vectorise here
+              float mnew = std::max(m[r], mx);
+              float sum = exp_visible(srow, v, bk, mnew);
               float alpha = vexp(m[r] - mnew);  // rescales what earlier key tiles contributed
               l[r] = l[r] * alpha + sum;
               m[r] = mnew;
@@ -150,10 +159,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             int bk = std::min(kBlock, i0 + bq - j0);
             tile_scores(P.data(), hd, i0, bq, j0, bk);
             for (int r = 0; r < bq; r++) {
-              float* prow = P.data() + r * kBlock;
-              float shift = lse_bh[i0 + r];
-#pragma omp simd
-              for (int c = 0; c < bk; c++) prow[c] = vexp(prow[c] - shift);
+              const Visible v = visible_keys(hd, i0 + r, j0, bk);
+              if (v.hi <= v.lo) std::fill(P.data() + r * kBlock, P.data() + r * kBlock + bk, 0.0f);
+              else exp_visible(P.data() + r * kBlock, v, bk, lse_bh[i0 + r]);
             }
             const float* K = hd.k + (size_t)j0 * hd.ld;
             const float* V = hd.v + (size_t)j0 * hd.ld;
