@@ -60,8 +60,8 @@ int main(int argc, char** argv) {
   const int C = cfg.model.d_model;
   // The peak is measured before and after the steps and the higher taken: a neighbour's burst
   // during one measurement would otherwise lower the yardstick and flatter the MFU.
-  auto measure_peak = [&] { return measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 2.0); };
-  double peak = measure_peak();
+  auto measure_peak = [&](double seconds) { return measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, seconds); };
+  double peak = measure_peak(2.0);
   const double openblas_peak = measure_openblas_sgemm_peak(B * T, 4 * C, C, 1.0);
   using clock = std::chrono::steady_clock;
   auto seconds = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
@@ -84,15 +84,14 @@ int main(int argc, char** argv) {
     if (s > 0) {
       best = std::min(best, seconds(t0, t3)), total += seconds(t0, t3);
       fwd += seconds(t0, t1), bwd += seconds(t1, t2), upd += seconds(t2, t3);
-      const double step_peak = measure_gemm_peak(cpu_backend(), bf16, B * T, 4 * C, C, 0.4);
-      paired.push_back(B * T * flops_token / seconds(t0, t3) / step_peak);
+      paired.push_back(B * T * flops_token / seconds(t0, t3) / measure_peak(0.4));
     }
   }
   std::vector<double> sorted = paired;
   std::sort(sorted.begin(), sorted.end());
   const double mfu_paired = sorted.size() % 2 ? sorted[sorted.size() / 2]
                                               : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
-  peak = std::max(peak, measure_peak());
+  peak = std::max(peak, measure_peak(2.0));
   const double median_like = total / steps;
   const double tok_s = B * T / median_like;
   const double mfu = tok_s * flops_token / peak;

@@ -342,20 +342,19 @@ bool Model::claim_stale(size_t off) {
   return was;
 }
 
-float* Model::G(size_t off) {
-  if (off == kNone) return nullptr;
-  const size_t j = view_index(table_, off);
-  if (stale_[j]) {
-    be_.zero(grads_.data() + off, table_.views()[j].size * sizeof(float));
-    stale_[j] = 0;
-  }
-  return grads_.data() + off;
+float* Model::zero_if_stale(size_t j) {
+  const TensorView& v = table_.views()[j];
+  if (stale_[j]) be_.zero(grads_.data() + v.offset, v.size * sizeof(float));
+  stale_[j] = 0;
+  return grads_.data() + v.offset;
 }
+
+float* Model::G(size_t off) { return off == kNone ? nullptr : zero_if_stale(view_index(table_, off)); }
 
 void Model::zero_stale(size_t begin, size_t end) {
   const auto& views = table_.views();
   for (size_t j = 0; j < views.size(); j++)
-    if (stale_[j] && views[j].offset >= begin && views[j].offset < end) G(views[j].offset);
+    if (views[j].offset >= begin && views[j].offset < end) zero_if_stale(j);
 }
 
 void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {

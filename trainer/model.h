@@ -163,6 +163,7 @@ class Model {
   float* G(size_t off);
   // True, and no longer stale, when the gradient at `off` is stale: the caller overwrites it.
   bool claim_stale(size_t off);
+  float* zero_if_stale(size_t j);  // view j's gradient, zeroed first if stale
   void zero_stale(size_t begin, size_t end);  // zeroes the stale gradients of the views in [begin, end)
   float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
   bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual

@@ -32,12 +32,13 @@ struct Head {
 // The first key that some query of the tile starting at i0 can see.
 int first_key(const Head& hd, int i0) { return hd.window > 0 ? std::max(0, i0 - hd.window + 1) : 0; }
 
-// The columns [lo, hi) of a key tile (keys j0.. j0+bk-1) that query t sees; empty when hi <= lo.
+// The columns [lo, hi) of a key tile (keys j0.. j0+bk-1) that query t sees; lo == hi when none.
 struct Visible {
   int lo, hi;
 };
 Visible visible_keys(const Head& hd, int t, int j0, int bk) {
-  return {hd.window > 0 ? std::max(0, t - hd.window + 1 - j0) : 0, std::min(bk, t - j0 + 1)};
+  const int lo = hd.window > 0 ? std::clamp(t - hd.window + 1 - j0, 0, bk) : 0;
+  return {lo, std::clamp(t - j0 + 1, lo, bk)};
 }
 
 // S (bq,bk), row stride kBlock: scale * q[i0..] k[j0..]^T for every pair. The masked ones are
@@ -93,7 +94,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
             for (int r = 0; r < bq; r++) {
               float* srow = S.data() + r * kBlock;
               const Visible v = visible_keys(hd, i0 + r, j0, bk);
-              if (v.hi <= v.lo) {  // this query sees none of these keys (window edge)
+              if (v.hi == v.lo) {  // this query sees none of these keys (window edge)
                 std::fill(srow, srow + bk, 0.0f);
                 continue;
               }
@@ -159,9 +160,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             int bk = std::min(kBlock, i0 + bq - j0);
             tile_scores(P.data(), hd, i0, bq, j0, bk);
             for (int r = 0; r < bq; r++) {
-              const Visible v = visible_keys(hd, i0 + r, j0, bk);
-              if (v.hi <= v.lo) std::fill(P.data() + r * kBlock, P.data() + r * kBlock + bk, 0.0f);
-              else exp_visible(P.data() + r * kBlock, v, bk, lse_bh[i0 + r]);
+              exp_visible(P.data() + r * kBlock, visible_keys(hd, i0 + r, j0, bk), bk, lse_bh[i0 + r]);
             }
             const float* K = hd.k + (size_t)j0 * hd.ld;
             const float* V = hd.v + (size_t)j0 * hd.ld;
