@@ -39,10 +39,18 @@ struct Timed<F> {
   }
 };
 
-// The cpu table with every kernel and KVM entry point timed; memory operations as they are.
+// The cpu backend's zero and copy, reached through the table (they are not kernels:: functions).
+inline void zero(void* p, size_t bytes) { cpu_backend().zero(p, bytes); }
+inline void copy(void* dst, const void* src, size_t bytes) { cpu_backend().copy(dst, src, bytes); }
+
+// The cpu table with every kernel, KVM entry point, zero and copy timed.
 inline const Backend& cpu() {
   static const Backend timed = [] {
     Backend b = cpu_backend();
+    Timed<&zero>::name = "(zero)";
+    b.zero = &Timed<&zero>::call;
+    Timed<&copy>::name = "(copy)";
+    b.copy = &Timed<&copy>::call;
 #define KVM_TIMED_ENTRY(ret, fn, params) \
   Timed<&kernels::cpu::fn>::name = #fn;  \
   b.fn = &Timed<&kernels::cpu::fn>::call;

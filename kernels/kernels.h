@@ -5,10 +5,14 @@
 //  - forward outputs are OVERWRITTEN;
 //  - gradient outputs ACCUMULATE (+=): the trainer sums over micro-steps, and a tensor feeding two
 //    consumers collects both contributions in place;
-//  - crossentropy_forward_backward and crossentropy_shard_finish are the exceptions, see there,
-//    and so are matmul_backward's weight and bias gradients with accumulate = false: the first
-//    micro-step writes them rather than add them to zeros, which spares a step the pass that
-//    zeroes 0.5 GB of GPT-2 124M gradients and the GEMMs' read of those zeros (trainer/model.h).
+//  - the exceptions: crossentropy_forward_backward and crossentropy_shard_finish, see there;
+//    matmul_backward's gradients when told to overwrite (accumulate_dinp, accumulate_dweight
+//    false): the first micro-step writes the weight gradients rather than add them to zeros,
+//    which spares a step the pass that zeroes 0.5 GB of GPT-2 124M gradients and the GEMMs' read
+//    of those zeros (trainer/model.h), and a block's backward writes the activation gradients
+//    that have one producer instead of zeroing them first; and gelu_backward and relu2_backward,
+//    which write dinp (in place when dinp == dout), as the activation gradient they produce has
+//    no other contributor.
 // An entry is X(return type, name, (parameters)); comments inside must be /* */ because the
 // lists are macros.
 #include <cstddef>
@@ -20,8 +24,8 @@
 #define KVM_KERNELS_ALL_BACKENDS(X)                                                                  \
   /* tanh approximation, as GPT-2 */                                                                 \
   X(void, gelu_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                       \
-  X(void, gelu_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
-                          int N))                                                                    \
+  X(void, gelu_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,      \
+                          const float* dout /*(N)*/, int N))                                                                    \
   X(void, residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/, const float* inp2 /*(N)*/, \
                              int N))                                                                 \
   X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
@@ -48,11 +52,11 @@
   X(void, matmul_forward, (float* out /*(N,OC)*/, const float* inp /*(N,IC)*/,                      \
                            const float* weight /*(OC,IC)*/, const float* bias /*(OC) or nullptr*/,   \
                            int N, int IC, int OC))                                                   \
-  /* dinp +=; dweight and dbias += with accumulate, = without */                                    \
+  /* dinp += with accumulate_dinp, = without; dweight and dbias likewise with accumulate_dweight */ \
   X(void, matmul_backward, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,          \
                             float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,          \
                             const float* inp /*(N,IC)*/, const float* weight /*(OC,IC)*/, int N,    \
-                            int IC, int OC, bool accumulate))                                        \
+                            int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))                                        \
   /* Causal multi-head attention, scale 1/sqrt(hs), hs = C/NH. qkv rows are q,k,v each C wide,     \
      head h at columns [h*hs,(h+1)*hs) of each. window 0: query t sees keys [0,t]; window > 0:     \
      keys (t-window, t]. Flash-style: the T x T matrix is never stored; lse (the per-row           \
@@ -96,8 +100,8 @@
   X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))                                  \
   /* relu(x)^2 */                                                                                    \
   X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
-  X(void, relu2_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/, const float* dout /*(N)*/, \
-                           int N))                                                                   \
+  X(void, relu2_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,     \
+                           const float* dout /*(N)*/, int N))                                                                   \
   /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
      (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
      heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
@@ -145,7 +149,7 @@
   X(void, matmul_backward_bf16, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,     \
                                  float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,     \
                                  const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
-                                 int N, int IC, int OC, bool accumulate))                            \
+                                 int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))                            \
   /* The GPT-2 MLP's first layer fused with its GELU: pre = inp @ weight^T + bias, out =          \
      gelu(pre), pre kept for the backward (CUDA: cuBLASLt's GELU_AUX_BIAS epilogue, tanh GELU).      \
      On CUDA OC must be a multiple of 8 (the auxiliary leading dimension). */                       \

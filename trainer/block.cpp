@@ -95,17 +95,17 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   scale_dout();
   auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
 
+  // Activation gradients with one producer are written, not added to zeros; dln is zeroed only
+  // where a second contribution is added to it (the token shift's, KVM's gate).
   // ---- MLP sub-block: residual3 = residual2 + s * mlp(ln2(residual2)) ----
-  zero(s_.dact.data(), size_t(BT) * F);
-  zero(s_.dfch.data(), size_t(BT) * F);
   if (tp) red_begin(n);
-  else zero(dln, n);
-  zero(dxa, n);
-  linear_backward(s_.dact.data(), w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
-  if (cfg_.mlp == "relu2") be_.relu2_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
-  else be_.gelu_backward(s_.dfch.data(), A(x.fch), s_.dact.data(), BT * F);
+  else if (cfg_.token_shift) zero(dln, n);
+  float* dact = s_.dact.data();  // d(activation output), then in place d(fc output)
+  linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
+  if (cfg_.mlp == "relu2") be_.relu2_backward(dact, A(x.fch), dact, BT * F);
+  else be_.gelu_backward(dact, A(x.fch), dact, BT * F);
   float* dxm = cfg_.token_shift ? dxa : dln;
-  linear_backward(dxm, w.fcw, w.fcb, s_.dfch.data(), A(x.xm), BT, C, F);
+  linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, A(x.xm), BT, C, F);
   if (cfg_.token_shift)
     be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, A(x.ln2), P(w.shift_mlp), B, T, C);
   if (tp) {
@@ -119,13 +119,12 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   scale_dout();
   float* datty = s_.datty.data();
   float* dqkvp = s_.dqkvp.data();
-  zero(datty, na);
   zero(dqkvp, na * 3);
+  const bool gate = w.mixer == Mixer::kvm;  // KVM's gate adds its gradient to dln
   if (tp) red_begin(n);
-  else zero(dln, n);
-  zero(dxa, n);
-  linear_backward(datty, w.projw, w.projb, dout, A(x.atty), BT, Ca, C);
-  mixer_backward(l, datty, dqkvp, dln);  // KVM adds its gate's gradient to dln
+  else if (gate || cfg_.token_shift) zero(dln, n);
+  linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, A(x.atty), BT, Ca, C);
+  mixer_backward(l, datty, dqkvp, dln);
   float* dqkv = dqkvp;
   if (qkv_processed(l)) {
     dqkv = s_.dqkv.data();
@@ -157,7 +156,8 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
     be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
   float* dx_in = cfg_.token_shift ? dxa : dln;
-  linear_backward(dx_in, w.qkvw, w.qkvb, dqkv, A(x.xa), BT, C, 3 * Ca);
+  linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, A(x.xa), BT,
+                  C, 3 * Ca);
   if (cfg_.token_shift)
     be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, A(x.ln1), P(w.shift_att), B, T, C);
   if (tp) {

@@ -45,11 +45,12 @@ double measure_gemm_peak(const Backend& be, bool bf16, int M, int N, int K, doub
     wait();
   });
   // The backward's two products (dinp, dweight) at the same shape may run on other kernels
-  // (kernels/onednn_gemm.cpp picks per layout): the peak is the faster of the two passes. The
-  // weight gradient is overwritten, as in a step's first micro-step, its faster form.
+  // (kernels/onednn_gemm.cpp picks per layout): the peak is the faster of the two passes. Both
+  // gradients are overwritten, their faster form, as a step's first micro-step writes the weight
+  // gradients and a block's backward the activation gradients with one producer.
   const double backward = 2 * best_flops(M, N, K, seconds / 2, [&] {
-    if (bf16) be.matmul_backward_bf16(da.data(), dw.data(), nullptr, c.data(), a.data(), w_bf16, M, K, N, false);
-    else be.matmul_backward(da.data(), dw.data(), nullptr, c.data(), a.data(), w.data(), M, K, N, false);
+    if (bf16) be.matmul_backward_bf16(da.data(), dw.data(), nullptr, c.data(), a.data(), w_bf16, M, K, N, false, false);
+    else be.matmul_backward(da.data(), dw.data(), nullptr, c.data(), a.data(), w.data(), M, K, N, false, false);
     wait();
   });
   return std::max(forward, backward);

@@ -84,7 +84,7 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   // back through g = 1 + elu(W_g ln1)
   be_.merge_heads(dgbt, dg, B, T, NH, 1, NH, 0);
   be_.elu_gate_backward(dgpre, A(x.gpre), dgbt, BT * NH);
-  linear_backward(dln1, w.gatew, kNone, dgpre, A(x.ln1), BT, C, NH);
+  linear_backward(dln1, Dinp::accumulate, w.gatew, kNone, dgpre, A(x.ln1), BT, C, NH);
 }
 
 size_t Model::kvm_cache_bytes(int l) const {

@@ -178,7 +178,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = DeviceBuffer(be, BT * C);
   s_.datty = DeviceBuffer(be, BT * Ca);
   for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = DeviceBuffer(be, BT * 3 * Ca);
-  for (auto* b : {&s_.dfch, &s_.dact}) *b = DeviceBuffer(be, BT * Fl);
+  s_.dact = DeviceBuffer(be, BT * Fl);
   if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ca);
   if (TP > 1) {
     for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
@@ -314,15 +314,15 @@ void Model::linear_gelu_forward(float* out, float* pre, const float* inp, size_t
   else be_.matmul_gelu_forward(out, pre, inp, P(w), P(b), N, IC, OC);
 }
 
-void Model::linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
-                            int OC) {
+void Model::linear_backward(float* dinp, Dinp mode, size_t w, size_t b, const float* dout, const float* inp, int N,
+                            int IC, int OC) {
   // a weight and its bias are written by this call only, so they are stale together
-  const bool accumulate = !claim_stale(w);
+  const bool accumulate = !claim_stale(w), add_dinp = mode == Dinp::accumulate;
   float* dw = grads_.data() + w;
   float* db = b == kNone ? nullptr : grads_.data() + b;
   if (db && claim_stale(b) == accumulate) throw std::logic_error("Model::linear_backward: weight and bias gradients out of step");
-  if (bf16()) be_.matmul_backward_bf16(dinp, dw, db, dout, inp, P16(w), N, IC, OC, accumulate);
-  else be_.matmul_backward(dinp, dw, db, dout, inp, P(w), N, IC, OC, accumulate);
+  if (bf16()) be_.matmul_backward_bf16(dinp, dw, db, dout, inp, P16(w), N, IC, OC, add_dinp, accumulate);
+  else be_.matmul_backward(dinp, dw, db, dout, inp, P(w), N, IC, OC, add_dinp, accumulate);
 }
 
 namespace {
@@ -447,7 +447,6 @@ void Model::backward() {
   float* dres = s_.dres.data();  // d(residual stream), carried down through the blocks
   float* dln = s_.dln.data();
   be_.zero(dres, n * sizeof(float));
-  be_.zero(dln, n * sizeof(float));
   if (cfg_.value_residual) s_.dv0.zero();
   // The gradients are final from the top of the buffer down (the layout is in forward order):
   // ln_f and an untied head, then each block, then the embedding (with a tied head).
@@ -458,7 +457,7 @@ void Model::backward() {
     final_from = begin;
   };
   const float* last = L == 0 ? A(stream0_) : A(lacts_.back().residual3);
-  linear_backward(dln, head_, kNone, A(logits_off_), A(lnf_), BT, C, Vl);
+  linear_backward(dln, Dinp::overwrite, head_, kNone, A(logits_off_), A(lnf_), BT, C, Vl);
   if (tp_size_ > 1) tp_sum(dln, n);  // each rank's vocabulary slice gave part of d(ln_f output)
   be_.layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
   grads_final_from(lnfw_);

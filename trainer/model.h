@@ -151,7 +151,7 @@ class Model {
     size_t residual2, ln2, ln2_mean, ln2_rstd, xm, fch, fch_act, residual3;
   };
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
-    DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dfch, dact, dv0;
+    DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dact, dv0;
     DeviceBuffer dqh, dkh, dvh, douth, dg, dgbt, dgpre;  // KVM; dgbt: dg as (B,T,NH)
   };
 
@@ -186,7 +186,10 @@ class Model {
   void linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC);
   // pre (N,OC) = the same, out = gelu(pre)
   void linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC);
-  void linear_backward(float* dinp, size_t w, size_t b, const float* dout, const float* inp, int N, int IC, int OC);
+  // dinp: added to, or written where it has no other contributor (no zeroing pass before)
+  enum class Dinp { accumulate, overwrite };
+  void linear_backward(float* dinp, Dinp mode, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
+                       int OC);
   // tensor parallel (model.cpp); p in the backend's memory
   void tp_sum(float* p, size_t n) { tpd_->all_reduce_sum(p, n); }
   // out (BT, C) = inp (BT, IC) @ W^T + b for a row-parallel W (C, IC) with replicated b: partial

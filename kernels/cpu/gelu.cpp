@@ -21,13 +21,13 @@ void gelu_forward(float* out, const float* inp, int N) {
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int N) {
-  // dinp (accumulated), inp, dout: (N)
+  // dinp (written; may be dout), inp, dout: (N)
 #pragma omp parallel for simd schedule(static)
   for (int i = 0; i < N; i++) {
     float x = inp[i];
     float th = vtanh(kSqrt2OverPi * (x + kCubic * x * x * x));
     float dth = (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
-    dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * dth);
+    dinp[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * x * dth);
   }
 }
 

@@ -50,12 +50,12 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int IC, int OC, bool accumulate) {
-  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
-  // overwritten; dout (N,OC), inp (N,IC), weight (OC,IC)
-  if (dinp) onednn::gemm(Operands::f32, false, false, N, IC, OC, dout, weight, nullptr, dinp, true);  // += dout @ W
-  onednn::gemm(Operands::f32, true, false, OC, IC, N, dout, inp, nullptr, dweight, accumulate);  // (+)= dout^T @ inp
-  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);
+                     const float* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
+  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten;
+  // dout (N,OC), inp (N,IC), weight (OC,IC)
+  if (dinp) onednn::gemm(Operands::f32, false, false, N, IC, OC, dout, weight, nullptr, dinp, accumulate_dinp);  // (+)= dout @ W
+  onednn::gemm(Operands::f32, true, false, OC, IC, N, dout, inp, nullptr, dweight, accumulate_dweight);  // (+)= dout^T @ inp
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate_dweight);
 }
 
 void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const float* bias, int N, int IC,
@@ -66,14 +66,14 @@ void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const
 }
 
 void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                          const bf16* weight, int N, int IC, int OC, bool accumulate) {
-  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
-  // overwritten; dout (N,OC), inp (N,IC), weight (OC,IC) bf16
+                          const bf16* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
+  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten;
+  // dout (N,OC), inp (N,IC), weight (OC,IC) bf16
   const bf16* dout16 = round_to_bf16(dout, (size_t)N * OC, 0);
   const bf16* inp16 = round_to_bf16(inp, (size_t)N * IC, 1);
-  if (dinp) onednn::gemm(Operands::bf16, false, false, N, IC, OC, dout16, weight, nullptr, dinp, true);
-  onednn::gemm(Operands::bf16, true, false, OC, IC, N, dout16, inp16, nullptr, dweight, accumulate);
-  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);
+  if (dinp) onednn::gemm(Operands::bf16, false, false, N, IC, OC, dout16, weight, nullptr, dinp, accumulate_dinp);
+  onednn::gemm(Operands::bf16, true, false, OC, IC, N, dout16, inp16, nullptr, dweight, accumulate_dweight);
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate_dweight);
 }
 
 void matmul_gelu_forward(float* out, float* pre, const float* inp, const float* weight, const float* bias, int N,

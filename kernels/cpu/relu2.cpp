@@ -13,11 +13,11 @@ void relu2_forward(float* out, const float* inp, int N) {
 }
 
 void relu2_backward(float* dinp, const float* inp, const float* dout, int N) {
-  // dinp (accumulated), inp, dout: (N)
+  // dinp (written; may be dout), inp, dout: (N)
 #pragma omp parallel for simd schedule(static)
   for (int i = 0; i < N; i++) {
     float r = inp[i] > 0.0f ? inp[i] : 0.0f;
-    dinp[i] += 2.0f * r * dout[i];
+    dinp[i] = 2.0f * r * dout[i];
   }
 }
 

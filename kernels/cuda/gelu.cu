@@ -24,7 +24,7 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
     float x = inp[i];
     float th = tanhf(kSqrt2OverPi * (x + kCubic * x * x * x));
     float dth = (1.0f - th * th) * kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
-    dinp[i] += dout[i] * (0.5f * (1.0f + th) + 0.5f * x * dth);
+    dinp[i] = dout[i] * (0.5f * (1.0f + th) + 0.5f * x * dth);
   }
 }
 
@@ -38,7 +38,7 @@ void gelu_forward(float* out, const float* inp, int N) {
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int N) {
-  // dinp (accumulated), inp, dout: (N), device
+  // dinp (written; may be dout), inp, dout: (N), device
   if (N == 0) return;
   gelu_backward_kernel<<<(N + kThreads - 1) / kThreads, kThreads>>>(dinp, inp, dout, N);
   cuda_check(cudaGetLastError());

@@ -148,11 +148,12 @@ void forward_gemm(float* out, const void* inp, const void* weight, const float* 
 // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC): accumulated, or overwritten (beta 0, its
 // old contents never read); dout (N,OC), inp (N,IC), weight (OC,IC)
 void backward_gemms(float* dinp, float* dweight, const void* dout, const void* inp, const void* weight, int N,
-                    int IC, int OC, Precision prec, bool accumulate) {
-  if (dinp)  // dinp += dout @ W; column-major: dinp^T (IC,N) += W^T (IC,OC) @ dout^T (OC,N)
-    gemm(dinp, {weight, CUBLAS_OP_N, IC, OC}, {dout, CUBLAS_OP_N, OC, N}, 1.0f, nullptr, prec);
+                    int IC, int OC, Precision prec, bool accumulate_dinp, bool accumulate_dweight) {
+  if (dinp)  // dinp (+)= dout @ W; column-major: dinp^T (IC,N) (+)= W^T (IC,OC) @ dout^T (OC,N)
+    gemm(dinp, {weight, CUBLAS_OP_N, IC, OC}, {dout, CUBLAS_OP_N, OC, N}, accumulate_dinp ? 1.0f : 0.0f, nullptr, prec);
   // dweight (+)= dout^T @ inp; column-major: dweight^T (IC,OC) (+)= inp^T (IC,N) @ (dout^T (OC,N))^T
-  gemm(dweight, {inp, CUBLAS_OP_N, IC, N}, {dout, CUBLAS_OP_T, OC, N}, accumulate ? 1.0f : 0.0f, nullptr, prec);
+  gemm(dweight, {inp, CUBLAS_OP_N, IC, N}, {dout, CUBLAS_OP_T, OC, N}, accumulate_dweight ? 1.0f : 0.0f, nullptr,
+       prec);
 }
 
 // dbias[o] += sum_i dout[i, o]; blockDim (32, 32)
@@ -179,10 +180,13 @@ void round_nearest(bf16* out, const float* inp, size_t n) {
 
 // The bf16 copies of inp and dout live in one device buffer for the process, grown to the largest
 // request (the first training step reaches it) and never shrunk.
-// No rows: nothing to add, but gradients to overwrite are zeros (the CPU twin's empty GEMM).
-bool no_rows(int N, int OC, int IC, float* dweight, float* dbias, bool accumulate) {
+// No rows or no outputs: nothing to add, but gradients to overwrite are zeros (the CPU twin's
+// empty GEMM).
+bool no_rows(int N, int OC, int IC, float* dinp, float* dweight, float* dbias, bool accumulate_dinp,
+             bool accumulate_dweight) {
   if (N != 0 && OC != 0) return false;
-  if (!accumulate) {
+  if (dinp && !accumulate_dinp) cuda_check(cudaMemsetAsync(dinp, 0, (size_t)N * IC * sizeof(float)));
+  if (!accumulate_dweight) {
     cuda_check(cudaMemsetAsync(dweight, 0, (size_t)OC * IC * sizeof(float)));
     if (dbias) cuda_check(cudaMemsetAsync(dbias, 0, (size_t)OC * sizeof(float)));
   }
@@ -212,12 +216,12 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int N, int IC, int OC, bool accumulate) {
-  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
-  // overwritten; dout (N,OC), inp (N,IC), weight (OC,IC); device
-  if (no_rows(N, OC, IC, dweight, dbias, accumulate)) return;
-  backward_gemms(dinp, dweight, dout, inp, weight, N, IC, OC, kFp32, accumulate);
-  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);
+                     const float* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
+  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten;
+  // dout (N,OC), inp (N,IC), weight (OC,IC); device
+  if (no_rows(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
+  backward_gemms(dinp, dweight, dout, inp, weight, N, IC, OC, kFp32, accumulate_dinp, accumulate_dweight);
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate_dweight);
 }
 
 void matmul_forward_bf16(float* out, const float* inp, const bf16* weight, const float* bias, int N, int IC, int OC) {
@@ -244,18 +248,18 @@ void matmul_gelu_forward_bf16(float* out, float* pre, const float* inp, const bf
 }
 
 void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                          const bf16* weight, int N, int IC, int OC, bool accumulate) {
-  // dinp (N,IC) or nullptr: accumulated; dweight (OC,IC), dbias (OC) or nullptr: accumulated or
-  // overwritten (fp32); dout (N,OC), inp (N,IC), weight (OC,IC) bf16; device
-  if (no_rows(N, OC, IC, dweight, dbias, accumulate)) return;
+                          const bf16* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
+  // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten
+  // (fp32); dout (N,OC), inp (N,IC), weight (OC,IC) bf16; device
+  if (no_rows(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
   size_t n_dout = (size_t)N * OC, n_inp = (size_t)N * IC;
   size_t inp_at = (n_dout + 127) / 128 * 128;  // keeps the inp copy 256-byte aligned, as the fastest GEMMs want
   bf16* dout16 = bf16_scratch(inp_at + n_inp);  // (N,OC)
   bf16* inp16 = dout16 + inp_at;                // (N,IC)
   round_nearest(dout16, dout, n_dout);
   round_nearest(inp16, inp, n_inp);
-  backward_gemms(dinp, dweight, dout16, inp16, weight, N, IC, OC, kBf16, accumulate);
-  if (dbias) bias_backward(dbias, dout, N, OC, accumulate);  // the fp32 dout, as the CPU twin
+  backward_gemms(dinp, dweight, dout16, inp16, weight, N, IC, OC, kBf16, accumulate_dinp, accumulate_dweight);
+  if (dbias) bias_backward(dbias, dout, N, OC, accumulate_dweight);  // the fp32 dout, as the CPU twin
 }
 
 }  // namespace kernels::cuda

@@ -18,7 +18,7 @@ __global__ void relu2_backward_kernel(float* dinp, const float* inp, const float
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < N) {
     float r = inp[i] > 0.0f ? inp[i] : 0.0f;
-    dinp[i] += 2.0f * r * dout[i];
+    dinp[i] = 2.0f * r * dout[i];
   }
 }
 
@@ -32,7 +32,7 @@ void relu2_forward(float* out, const float* inp, int N) {
 }
 
 void relu2_backward(float* dinp, const float* inp, const float* dout, int N) {
-  // dinp (accumulated), inp, dout: (N), device
+  // dinp (written; may be dout), inp, dout: (N), device
   if (N == 0) return;
   relu2_backward_kernel<<<blocks_for(N), kThreads>>>(dinp, inp, dout, N);
   cuda_check(cudaGetLastError());

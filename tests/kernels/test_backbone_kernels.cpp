@@ -120,8 +120,11 @@ TEST(Relu2, ForwardBackward) {
     return o;
   };
   test_util::expect_close(out, ref(), kFwdTol, "relu2 out");
-  Vec w = randn(N, 5), g0 = randn(N, 6), dx = g0;
+  Vec w = randn(N, 5), g0(N, 0.0f), dx(N, NAN);  // dinp is written, never read
   cpu::relu2_backward(dx.data(), x.data(), w.data(), N);
+  Vec in_place = w;
+  cpu::relu2_backward(in_place.data(), x.data(), in_place.data(), N);
+  test_util::expect_close(in_place, dx, 0.0, "relu2 dinp in place");
   expect_grad(dx, g0, xd, [&] { return dot(ref(), w); }, "relu2 dinp");
 }
 

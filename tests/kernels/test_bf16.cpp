@@ -168,6 +168,7 @@ TEST(MatmulBf16, ForwardBackwardMatchDoubleLoopOnRoundedOperands) {
     std::vector<double> want_dinp(dinp.begin(), dinp.end()), want_dw(dw.size(), 0.0), want_db(db.size(), 0.0);
     if (accumulate) want_dw.assign(dw.begin(), dw.end()), want_db.assign(db.begin(), db.end());
     else std::fill(dw.begin(), dw.end(), NAN), std::fill(db.begin(), db.end(), NAN);
+    if (!accumulate) std::fill(want_dinp.begin(), want_dinp.end(), 0.0), std::fill(dinp.begin(), dinp.end(), NAN);
     for (int n = 0; n < N; n++)
       for (int o = 0; o < OC; o++) {
         const double d = rd[size_t(n) * OC + o];
@@ -178,7 +179,7 @@ TEST(MatmulBf16, ForwardBackwardMatchDoubleLoopOnRoundedOperands) {
         }
       }
     kernels::cpu::matmul_backward_bf16(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w16.data(), N, IC,
-                                       OC, accumulate);
+                                       OC, accumulate, accumulate);
     test_util::expect_close(dinp, want_dinp, 1e-5, "dinp");
     test_util::expect_close(dw, want_dw, 1e-5, "dweight");
     test_util::expect_close(db, want_db, 1e-5, "dbias");

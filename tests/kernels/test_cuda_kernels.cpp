@@ -91,7 +91,7 @@ TEST_F(CudaKernels, ResidualMatchesCpu) {
 }
 
 TEST_F(CudaKernels, GeluMatchesCpu) {
-  Vec x = randn(N, 6, 3.0f), dout = randn(N, 7), g0 = randn(N, 8);
+  Vec x = randn(N, 6, 3.0f), dout = randn(N, 7), g0(N, NAN);  // dinp is written, never read
   Vec out(N), dinp = g0;
   kernels::cpu::gelu_forward(out.data(), x.data(), N);
   kernels::cpu::gelu_backward(dinp.data(), x.data(), dout.data(), N);
@@ -164,16 +164,17 @@ TEST_F(CudaKernels, MatmulMatchesCpu) {
   for (bool accumulate : {true, false}) {
     SCOPED_TRACE(with_bias ? "with bias" : "without bias (and no dinp)");
     SCOPED_TRACE(accumulate ? "accumulate" : "overwrite (device gradients start as NaN)");
-    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_w(g_w.size(), NAN), nan_b(g_b.size(), NAN);
+    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_in(g_in.size(), NAN), nan_w(g_w.size(), NAN),
+        nan_b(g_b.size(), NAN);
     kernels::cpu::matmul_forward(out.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
     kernels::cpu::matmul_backward(with_bias ? dinp.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
-                                  dout.data(), x.data(), w.data(), N, IC, OC, accumulate);
+                                  dout.data(), x.data(), w.data(), N, IC, OC, accumulate, accumulate);
 
-    DeviceVec x_d(x), w_d(w), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in),
+    DeviceVec x_d(x), w_d(w), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(accumulate ? g_in : nan_in),
         dw_d(accumulate ? g_w : nan_w), db_d(accumulate ? g_b : nan_b);
     kernels::cuda::matmul_forward(out_d.get(), x_d.get(), w_d.get(), with_bias ? b_d.get() : nullptr, N, IC, OC);
     kernels::cuda::matmul_backward(with_bias ? dinp_d.get() : nullptr, dw_d.get(), with_bias ? db_d.get() : nullptr,
-                                   dout_d.get(), x_d.get(), w_d.get(), N, IC, OC, accumulate);
+                                   dout_d.get(), x_d.get(), w_d.get(), N, IC, OC, accumulate, accumulate);
     expect_close(out_d.host(), out, 1e-4, "out");
     expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
     expect_close(dw_d.host(), dw, 1e-4, "dweight");
@@ -203,19 +204,20 @@ TEST_F(CudaKernels, MatmulBf16MatchesCpu) {
   for (bool accumulate : {true, false}) {
     SCOPED_TRACE(with_bias ? "with bias" : "without bias (and no dinp)");
     SCOPED_TRACE(accumulate ? "accumulate" : "overwrite (device gradients start as NaN)");
-    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_w(g_w.size(), NAN), nan_b(g_b.size(), NAN);
+    Vec out((size_t)N * OC), dinp = g_in, dw = g_w, db = g_b, nan_in(g_in.size(), NAN), nan_w(g_w.size(), NAN),
+        nan_b(g_b.size(), NAN);
     kernels::cpu::matmul_forward_bf16(out.data(), x.data(), w.data(), with_bias ? bias.data() : nullptr, N, IC, OC);
     kernels::cpu::matmul_backward_bf16(with_bias ? dinp.data() : nullptr, dw.data(), with_bias ? db.data() : nullptr,
-                                       dout.data(), x.data(), w.data(), N, IC, OC, accumulate);
+                                       dout.data(), x.data(), w.data(), N, IC, OC, accumulate, accumulate);
 
-    DeviceVec x_d(x), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(g_in),
+    DeviceVec x_d(x), b_d(bias), dout_d(dout), out_d{Vec(out.size(), 7.0f)}, dinp_d(accumulate ? g_in : nan_in),
         dw_d(accumulate ? g_w : nan_w), db_d(accumulate ? g_b : nan_b);
     DeviceBf16 w_d(w);
     kernels::cuda::matmul_forward_bf16(out_d.get(), x_d.get(), w_d.get(), with_bias ? b_d.get() : nullptr, N, IC,
                                        OC);
     kernels::cuda::matmul_backward_bf16(with_bias ? dinp_d.get() : nullptr, dw_d.get(),
                                         with_bias ? db_d.get() : nullptr, dout_d.get(), x_d.get(), w_d.get(), N, IC,
-                                        OC, accumulate);
+                                        OC, accumulate, accumulate);
     expect_close(out_d.host(), out, 1e-4, "out");
     expect_close(dinp_d.host(), dinp, 1e-4, "dinp");
     expect_close(dw_d.host(), dw, 1e-4, "dweight");
@@ -500,7 +502,7 @@ TEST_F(CudaKernels, AttentionMatchesCpu) {
 }
 
 TEST_F(CudaKernels, Relu2MatchesCpu) {
-  Vec x = randn(N, 80, 2.0f), dout = randn(N, 81), g0 = randn(N, 82);
+  Vec x = randn(N, 80, 2.0f), dout = randn(N, 81), g0(N, NAN);  // dinp is written, never read
   Vec out(N), dinp = g0;
   kernels::cpu::relu2_forward(out.data(), x.data(), N);
   kernels::cpu::relu2_backward(dinp.data(), x.data(), dout.data(), N);

@@ -200,17 +200,20 @@ TEST(Matmul, ForwardBackward) {
 
     Vec w = randn(out.size(), 23);
     auto loss = [&] { return dot(ref_matmul(x, wd, with_bias ? &bd : nullptr, N, IC, OC), w); };
-    for (bool accumulate : {true, false}) {
-      SCOPED_TRACE(accumulate ? "accumulate" : "overwrite");
+    for (bool accumulate_dinp : {true, false})
+    for (bool accumulate_dweight : {true, false}) {
+      SCOPED_TRACE(accumulate_dinp ? "dinp accumulated" : "dinp overwritten");
+      SCOPED_TRACE(accumulate_dweight ? "dweight accumulated" : "dweight overwritten");
       // overwritten gradients start as NaN: a kernel that read them would show it
       Vec g0_inp = randn(inp.size(), 24), g0_w = randn(weight.size(), 25), g0_b = randn(OC, 26);
       Vec dinp = g0_inp, dweight = g0_w, dbias = g0_b;
-      if (!accumulate) {
+      if (!accumulate_dinp) std::fill(dinp.begin(), dinp.end(), NAN), std::fill(g0_inp.begin(), g0_inp.end(), 0.0f);
+      if (!accumulate_dweight) {
         std::fill(dweight.begin(), dweight.end(), NAN), std::fill(dbias.begin(), dbias.end(), NAN);
         std::fill(g0_w.begin(), g0_w.end(), 0.0f), std::fill(g0_b.begin(), g0_b.end(), 0.0f);
       }
       cpu::matmul_backward(dinp.data(), dweight.data(), with_bias ? dbias.data() : nullptr, w.data(), inp.data(),
-                           weight.data(), N, IC, OC, accumulate);
+                           weight.data(), N, IC, OC, accumulate_dinp, accumulate_dweight);
       expect_grad(dinp, g0_inp, x, loss, "dinp");
       expect_grad(dweight, g0_w, wd, loss, "dweight");
       if (with_bias) expect_grad(dbias, g0_b, bd, loss, "dbias");
@@ -240,7 +243,8 @@ TEST(Matmul, NullDinpLeavesOnlyWeightGradients) {
   const int N = 4, IC = 8, OC = 5;
   Vec inp = randn((size_t)N * IC, 27), weight = randn((size_t)OC * IC, 28), dout = randn((size_t)N * OC, 29);
   Vec dweight(weight.size(), 0.0f);
-  cpu::matmul_backward(nullptr, dweight.data(), nullptr, dout.data(), inp.data(), weight.data(), N, IC, OC, true);
+  cpu::matmul_backward(nullptr, dweight.data(), nullptr, dout.data(), inp.data(), weight.data(), N, IC, OC, true,
+                       true);
   DVec want(weight.size(), 0.0);
   for (int o = 0; o < OC; o++)
     for (int k = 0; k < IC; k++)
@@ -297,8 +301,12 @@ TEST(Gelu, ForwardBackward) {
   for (int i = 0; i < N; i++) want[i] = ref_gelu(x[i]);
   expect_close(out, want, kFwdTolTranscendental, "out");
 
-  Vec w = randn(N, 40), g0 = randn(N, 41), dinp = g0;
+  // dinp is written, never read: it starts as NaN
+  Vec w = randn(N, 40), g0(N, 0.0f), dinp(N, NAN);
   cpu::gelu_backward(dinp.data(), inp.data(), w.data(), N);
+  Vec in_place = w;  // dinp == dout, as the trainer calls it
+  cpu::gelu_backward(in_place.data(), inp.data(), in_place.data(), N);
+  expect_close(in_place, dinp, 0.0, "dinp in place");
   auto loss = [&] {
     double s = 0.0;
     for (int i = 0; i < N; i++) s += w[i] * ref_gelu(x[i]);
