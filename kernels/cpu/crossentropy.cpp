@@ -4,6 +4,7 @@
 // Below it, the vocabulary-parallel cross-entropy's three phases (kernels.h).
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/vecmath.h"
 #include "kernels/kernels.h"
@@ -14,19 +15,25 @@ void crossentropy_forward_backward(float* logits, float* losses, const int* targ
                                    float dloss, int ignore_index) {
   // logits (N,Vp): in logits, out dlogits when dloss != 0; losses (N); targets (N)
   // The online softmax works in L1-sized chunks: the chunk's max rescales the running sum, then
-  // the chunk's exps add to it, both while the chunk is still in cache.
+  // the chunk's exps add to it, both while the chunk is still in cache. With a gradient to write,
+  // the exps stay in the row (relative to the running max of their chunk), and the gradient pass
+  // scales each chunk by one factor instead of taking every exp again.
   constexpr int kChunk = 512;
+  const bool backward = dloss != 0.0f;
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < N; i++) {
     float* row = logits + (size_t)i * Vp;
     int target = targets[i];
     if (target == ignore_index) {
       losses[i] = 0.0f;
-      if (dloss != 0.0f) std::fill(row, row + Vp, 0.0f);
+      if (backward) std::fill(row, row + Vp, 0.0f);
       continue;
     }
+    const float target_logit = row[target];
+    thread_local std::vector<float> chunk_max;  // the max each chunk's exps are relative to
+    chunk_max.resize((size_t)(V + kChunk - 1) / kChunk);
     float mx = -INFINITY, sum = 0.0f;
-    for (int c0 = 0; c0 < V; c0 += kChunk) {
+    for (int c0 = 0, k = 0; c0 < V; c0 += kChunk, k++) {
       int c1 = std::min(V, c0 + kChunk);
       float cmx = -INFINITY;
 #pragma omp simd reduction(max : cmx)
@@ -35,18 +42,31 @@ void crossentropy_forward_backward(float* logits, float* losses, const int* targ
         sum *= vexp(mx - cmx);
         mx = cmx;
       }
+      chunk_max[k] = mx;
       float csum = 0.0f;
+      if (backward) {
 #pragma omp simd reduction(+ : csum)
-      for (int c = c0; c < c1; c++) csum += vexp(row[c] - mx);
+        for (int c = c0; c < c1; c++) {
+          row[c] = vexp(row[c] - mx);
+          csum += row[c];
+        }
+      } else {
+#pragma omp simd reduction(+ : csum)
+        for (int c = c0; c < c1; c++) csum += vexp(row[c] - mx);
+      }
       sum += csum;
     }
     float log_sum = std::log(sum);
-    losses[i] = mx + log_sum - row[target];
-    if (dloss == 0.0f) continue;
+    losses[i] = mx + log_sum - target_logit;
+    if (!backward) continue;
     // dloss * (softmax - onehot); the row is still in L2 (200 KiB at Vp = 50304)
     float shift = mx + log_sum;
+    for (int c0 = 0, k = 0; c0 < V; c0 += kChunk, k++) {
+      const int c1 = std::min(V, c0 + kChunk);
+      const float scale = dloss * vexp(chunk_max[k] - shift);
 #pragma omp simd
-    for (int c = 0; c < V; c++) row[c] = dloss * vexp(row[c] - shift);
+      for (int c = c0; c < c1; c++) row[c] *= scale;
+    }
     row[target] -= dloss;
     std::fill(row + V, row + Vp, 0.0f);
   }
