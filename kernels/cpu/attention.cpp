@@ -48,16 +48,39 @@ void tile_scores(float* S, const Head& hd, int i0, int bq, int j0, int bk) {
               hd.k + (size_t)j0 * hd.ld, hd.ld, 0.0f, S, kBlock);
 }
 
+// The visible range widened to whole 16-float vectors, within the kBlock-wide scratch row: a
+// loop over it has no scalar remainder (which cost as much as the vectors at T = 64's short rows),
+// and a select keeps the columns outside [lo, hi) out of the result.
+struct Span {
+  int lo, hi;
+};
+constexpr int kVec = 16;
+Span vector_span(Visible v) { return {v.lo / kVec * kVec, std::min(kBlock, (v.hi + kVec - 1) / kVec * kVec)}; }
+
+// max of row[lo, hi); -inf when the range is empty
+float max_visible(const float* row, Visible v) {
+  const Span s = vector_span(v);
+  float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+  for (int c = s.lo; c < s.hi; c++) {
+    const bool seen = c >= v.lo && c < v.hi;
+    mx = seen && row[c] > mx ? row[c] : mx;  // std::max does not vectorise here
+  }
+  return mx;
+}
+
 // row[lo, hi) = exp(row - shift), zeros elsewhere in [0, bk); returns the sum of the exps.
 float exp_visible(float* row, Visible v, int bk, float shift) {
+  const Span s = vector_span(v);
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-  for (int c = v.lo; c < v.hi; c++) {
-    row[c] = vexp(row[c] - shift);
+  for (int c = s.lo; c < s.hi; c++) {
+    const float e = vexp(row[c] - shift);
+    row[c] = c >= v.lo && c < v.hi ? e : 0.0f;
     sum += row[c];
   }
-  std::fill(row, row + v.lo, 0.0f);
-  std::fill(row + v.hi, row + bk, 0.0f);
+  std::fill(row, row + s.lo, 0.0f);
+  if (s.hi < bk) std::fill(row + s.hi, row + bk, 0.0f);
   return sum;
 }
 
@@ -85,11 +108,13 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
         float* lse_bh = lse + ((size_t)b * NH + h) * T;       // (T)
         for (int i0 = 0; i0 < T; i0 += kBlock) {
           int bq = std::min(kBlock, T - i0);
-          std::fill(O.begin(), O.end(), 0.0f);
           std::fill(m, m + bq, -INFINITY);
           std::fill(l, l + bq, 0.0f);
           for (int j0 = first_key(hd, i0); j0 < i0 + bq; j0 += kBlock) {
             int bk = std::min(kBlock, i0 + bq - j0);
+            // the first key tile sets O and the softmax state outright: nothing to rescale, and
+            // at T <= kBlock it is the only tile
+            const bool first = j0 == first_key(hd, i0);
             tile_scores(S.data(), hd, i0, bq, j0, bk);
             for (int r = 0; r < bq; r++) {
               float* srow = S.data() + r * kBlock;
@@ -98,11 +123,13 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
                 std::fill(srow, srow + bk, 0.0f);
                 continue;
               }
-              float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-              for (int c = v.lo; c < v.hi; c++) mx = srow[c] > mx ? srow[c] : mx;  // std::max does not vectorise here
-              float mnew = std::max(m[r], mx);
+              float mnew = std::max(m[r], max_visible(srow, v));
               float sum = exp_visible(srow, v, bk, mnew);
+              if (first) {
+                l[r] = sum;
+                m[r] = mnew;
+                continue;
+              }
               float alpha = vexp(m[r] - mnew);  // rescales what earlier key tiles contributed
               l[r] = l[r] * alpha + sum;
               m[r] = mnew;
@@ -110,9 +137,9 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 #pragma omp simd
               for (int d = 0; d < hs; d++) orow[d] *= alpha;
             }
-            // O += P @ V
+            // O (+)= P @ V
             serial_gemm(false, false, bq, hs, bk, 1.0f, S.data(), kBlock,
-                        hd.v + (size_t)j0 * hd.ld, hd.ld, 1.0f, O.data(), hs);
+                        hd.v + (size_t)j0 * hd.ld, hd.ld, first ? 0.0f : 1.0f, O.data(), hs);
           }
           for (int r = 0; r < bq; r++) {
             float inv = 1.0f / l[r];
