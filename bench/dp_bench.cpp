@@ -73,7 +73,7 @@ Timing run(Model& model, DataParallel& dp, Communicator& world, const std::vecto
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);
   comm_init(&argc, &argv);
-  Gpt2BenchFlags flags{.out = "dp_bench.json", .steps = 3};
+  Gpt2BenchFlags flags{.out = KVMTRAIN_BENCH_RESULTS "/dp_bench.json", .steps = 3};
   double bucket_mb = 25;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];

@@ -5,7 +5,7 @@
 // Two MFUs: `mfu` divides the mean step by the best peak of the whole run (measured before and
 // after the steps); `mfu_paired` is the median over steps of each step against the peak measured
 // right after it, which follows this shared machine's speed as it drifts (±15% within minutes).
-// Writes JSON (--out) and prints one row.
+// Writes JSON (--out, default bench/results/train_bench.json in the build tree) and prints one row.
 //   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]
 //               [--profile 0|1] [--out FILE]
 // --profile 1 times every kernel call (bench/timed_backend.h) and adds a per-kernel table.
@@ -34,7 +34,7 @@
 
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);  // the same runtime settings as kvmtrain itself
-  Gpt2BenchFlags flags{.out = "train_bench.json", .steps = 4};
+  Gpt2BenchFlags flags{.out = KVMTRAIN_BENCH_RESULTS "/train_bench.json", .steps = 4};
   std::string precision = "fp32";
   bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {

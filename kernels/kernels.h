@@ -25,7 +25,7 @@
   /* tanh approximation, as GPT-2 */                                                                 \
   X(void, gelu_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                       \
   X(void, gelu_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,      \
-                          const float* dout /*(N)*/, int N))                                                                    \
+                          const float* dout /*(N)*/, int N))                                         \
   X(void, residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/, const float* inp2 /*(N)*/, \
                              int N))                                                                 \
   X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
@@ -56,7 +56,7 @@
   X(void, matmul_backward, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,          \
                             float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,          \
                             const float* inp /*(N,IC)*/, const float* weight /*(OC,IC)*/, int N,    \
-                            int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))                                        \
+                            int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))          \
   /* Causal multi-head attention, scale 1/sqrt(hs), hs = C/NH. qkv rows are q,k,v each C wide,     \
      head h at columns [h*hs,(h+1)*hs) of each. window 0: query t sees keys [0,t]; window > 0:     \
      keys (t-window, t]. Flash-style: the T x T matrix is never stored; lse (the per-row           \
@@ -101,7 +101,7 @@
   /* relu(x)^2 */                                                                                    \
   X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
   X(void, relu2_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,     \
-                           const float* dout /*(N)*/, int N))                                                                   \
+                           const float* dout /*(N)*/, int N))                                        \
   /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
      (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
      heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
@@ -149,7 +149,7 @@
   X(void, matmul_backward_bf16, (float* dinp /*(N,IC) or nullptr*/, float* dweight /*(OC,IC)*/,     \
                                  float* dbias /*(OC) or nullptr*/, const float* dout /*(N,OC)*/,     \
                                  const float* inp /*(N,IC)*/, const kernels::bf16* weight /*(OC,IC)*/, \
-                                 int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))                            \
+                                 int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight)) \
   /* The GPT-2 MLP's first layer fused with its GELU: pre = inp @ weight^T + bias, out =          \
      gelu(pre), pre kept for the backward (CUDA: cuBLASLt's GELU_AUX_BIAS epilogue, tanh GELU).      \
      On CUDA OC must be a multiple of 8 (the auxiliary leading dimension). */                       \

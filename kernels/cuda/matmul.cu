@@ -145,8 +145,8 @@ void forward_gemm(float* out, const void* inp, const void* weight, const float* 
   gemm(out, {weight, CUBLAS_OP_T, IC, OC}, {inp, CUBLAS_OP_N, IC, N}, 0.0f, bias, prec, pre);
 }
 
-// dinp (N,IC) or nullptr: accumulated; dweight (OC,IC): accumulated, or overwritten (beta 0, its
-// old contents never read); dout (N,OC), inp (N,IC), weight (OC,IC)
+// dinp (N,IC) or nullptr, dweight (OC,IC): accumulated, or overwritten (beta 0, their old contents
+// never read); dout (N,OC), inp (N,IC), weight (OC,IC)
 void backward_gemms(float* dinp, float* dweight, const void* dout, const void* inp, const void* weight, int N,
                     int IC, int OC, Precision prec, bool accumulate_dinp, bool accumulate_dweight) {
   if (dinp)  // dinp (+)= dout @ W; column-major: dinp^T (IC,N) (+)= W^T (IC,OC) @ dout^T (OC,N)
@@ -178,11 +178,9 @@ void round_nearest(bf16* out, const float* inp, size_t n) {
   cuda_check(cudaGetLastError());
 }
 
-// The bf16 copies of inp and dout live in one device buffer for the process, grown to the largest
-// request (the first training step reaches it) and never shrunk.
 // No rows or no outputs: nothing to add, but gradients to overwrite are zeros (the CPU twin's
 // empty GEMM).
-bool no_rows(int N, int OC, int IC, float* dinp, float* dweight, float* dbias, bool accumulate_dinp,
+bool empty_product(int N, int OC, int IC, float* dinp, float* dweight, float* dbias, bool accumulate_dinp,
              bool accumulate_dweight) {
   if (N != 0 && OC != 0) return false;
   if (dinp && !accumulate_dinp) cuda_check(cudaMemsetAsync(dinp, 0, (size_t)N * IC * sizeof(float)));
@@ -193,6 +191,8 @@ bool no_rows(int N, int OC, int IC, float* dinp, float* dweight, float* dbias, b
   return true;
 }
 
+// The bf16 copies of inp and dout live in one device buffer for the process, grown to the largest
+// request (the first training step reaches it) and never shrunk.
 bf16* bf16_scratch(size_t n) {
   static bf16* buf = nullptr;
   static size_t capacity = 0;
@@ -219,7 +219,7 @@ void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dou
                      const float* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
   // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten;
   // dout (N,OC), inp (N,IC), weight (OC,IC); device
-  if (no_rows(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
+  if (empty_product(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
   backward_gemms(dinp, dweight, dout, inp, weight, N, IC, OC, kFp32, accumulate_dinp, accumulate_dweight);
   if (dbias) bias_backward(dbias, dout, N, OC, accumulate_dweight);
 }
@@ -251,7 +251,7 @@ void matmul_backward_bf16(float* dinp, float* dweight, float* dbias, const float
                           const bf16* weight, int N, int IC, int OC, bool accumulate_dinp, bool accumulate_dweight) {
   // dinp (N,IC) or nullptr, dweight (OC,IC), dbias (OC) or nullptr: accumulated or overwritten
   // (fp32); dout (N,OC), inp (N,IC), weight (OC,IC) bf16; device
-  if (no_rows(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
+  if (empty_product(N, OC, IC, dinp, dweight, dbias, accumulate_dinp, accumulate_dweight)) return;
   size_t n_dout = (size_t)N * OC, n_inp = (size_t)N * IC;
   size_t inp_at = (n_dout + 127) / 128 * 128;  // keeps the inp copy 256-byte aligned, as the fastest GEMMs want
   bf16* dout16 = bf16_scratch(inp_at + n_inp);  // (N,OC)

@@ -27,13 +27,7 @@ config::ModelConfig small(std::vector<std::string> mixers) {
 }
 
 using test_models::perturb;
-
-std::vector<int> random_tokens(size_t n, int V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> t(n);
-  for (auto& x : t) x = int(rng.next_u64() % V);
-  return t;
-}
+using test_models::tokens;
 
 TEST(Model, BlockRecomputeGivesIdenticalGradients) {
   for (auto mixers : std::vector<std::vector<std::string>>{{"swa", "attn"}, {"kvm", "swa"}}) {
@@ -43,7 +37,7 @@ TEST(Model, BlockRecomputeGivesIdenticalGradients) {
     perturb(a, 3);
     std::copy(a.params(), a.params() + a.table().total(), b.params());
     EXPECT_LT(b.activation_bytes(), a.activation_bytes());
-    auto x = random_tokens(size_t(B) * T, m.vocab_size, 5), y = random_tokens(size_t(B) * T, m.vocab_size, 6);
+    auto x = tokens(size_t(B) * T, m.vocab_size, 5), y = tokens(size_t(B) * T, m.vocab_size, 6);
     for (Model* model : {&a, &b}) {
       model->zero_grad();
       model->forward(x.data(), B, T);
@@ -68,8 +62,8 @@ TEST(Model, ZeroGradMakesTheNextBackwardOverwriteEveryGradient) {
     Model ref(m, B, T), model(m, B, T);
     perturb(ref, 7);
     std::copy(ref.params(), ref.params() + ref.table().total(), model.params());
-    const auto x1 = random_tokens(size_t(B) * T, m.vocab_size, 8), y1 = random_tokens(size_t(B) * T, m.vocab_size, 9);
-    const auto x2 = random_tokens(size_t(B) * T, m.vocab_size, 10), y2 = random_tokens(size_t(B) * T, m.vocab_size, 11);
+    const auto x1 = tokens(size_t(B) * T, m.vocab_size, 8), y1 = tokens(size_t(B) * T, m.vocab_size, 9);
+    const auto x2 = tokens(size_t(B) * T, m.vocab_size, 10), y2 = tokens(size_t(B) * T, m.vocab_size, 11);
     auto pass = [&](Model& mod, const std::vector<int>& x, const std::vector<int>& y) {
       mod.forward(x.data(), B, T);
       mod.loss(y.data(), 1.0f / (B * T));
@@ -109,7 +103,7 @@ TEST_P(Decode, StepReproducesForwardLogits) {
   const int T = 23;  // KVM: chunks of 4, a partial last chunk, several state updates
   Model model(m, 1, T);
   perturb(model, 9);
-  auto x = random_tokens(T, m.vocab_size, 10);
+  auto x = tokens(T, m.vocab_size, 10);
   model.forward(x.data(), 1, T);
   const int Vp = m.padded_vocab_size;
   std::vector<float> full(model.logits(), model.logits() + size_t(T) * Vp);
