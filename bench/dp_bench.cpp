@@ -7,9 +7,8 @@
 // optimizer step (with ZeRO-1's all-gather), and the bytes each rank sends per step, as a ring
 // algorithm sends them: 2(N-1)/N x the gradient bytes for an all-reduce, (N-1)/N for a
 // reduce-scatter and again for the all-gather. Also one all-reduce of all the gradients alone,
-// for the bandwidth the ranks see. Rank 0 writes JSON (--out) and prints a table.
-//   mpiexec -n N dp_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 3]
-//                         [--bucket-mb 25] [--out FILE]
+// for the bandwidth the ranks see. Rank 0 writes JSON (--out) and prints a table. The flags are
+// kUsage's below.
 #include <omp.h>
 
 #include <chrono>
@@ -68,6 +67,10 @@ Timing run(Model& model, DataParallel& dp, Communicator& world, const std::vecto
   return t;
 }
 
+constexpr const char* kUsage =
+    "usage: mpiexec -n N dp_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 3] [--bucket-mb 25]\n"
+    "                             [--out FILE]\n";
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -75,11 +78,12 @@ int main(int argc, char** argv) {
   comm_init(&argc, &argv);
   Gpt2BenchFlags flags{.out = KVMTRAIN_BENCH_RESULTS "/dp_bench.json", .steps = 3};
   double bucket_mb = 25;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--bucket-mb") bucket_mb = std::atof(argv[i + 1]);
-    else if (!flags.parse(a, argv[i + 1])) return std::fprintf(stderr, "dp_bench: unknown flag %s\n", a.c_str()), 2;
-  }
+  const int parsed = flags.parse_args(argc, argv, "dp_bench", kUsage, [&](const std::string& a, const char* v) {
+    if (a != "--bucket-mb") return false;
+    bucket_mb = std::atof(v);
+    return true;
+  });
+  if (parsed >= 0) return comm_finalize(), parsed;
   const std::string& config_path = flags.config_path;
   const std::string& out = flags.out;
   const int B = flags.B, T = flags.T, steps = flags.steps;

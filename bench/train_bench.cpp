@@ -6,9 +6,7 @@
 // after the steps); `mfu_paired` is the median over steps of each step against the peak measured
 // right after it, which follows this shared machine's speed as it drifts (±15% within minutes).
 // Writes JSON (--out, default bench/results/train_bench.json in the build tree) and prints one row.
-//   train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]
-//               [--profile 0|1] [--out FILE]
-// --profile 1 times every kernel call (bench/timed_backend.h) and adds a per-kernel table.
+// The flags are kUsage's below; --profile 1 times every kernel call (bench/timed_backend.h) and adds a per-kernel table.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -32,17 +30,22 @@
 #include "trainer/rng.h"
 #include "trainer/runtime_env.h"
 
+constexpr const char* kUsage =
+    "usage: train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]\n"
+    "                   [--profile 0|1] [--out FILE]\n";
+
 int main(int argc, char** argv) {
   ensure_runtime_env(argv);  // the same runtime settings as kvmtrain itself
   Gpt2BenchFlags flags{.out = KVMTRAIN_BENCH_RESULTS "/train_bench.json", .steps = 4};
   std::string precision = "fp32";
   bool profile = false;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--precision") precision = argv[i + 1];
-    else if (a == "--profile") profile = std::atoi(argv[i + 1]) != 0;
-    else if (!flags.parse(a, argv[i + 1])) return std::fprintf(stderr, "train_bench: unknown flag %s\n", a.c_str()), 2;
-  }
+  const int parsed = flags.parse_args(argc, argv, "train_bench", kUsage, [&](const std::string& a, const char* v) {
+    if (a == "--precision") precision = v;
+    else if (a == "--profile") profile = std::atoi(v) != 0;
+    else return false;
+    return true;
+  });
+  if (parsed >= 0) return parsed;
   const std::string& config_path = flags.config_path;
   const std::string& out = flags.out;
   const int B = flags.B, T = flags.T, steps = flags.steps;

@@ -88,10 +88,15 @@ void expect_close(const std::vector<G>& got, const std::vector<W>& want, double 
 }
 
 // max |got - want| <= tol * max |want| over [0, n): one tolerance for a whole tensor, scaled by
-// its largest value (backends that sum in different orders).
+// its largest value (backends that sum in different orders). A NaN or inf on either side fails
+// (std::max would skip a NaN difference).
 inline void expect_close_to_max(const float* got, const float* want, size_t n, float tol, const std::string& what) {
   float scale = 0, diff = 0;
   for (size_t i = 0; i < n; i++) {
+    if (!std::isfinite(got[i]) || !std::isfinite(want[i])) {
+      ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+      return;
+    }
     scale = std::max(scale, std::fabs(want[i]));
     diff = std::max(diff, std::fabs(got[i] - want[i]));
   }
