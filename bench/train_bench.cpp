@@ -6,7 +6,8 @@
 // after the steps); `mfu_paired` is the median over steps of each step against the peak measured
 // right after it, which follows this shared machine's speed as it drifts (±15% within minutes).
 // Writes JSON (--out, default bench/results/train_bench.json in the build tree) and prints one row.
-// The flags are kUsage's below; --profile 1 times every kernel call (bench/timed_backend.h) and adds a per-kernel table.
+// The flags are kUsage's below; --profile 1 times every kernel call (bench/timed_backend.h) and
+// adds a per-kernel table.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
