@@ -5,6 +5,7 @@
 // gradient buffers start filled with random values g0 and must end at g0 + dL/dx.
 // Tolerances: forward |got - ref| <= 1e-5 (1 + |ref|) (2e-5 where a float exp or tanh is
 // involved), backward |got - g0 - fd| <= 2e-4 (1 + |fd|); fp32 round-off on these shapes is ~1e-6.
+// The layout kernels only move data (merge_heads is split_heads' adjoint): compared exactly.
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
@@ -490,6 +491,70 @@ TEST(GlobalNorm, SquaredSumInDouble) {
   double want = 0.0;
   for (float x : g) want += (double)x * x;
   EXPECT_NEAR(cpu::global_norm_squared(g.data(), n), want, 1e-6 * want);
+}
+
+// ---- data movement between layouts (kernels/cpu/layout.cpp) ----------------------------------
+
+// Token rows of stride ld holding NH heads of hs floats from column `first` (qkv's k block, say)
+// to (B,NH,T,hs) and back: exact copies, and the row columns outside the heads left alone.
+TEST(Layout, SplitAndMergeHeadsMoveEveryElementToItsPlace) {
+  const int B = 2, T = 5, NH = 3, hs = 4, first = 7, ld = first + NH * hs + 3;
+  Vec rows = randn((size_t)B * T * ld, 40), heads((size_t)B * NH * T * hs, NAN);
+  cpu::split_heads(heads.data(), rows.data() + first, B, T, NH, hs, ld);
+  auto head_at = [&](int b, int h, int t, int d) { return ((size_t)(b * NH + h) * T + t) * hs + d; };
+  auto row_at = [&](int b, int h, int t, int d) { return (size_t)(b * T + t) * ld + first + h * hs + d; };
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++)
+      for (int t = 0; t < T; t++)
+        for (int d = 0; d < hs; d++) ASSERT_EQ(heads[head_at(b, h, t, d)], rows[row_at(b, h, t, d)]);
+
+  for (int accumulate : {0, 1}) {
+    SCOPED_TRACE(accumulate ? "accumulated" : "written");
+    const Vec g0 = randn(rows.size(), 41);
+    Vec out = g0;
+    cpu::merge_heads(out.data() + first, heads.data(), B, T, NH, hs, ld, accumulate);
+    Vec want = g0;
+    for (int b = 0; b < B; b++)
+      for (int h = 0; h < NH; h++)
+        for (int t = 0; t < T; t++)
+          for (int d = 0; d < hs; d++)
+            want[row_at(b, h, t, d)] = (accumulate ? g0[row_at(b, h, t, d)] : 0.0f) + heads[head_at(b, h, t, d)];
+    expect_close(out, to_double(want), 0.0, "rows");
+  }
+}
+
+// out = a out + b inp over strided rows, against the scalar formula in double: the contiguous
+// path, the strided one, a broadcast row (ldi 0), a == 0 never reading out (it starts NaN), and
+// out == inp.
+TEST(Layout, AxpbyRowsMatchesScalarFormula) {
+  const size_t N = 6;
+  const int C = 37;
+  struct Case {
+    const char* what;
+    float a, b;
+    size_t ldo, ldi;
+  };
+  const size_t c0 = C, c5 = C + 5, c9 = C + 9;
+  for (const Case& c : {Case{"contiguous", 0.75f, -1.5f, c0, c0}, Case{"contiguous, a 0", 0.0f, 2.0f, c0, c0},
+                        Case{"strided", 0.5f, 0.25f, c5, c9}, Case{"strided, a 0", 0.0f, -0.5f, c5, c9},
+                        Case{"broadcast row", 1.0f, 1.0f, c5, 0}}) {
+    SCOPED_TRACE(c.what);
+    Vec out = randn(N * c.ldo, 42), inp = randn(c.ldi ? N * c.ldi : (size_t)C, 43);
+    Vec start = out;
+    if (c.a == 0.0f)  // only the C columns of each row are out's; a == 0 must not read them
+      for (size_t r = 0; r < N; r++) std::fill(out.begin() + r * c.ldo, out.begin() + r * c.ldo + C, NAN);
+    cpu::axpby_rows(out.data(), inp.data(), c.a, c.b, N, C, c.ldo, c.ldi);
+    DVec want(start.begin(), start.end());
+    for (size_t r = 0; r < N; r++)
+      for (int k = 0; k < C; k++)
+        want[r * c.ldo + k] =
+            (c.a == 0.0f ? 0.0 : (double)c.a * start[r * c.ldo + k]) + (double)c.b * inp[r * c.ldi + k];
+    expect_close(out, want, kFwdTol, "out");
+  }
+  Vec x = randn(N * C, 44), want_x = x;
+  cpu::axpby_rows(x.data(), x.data(), 0.5f, 2.0f, N, C, C, C);
+  for (float& v : want_x) v = 0.5f * v + 2.0f * v;
+  expect_close(x, to_double(want_x), kFwdTol, "in place");
 }
 
 }  // namespace
