@@ -5,7 +5,7 @@
 // gradient buffers start filled with random values g0 and must end at g0 + dL/dx.
 // Tolerances: forward |got - ref| <= 1e-5 (1 + |ref|) (2e-5 where a float exp or tanh is
 // involved), backward |got - g0 - fd| <= 2e-4 (1 + |fd|); fp32 round-off on these shapes is ~1e-6.
-// The layout kernels only move data (merge_heads is split_heads' adjoint): compared exactly.
+// split_heads and merge_heads only move data (merge is split's adjoint): compared exactly.
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
