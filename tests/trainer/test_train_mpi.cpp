@@ -34,8 +34,9 @@ class TrainMpi : public ::testing::Test {
       std::ofstream f(dir / "text" / ("doc" + std::to_string(d) + ".txt"));
       for (int i = 0; i < 40; i++) f << "line " << (d * 7 + i) % 11 << " of the book of numbers. ";
     }
-    ASSERT_EQ(test_util::kvmtrain("prepare --quiet --tokenizer byte --input " + (dir / "text").string() +
-                                      " --output " + (dir / "data").string(), dir).status, 0);
+    const auto prepared = test_util::kvmtrain("prepare --quiet --tokenizer byte --input " + (dir / "text").string() +
+                                                  " --output " + (dir / "data").string(), dir);
+    ASSERT_EQ(prepared.status, 0) << prepared.err;  // 127: no kvmtrain (ctest sets KVMTRAIN_BIN)
     std::ofstream(dir / "tiny.yaml")
         << "model: {vocab_size: 257, n_layer: 2, n_head: 2, d_model: 32, max_seq_len: 32, mixers: [swa, kvm],\n"
            "        swa_window: 8, pos: rope, rope_dims: 8, qk_norm: true, tie_embeddings: false,\n"
