@@ -10,6 +10,8 @@
 //    only the fp32 summation order differs: tolerance 1e-5 * (1 + |ref|).
 #include <gtest/gtest.h>
 
+#include <cfloat>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -113,6 +115,12 @@ TEST(Bf16, StochasticRoundingIsUnbiasedAndBetweenNeighbours) {
 TEST(Bf16, StochasticBitsDependOnGlobalIndexNotOnTheSplit) {
   const size_t n = 10007;
   std::vector<float> in = test_util::randn(n, 3);
+  // special values inside the first whole group (the vector path), which the split below rounds
+  // one at a time: NaN stays NaN (also one whose payload is all in the dropped bits), infinities
+  // stay, the largest float may round up to inf
+  const float special[] = {NAN,      kernels::bits_float(0x7f800001u), INFINITY,    -INFINITY,
+                           FLT_MAX,  -FLT_MAX,                         FLT_TRUE_MIN, -0.0f};
+  std::copy(std::begin(special), std::end(special), in.begin() + 20);
   std::vector<bf16> whole(n), parts(n), other_step(n), other_seed(n);
   kernels::cpu::bf16_round_stochastic(whole.data(), in.data(), n, 5, 11, 1ull << 40);
   // three shards at uneven boundaries, each told its global offset
