@@ -233,7 +233,7 @@ void Model::init(uint64_t seed) {
       float std = resid ? std_resid : 0.02f;
       // embedding and head rows past the real vocabulary stay zero: no token ever selects them
       size_t n = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(cfg_.vocab_size) * cfg_.d_model : size;
-      for (size_t i = 0; i < n; i++) dst[i] = float(rng.normal()) * std;
+      fill_normal(dst, n, std, rng);
     }
     if (sharded) tp::extract(v, whole.data(), p + v.offset);
   }

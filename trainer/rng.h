@@ -1,6 +1,8 @@
 #pragma once
 // Deterministic random numbers that do not depend on the C++ library: splitmix64 for bits,
 // Box-Muller for normals. Used for initialisation and sampling.
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -20,7 +22,25 @@ class Rng {
     return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * M_PI * u2);
   }
   uint64_t state() const { return state_; }
+  // As `draws` calls of next_u64 would leave it: splitmix64's state moves by a constant per draw.
+  void skip(uint64_t draws) { state_ += draws * 0x9E3779B97F4A7C15ull; }
 
  private:
   uint64_t state_;
 };
+
+// dst[i] = normal() * stddev for i < n, exactly as n calls of rng.normal() in a row would give
+// (two draws each) and leaving rng where they would, but spread over the OpenMP threads, each
+// starting from its own skip: GPT-2 124M's 124M normals took 5 s on one core.
+inline void fill_normal(float* dst, size_t n, float stddev, Rng& rng) {
+  const uint64_t start = rng.state();
+#pragma omp parallel
+  {
+    const size_t threads = size_t(omp_get_num_threads()), t = size_t(omp_get_thread_num());
+    const size_t begin = n * t / threads, end = n * (t + 1) / threads;
+    Rng r(start);
+    r.skip(2 * begin);
+    for (size_t i = begin; i < end; i++) dst[i] = float(r.normal()) * stddev;
+  }
+  rng.skip(2 * n);
+}

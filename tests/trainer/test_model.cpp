@@ -3,6 +3,7 @@
 // Tolerances: recompute, bitwise equal (the same kernels run on the same inputs); decode,
 // max|step - forward| <= 1e-5 * max|forward| per position (fp32, summation order differs).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,6 +29,22 @@ config::ModelConfig small(std::vector<std::string> mixers) {
 
 using test_models::perturb;
 using test_models::tokens;
+
+// Model::init's normals, spread over threads by jumping splitmix64 ahead, are the sequential draws
+// bit for bit, and leave the generator where the sequential draws would (the next tensor's start).
+TEST(Rng, FillNormalOnThreadsEqualsSequentialDraws) {
+  const size_t n = 1001;
+  Rng sequential(99), threaded(99);
+  std::vector<float> want(n), got(n, NAN);
+  for (float& x : want) x = float(sequential.normal()) * 0.02f;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(3);
+  fill_normal(got.data(), n, 0.02f, threaded);
+  omp_set_num_threads(threads);
+  for (size_t i = 0; i < n; i++) ASSERT_EQ(got[i], want[i]) << i;
+  EXPECT_EQ(threaded.state(), sequential.state());
+  EXPECT_EQ(threaded.next_u64(), sequential.next_u64());
+}
 
 TEST(Model, BlockRecomputeGivesIdenticalGradients) {
   for (auto mixers : std::vector<std::vector<std::string>>{{"swa", "attn"}, {"kvm", "swa"}}) {
