@@ -10,7 +10,7 @@ class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}
   uint64_t next_u64() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    uint64_t z = (state_ += kGamma);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
@@ -23,9 +23,10 @@ class Rng {
   }
   uint64_t state() const { return state_; }
   // As `draws` calls of next_u64 would leave it: splitmix64's state moves by a constant per draw.
-  void skip(uint64_t draws) { state_ += draws * 0x9E3779B97F4A7C15ull; }
+  void skip(uint64_t draws) { state_ += draws * kGamma; }
 
  private:
+  static constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;  // the state's step per draw
   uint64_t state_;
 };
 

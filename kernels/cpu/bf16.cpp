@@ -39,7 +39,7 @@ void round_group(bf16* out, const float* inp, uint64_t first, uint64_t seed, uin
                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   __m512i c1 = _mm512_set1_epi32(int(uint32_t(first >> 32)));
   __m512i c2 = _mm512_set1_epi32(int(uint32_t(step))), c3 = _mm512_set1_epi32(int(uint32_t(step >> 32)));
-  const __m512i m0 = _mm512_set1_epi32(int(0xD2511F53u)), m1 = _mm512_set1_epi32(int(0xCD9E8D57u));
+  const __m512i m0 = _mm512_set1_epi32(int(kPhiloxM0)), m1 = _mm512_set1_epi32(int(kPhiloxM1));
   uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
   for (int round = 0; round < 10; round++) {
     const __m512i hi0 = mulhi_epu32(c0, m0), lo0 = _mm512_mullo_epi32(c0, m0);
@@ -47,8 +47,8 @@ void round_group(bf16* out, const float* inp, uint64_t first, uint64_t seed, uin
     c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(int(k0)));
     c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(int(k1)));
     c1 = lo1, c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   const __m512i words[4] = {c0, c1, c2, c3};
   // bf16_round_stochastic_bits on 16 lanes
@@ -82,12 +82,12 @@ void philox_lanes(uint32_t words[4][kLanes], uint64_t first, uint64_t seed, uint
   for (int round = 0; round < 10; round++) {
 #pragma omp simd
     for (int l = 0; l < kLanes; l++) {
-      const uint64_t p0 = uint64_t(0xD2511F53u) * c0[l], p1 = uint64_t(0xCD9E8D57u) * c2[l];
+      const uint64_t p0 = uint64_t(kPhiloxM0) * c0[l], p1 = uint64_t(kPhiloxM1) * c2[l];
       const uint32_t n0 = uint32_t(p1 >> 32) ^ c1[l] ^ k0, n2 = uint32_t(p0 >> 32) ^ c3[l] ^ k1;
       c1[l] = uint32_t(p1), c3[l] = uint32_t(p0), c0[l] = n0, c2[l] = n2;
     }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
 }
 

@@ -181,7 +181,7 @@ void round_nearest(bf16* out, const float* inp, size_t n) {
 // No rows or no outputs: nothing to add, but gradients to overwrite are zeros (the CPU twin's
 // empty GEMM).
 bool empty_product(int N, int OC, int IC, float* dinp, float* dweight, float* dbias, bool accumulate_dinp,
-             bool accumulate_dweight) {
+                   bool accumulate_dweight) {
   if (N != 0 && OC != 0) return false;
   if (dinp && !accumulate_dinp) cuda_check(cudaMemsetAsync(dinp, 0, (size_t)N * IC * sizeof(float)));
   if (!accumulate_dweight) {
