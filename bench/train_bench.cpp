@@ -7,7 +7,7 @@
 // right after it, which follows this shared machine's speed as it drifts (±15% within minutes).
 // Writes JSON (--out, default bench/results/train_bench.json in the build tree) and prints one row.
 // The flags are kUsage's below; --profile 1 times every kernel call (bench/timed_backend.h) and
-// adds a per-kernel table.
+// adds a per-kernel table, and one of the linear layers' GEMM rates per shape against the peak.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     opt.step(model.params(), model.grads(), 1e-4f, clip_scale(norm, 1.0f));
     if (bf16) model.refresh_bf16(1, uint64_t(s + 1));
     auto t3 = clock::now();
-    if (s == 0) timed_backend::totals().clear();  // the warm-up step is not timed
+    if (s == 0) timed_backend::totals().clear(), timed_backend::linear_totals().clear();  // warm-up: not timed
     if (s > 0) {
       best = std::min(best, seconds(t0, t3)), total += seconds(t0, t3);
       fwd += seconds(t0, t1), bwd += seconds(t1, t2), upd += seconds(t2, t3);
@@ -116,6 +116,25 @@ int main(int argc, char** argv) {
       std::printf("%-34s %10.4f %6.1f%%\n", name.c_str(), sec, 100 * sec / median_like);
     }
     row["kernel_s_per_step"] = per_kernel;
+    // The linear layers' GEMMs against the peak: with the rest of the step, what MFU is made of
+    json::Object per_shape;
+    double linear_s = 0, linear_flops = 0;
+    std::printf("\n%-44s %10s %8s %8s %8s\n", "linear layer (kernel N x IC->OC)", "calls/step", "ms/call", "GFLOP/s",
+                "of peak");
+    for (const auto& [shape, t] : timed_backend::linear_totals()) {
+      linear_s += t.seconds, linear_flops += t.flops;
+      per_shape[shape] = json::Object{{"s_per_step", t.seconds / steps}, {"flops_per_s", t.flops / t.seconds}};
+      std::printf("%-44s %10.0f %8.3f %8.1f %7.1f%%\n", shape.c_str(), double(t.calls) / steps, 1e3 * t.seconds / t.calls,
+                  t.flops / t.seconds / 1e9, 100 * t.flops / t.seconds / peak);
+    }
+    if (linear_s > 0) {
+      std::printf("linear layers: %.1f%% of the step at %.1f GFLOP/s, %.1f%% of the peak; the rest %.3f s a step\n",
+                  100 * linear_s / total, linear_flops / linear_s / 1e9, 100 * linear_flops / linear_s / peak,
+                  (total - linear_s) / steps);
+      row["linear_s_per_step"] = linear_s / steps;
+      row["linear_flops_per_s"] = linear_flops / linear_s;
+      row["linear_s_per_step_by_shape"] = per_shape;
+    }
   }
   std::ofstream(out) << json::dump(row, 2) << "\n";
   std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs (fwd %.3f bwd %.3f update %.3f)  mfu %5.1f%%"
