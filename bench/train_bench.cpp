@@ -96,11 +96,11 @@ int main(int argc, char** argv) {
   const double mfu_paired = sorted.size() % 2 ? sorted[sorted.size() / 2]
                                               : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
   peak = std::max(peak, measure_peak(2.0));
-  const double median_like = total / steps;
-  const double tok_s = B * T / median_like;
+  const double mean_step = total / steps;
+  const double tok_s = B * T / mean_step;
   const double mfu = tok_s * flops_token / peak;
   json::Object row{{"impl", "kvmtrain"}, {"B", B}, {"T", T}, {"threads", omp_get_max_threads()},
-                   {"params", uint64_t(model.num_params())}, {"step_s_mean", median_like}, {"step_s_best", best},
+                   {"params", uint64_t(model.num_params())}, {"step_s_mean", mean_step}, {"step_s_best", best},
                    {"forward_s_mean", fwd / steps}, {"backward_s_mean", bwd / steps}, {"update_s_mean", upd / steps},
                    {"tokens_per_s", tok_s}, {"flops_per_token", flops_token}, {"precision", precision},
                    {"gemm_peak_flops", peak}, {"openblas_sgemm_peak_flops", openblas_peak}, {"mfu", mfu},
@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
     std::printf("%-34s %10s %7s\n", "kernel", "s/step", "share");
     for (const auto& [sec, name] : rows) {
       per_kernel[name] = sec;
-      std::printf("%-34s %10.4f %6.1f%%\n", name.c_str(), sec, 100 * sec / median_like);
+      std::printf("%-34s %10.4f %6.1f%%\n", name.c_str(), sec, 100 * sec / mean_step);
     }
     row["kernel_s_per_step"] = per_kernel;
     // The linear layers' GEMMs against the peak: with the rest of the step, what MFU is made of
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
   std::ofstream(out) << json::dump(row, 2) << "\n";
   std::printf("kvmtrain %s B=%d T=%-4d threads=%d  %8.1f tok/s  step %.3fs (fwd %.3f bwd %.3f update %.3f)  mfu %5.1f%%"
               " (paired %5.1f%%)  oneDNN %s peak %.1f GFLOP/s  (OpenBLAS sgemm %.1f)\n", precision.c_str(), B, T,
-              omp_get_max_threads(), tok_s, median_like, fwd / steps, bwd / steps, upd / steps, 100 * mfu,
+              omp_get_max_threads(), tok_s, mean_step, fwd / steps, bwd / steps, upd / steps, 100 * mfu,
               100 * mfu_paired, precision.c_str(), peak / 1e9, openblas_peak / 1e9);
   return 0;
 }
