@@ -47,9 +47,10 @@ struct Timed<F> {
 };
 
 // A linear layer's kernel (matmul_forward, matmul_gelu_forward, matmul_backward and their bf16
-// twins), timed as Timed<F> and also per shape. kN is the position of N among F's parameters (IC
-// and OC follow it); a backward computes dinp's product besides dweight's when its first
-// argument, dinp, is given.
+// twins), timed as Timed<F> and also per shape: the kernel's whole time, with the GELU, the bias
+// gradient and the bf16 rounding of its operands that it does besides its GEMMs. kN is the
+// position of N among F's parameters (IC and OC follow it); a backward computes dinp's product
+// besides dweight's when its first argument, dinp, is given.
 template <auto F, size_t kN, bool kBackward>
 struct TimedLinear;
 template <class... A, void (*F)(A...), size_t kN, bool kBackward>

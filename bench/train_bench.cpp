@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
                   (total - linear_s) / steps);
       row["linear_s_per_step"] = linear_s / steps;
       row["linear_flops_per_s"] = linear_flops / linear_s;
-      row["linear_s_per_step_by_shape"] = per_shape;
+      row["linear_by_shape"] = per_shape;
     }
   }
   std::ofstream(out) << json::dump(row, 2) << "\n";
