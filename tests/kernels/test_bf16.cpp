@@ -11,7 +11,6 @@
 #include <gtest/gtest.h>
 
 #include <cfloat>
-
 #include <cmath>
 #include <cstring>
 #include <random>
