@@ -273,8 +273,13 @@ size_t Model::num_params() const {
 }
 
 double Model::flops_per_token(int T) const {
-  const double C = cfg_.d_model, L = cfg_.n_layer, Vp = cfg_.padded_vocab_size;
-  double matmul = L * (2 * C * 3 * C + 2 * C * C + 2 * 2 * C * 4 * C) + 2 * C * Vp;
+  // 2N + attention, so that forward and backward make 6N + 3 x attention, N counted as llm.c and
+  // PaLM count it: every parameter of the whole model (biases, norms and wpe too; the tied
+  // embedding once, as the head) except an untied input embedding, which is only a lookup
+  double params = 0;
+  for (const auto& v : table_.views())
+    if (v.name != "wte" || cfg_.tie_embeddings) params += double(tp::full_size(v));
+  const double C = cfg_.d_model;
   double attention = 0;  // q.k and p.v over the keys each query sees, averaged over the sequence
   for (const auto& y : layers_) {
     double keys = (T + 1) / 2.0;
@@ -282,11 +287,10 @@ double Model::flops_per_token(int T) const {
     if (y.mixer == Mixer::kvm) {
       const auto& kv = cfg_.kvm;
       keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len);
-      matmul += 2 * C * cfg_.n_head;  // the merge gate
     }
     attention += 2 * 2 * C * keys;
   }
-  return matmul + attention;
+  return 2 * params + attention;
 }
 
 void Model::use_bf16() {

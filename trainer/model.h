@@ -124,8 +124,8 @@ class Model {
   size_t num_params() const;         // this rank's parameters (its shards), padding between views excluded
   size_t activation_bytes() const { return acts_.bytes(); }
   const config::ModelConfig& cfg() const { return cfg_; }
-  // Forward FLOPs per token for a sequence of length T (2 per multiply-add): matmuls and attention
-  // (of the whole model, whatever TP).
+  // Forward FLOPs per token for a sequence of length T (2 per multiply-add): 2N, N the whole
+  // model's parameters whatever TP, and attention's products over the keys each query sees.
   double flops_per_token(int T) const;
 
   // Opaque per-KVM-layer state (tape for the backward, decode cache), defined in mixer_kvm.cpp.

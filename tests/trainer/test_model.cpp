@@ -159,6 +159,26 @@ TEST(Model, ParameterNames) {
   EXPECT_THROW(model.table().at("h.1.kvm.gate.weight"), std::runtime_error);  // layer 1 is swa
 }
 
+// MFU's FLOPs: 6N + 3 x attention per token, N as llm.c's fill_in_parameter_sizes counts GPT-2's
+// parameters (the padded vocabulary, wpe, biases and norms, the tied head once); an untied head
+// costs the same products, its input embedding being a lookup.
+TEST(Model, FlopsPerTokenAreTwoPerParameterPlusCausalAttention) {
+  auto m = test_models::gpt2(64);
+  const double C = m.d_model, L = m.n_layer, Vp = m.padded_vocab_size, maxT = m.max_seq_len;
+  const double llmc_params = Vp * C + maxT * C +
+                             L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C) +
+                             2 * C;
+  const int T = 48;
+  const double attention = L * 2 * 2 * C * (T + 1) / 2.0;  // causal: a query sees (T+1)/2 keys on average
+  Model tied(m, 1, T);
+  EXPECT_EQ(tied.num_params(), size_t(llmc_params));
+  EXPECT_DOUBLE_EQ(tied.flops_per_token(T), 2 * llmc_params + attention);
+  m.tie_embeddings = false;
+  Model untied(m, 1, T);
+  EXPECT_EQ(untied.num_params(), size_t(llmc_params + Vp * C));
+  EXPECT_DOUBLE_EQ(untied.flops_per_token(T), tied.flops_per_token(T));
+}
+
 TEST(Model, PaperInitZeroesOutputProjections) {
   auto m = small({"kvm", "swa"});
   m.zero_init_out = true;
