@@ -278,7 +278,7 @@ double Model::flops_per_token(int T) const {
   // embedding once, as the head) except an untied input embedding, which is only a lookup
   double params = 0;
   for (const auto& v : table_.views())
-    if (v.name != "wte" || cfg_.tie_embeddings) params += double(tp::full_size(v));
+    if (v.offset != wte_ || head_ == wte_) params += double(tp::full_size(v));
   const double C = cfg_.d_model;
   double attention = 0;  // q.k and p.v over the keys each query sees, averaged over the sequence
   for (const auto& y : layers_) {
