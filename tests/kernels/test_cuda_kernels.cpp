@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <random>
@@ -90,17 +91,30 @@ TEST_F(CudaKernels, ResidualMatchesCpu) {
   expect_close(d2_d.host(), d2, 0.0, "dinp2");
 }
 
+// An elementwise activation (out = f(x), and dinp from x and dout) against its CPU twin; g0 is
+// dinp's start: NaN where the backward writes dinp, values where it adds to them.
+struct Activation {
+  void (*forward)(float* out, const float* inp, int N);
+  void (*backward)(float* dinp, const float* inp, const float* dout, int N);
+};
+void expect_activation_matches_cpu(Activation cpu, Activation cuda, const Vec& x, const Vec& dout, const Vec& g0,
+                                   double out_tol, double dinp_tol) {
+  const int n = int(x.size());
+  Vec out(n), dinp = g0;
+  cpu.forward(out.data(), x.data(), n);
+  cpu.backward(dinp.data(), x.data(), dout.data(), n);
+
+  DeviceVec x_d(x), dout_d(dout), out_d{Vec(n)}, dinp_d(g0);
+  cuda.forward(out_d.get(), x_d.get(), n);
+  cuda.backward(dinp_d.get(), x_d.get(), dout_d.get(), n);
+  expect_close(out_d.host(), out, out_tol, "out");
+  expect_close(dinp_d.host(), dinp, dinp_tol, "dinp");
+}
+
 TEST_F(CudaKernels, GeluMatchesCpu) {
   Vec x = randn(N, 6, 3.0f), dout = randn(N, 7), g0(N, NAN);  // dinp is written, never read
-  Vec out(N), dinp = g0;
-  kernels::cpu::gelu_forward(out.data(), x.data(), N);
-  kernels::cpu::gelu_backward(dinp.data(), x.data(), dout.data(), N);
-
-  DeviceVec x_d(x), dout_d(dout), out_d{Vec(N)}, dinp_d(g0);
-  kernels::cuda::gelu_forward(out_d.get(), x_d.get(), N);
-  kernels::cuda::gelu_backward(dinp_d.get(), x_d.get(), dout_d.get(), N);
-  expect_close(out_d.host(), out, 1e-5, "out");
-  expect_close(dinp_d.host(), dinp, 1e-5, "dinp");
+  expect_activation_matches_cpu({kernels::cpu::gelu_forward, kernels::cpu::gelu_backward},
+                                {kernels::cuda::gelu_forward, kernels::cuda::gelu_backward}, x, dout, g0, 1e-5, 1e-5);
 }
 
 TEST_F(CudaKernels, EncoderMatchesCpu) {
@@ -303,15 +317,9 @@ TEST_F(CudaKernels, ScaledResidualMatchesCpu) {
 TEST_F(CudaKernels, EluGateMatchesCpu) {
   Vec x = randn(N, 160, 3.0f), dout = randn(N, 161), g0 = randn(N, 162);
   x[0] = 0.0f;  // the branch point: exp(0) = 1 = 1 + 0
-  Vec out(N), dinp = g0;
-  kernels::cpu::elu_gate_forward(out.data(), x.data(), N);
-  kernels::cpu::elu_gate_backward(dinp.data(), x.data(), dout.data(), N);
-
-  DeviceVec x_d(x), dout_d(dout), out_d{Vec(N)}, dinp_d(g0);
-  kernels::cuda::elu_gate_forward(out_d.get(), x_d.get(), N);
-  kernels::cuda::elu_gate_backward(dinp_d.get(), x_d.get(), dout_d.get(), N);
-  expect_close(out_d.host(), out, 1e-6, "out");
-  expect_close(dinp_d.host(), dinp, 1e-5, "dinp");
+  expect_activation_matches_cpu({kernels::cpu::elu_gate_forward, kernels::cpu::elu_gate_backward},
+                                {kernels::cuda::elu_gate_forward, kernels::cuda::elu_gate_backward}, x, dout, g0, 1e-6,
+                                1e-5);
 }
 
 TEST_F(CudaKernels, TokenShiftMatchesCpu) {
@@ -503,15 +511,8 @@ TEST_F(CudaKernels, AttentionMatchesCpu) {
 
 TEST_F(CudaKernels, Relu2MatchesCpu) {
   Vec x = randn(N, 80, 2.0f), dout = randn(N, 81), g0(N, NAN);  // dinp is written, never read
-  Vec out(N), dinp = g0;
-  kernels::cpu::relu2_forward(out.data(), x.data(), N);
-  kernels::cpu::relu2_backward(dinp.data(), x.data(), dout.data(), N);
-
-  DeviceVec x_d(x), dout_d(dout), out_d{Vec(N)}, dinp_d(g0);
-  kernels::cuda::relu2_forward(out_d.get(), x_d.get(), N);
-  kernels::cuda::relu2_backward(dinp_d.get(), x_d.get(), dout_d.get(), N);
-  expect_close(out_d.host(), out, 0.0, "out");
-  expect_close(dinp_d.host(), dinp, 1e-6, "dinp");
+  expect_activation_matches_cpu({kernels::cpu::relu2_forward, kernels::cpu::relu2_backward},
+                                {kernels::cuda::relu2_forward, kernels::cuda::relu2_backward}, x, dout, g0, 0.0, 1e-6);
 }
 
 TEST_F(CudaKernels, RopeMatchesCpu) {
@@ -535,37 +536,24 @@ TEST_F(CudaKernels, RopeMatchesCpu) {
   expect_close(dinp_d.host(), dinp, 1e-6, "dinp");
 }
 
-TEST(CudaCheck, ErrorNamesTheCallAndACause) {
+// A checked wrapper's error names the status it got, where, and a likely cause.
+void expect_check_error(const std::function<void()>& check, const std::string& status, const std::string& cause) {
   try {
-    cuda_check(cudaErrorMemoryAllocation);
-    FAIL() << "cuda_check did not throw";
+    check();
+    FAIL() << "the check of " << status << " did not throw";
   } catch (const std::runtime_error& e) {
     std::string m = e.what();
-    EXPECT_NE(m.find("cudaErrorMemoryAllocation failed at"), std::string::npos) << m;
-    EXPECT_NE(m.find("likely cause: out of GPU memory"), std::string::npos) << m;
+    EXPECT_NE(m.find(status + " failed at"), std::string::npos) << m;
+    EXPECT_NE(m.find("likely cause: " + cause), std::string::npos) << m;
   }
 }
 
-TEST(CudaCheck, CublasLtErrorNamesTheCallAndACause) {
-  try {
-    cublaslt_check(CUBLAS_STATUS_NOT_SUPPORTED);
-    FAIL() << "cublaslt_check did not throw";
-  } catch (const std::runtime_error& e) {
-    std::string m = e.what();
-    EXPECT_NE(m.find("CUBLAS_STATUS_NOT_SUPPORTED failed at"), std::string::npos) << m;
-    EXPECT_NE(m.find("likely cause: no cuBLASLt algorithm"), std::string::npos) << m;
-  }
-}
-
-TEST(CudaCheck, CublasErrorNamesTheCallAndACause) {
-  try {
-    cublas_check(CUBLAS_STATUS_ALLOC_FAILED);
-    FAIL() << "cublas_check did not throw";
-  } catch (const std::runtime_error& e) {
-    std::string m = e.what();
-    EXPECT_NE(m.find("CUBLAS_STATUS_ALLOC_FAILED failed at"), std::string::npos) << m;
-    EXPECT_NE(m.find("likely cause: out of GPU memory"), std::string::npos) << m;
-  }
+TEST(CudaCheck, ErrorsNameTheCallAndACause) {
+  expect_check_error([] { cuda_check(cudaErrorMemoryAllocation); }, "cudaErrorMemoryAllocation", "out of GPU memory");
+  expect_check_error([] { cublaslt_check(CUBLAS_STATUS_NOT_SUPPORTED); }, "CUBLAS_STATUS_NOT_SUPPORTED",
+                     "no cuBLASLt algorithm");
+  expect_check_error([] { cublas_check(CUBLAS_STATUS_ALLOC_FAILED); }, "CUBLAS_STATUS_ALLOC_FAILED",
+                     "out of GPU memory");
 }
 
 }  // namespace

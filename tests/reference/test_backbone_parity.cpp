@@ -20,7 +20,6 @@
 // kvm_hybrid 0.070 / 0.026, kvm_alone 0.010 / 0.010, kvm_ablations 0.021 / 0.019);
 // KVM_PARITY_SEED=n overrides every case's seed (to pick new ones after a change).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -30,18 +29,16 @@
 #include <functional>
 
 #include "data/json.h"
-#include "tests/test_util.h"
 #include "kernels/kvm.h"
+#include "tests/reference/parity_harness.h"
+#include "tests/test_util.h"
 #include "trainer/model.h"
-#include "trainer/optimizer.h"
-#include "trainer/rng.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
 using test_util::read_raw;
-using test_util::write_raw;
 
 struct Case {
   const char* name;
@@ -187,97 +184,29 @@ TEST_P(BackboneParity, MatchesPyTorch) {
 
   Model model(m, B, T, GetParam().recompute);
   model.init(7);
-  // perturb every parameter so that no gradient path is trivially zero (zero-initialised output
-  // projections included)
   Rng rng(std::getenv("KVM_PARITY_SEED") ? std::stoull(std::getenv("KVM_PARITY_SEED")) : GetParam().seed);
-  for (const auto& v : model.table().views()) {
-    size_t rows = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(m.vocab_size) * m.d_model : v.size;
-    for (size_t i = 0; i < rows; i++) model.params()[v.offset + i] += float(rng.normal() * 0.05);
-  }
-  std::vector<int32_t> tokens(size_t(B) * (T + 1));
-  for (auto& t : tokens) t = int32_t(rng.next_u64() % m.vocab_size);
-  std::vector<int> x(size_t(B) * T), y(size_t(B) * T);
-  for (int b = 0; b < B; b++)
-    for (int t = 0; t < T; t++) x[b * T + t] = tokens[b * (T + 1) + t], y[b * T + t] = tokens[b * (T + 1) + t + 1];
+  const parity::Batch batch = parity::perturb_and_draw(model, m, B, T, rng);
 
-  fs::path dir = fs::temp_directory_path() / (std::string("kvm_backbone_parity_") + GetParam().name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  json::Array layout;
-  for (const auto& v : model.table().views()) {
-    json::Array shape;
-    for (int d : v.shape) shape.push_back(d);
-    layout.push_back(json::Object{{"name", v.name}, {"shape", shape}, {"offset", uint64_t(v.offset)}});
-  }
-  std::ofstream(dir / "layout.json") << json::dump(layout);
+  const auto dir = parity::fresh_dir(std::string("kvm_backbone_parity_") + GetParam().name);
   json::Array mixers;
   for (const auto& s : m.mixers) mixers.push_back(s);
-  json::Object jc{{"vocab_size", m.vocab_size}, {"padded_vocab_size", m.padded_vocab_size}, {"n_layer", m.n_layer},
-                  {"n_head", m.n_head}, {"d_model", m.d_model}, {"max_seq_len", m.max_seq_len},
-                  {"tie_embeddings", m.tie_embeddings}, {"pos", m.pos}, {"rope_dims", m.rope_dims},
-                  {"rope_base", m.rope_base}, {"mlp", m.mlp}, {"qk_norm", m.qk_norm}, {"emb_norm", m.emb_norm},
-                  {"token_shift", m.token_shift}, {"value_residual", m.value_residual},
-                  {"residual_scale", m.residual_scale}, {"bias", m.bias}, {"mixers", mixers},
-                  {"swa_window", m.swa_window}, {"swa_rope_dims", m.swa_rope_dims},
-                  {"B", B}, {"T", T}, {"lr", tc.lr}, {"min_lr", tc.min_lr},
-                  {"warmup_steps", tc.warmup_steps}, {"steps", tc.steps}, {"weight_decay", tc.weight_decay},
-                  {"beta1", tc.beta1}, {"beta2", tc.beta2}, {"eps", tc.eps}, {"grad_clip", tc.grad_clip}};
-  json::Object jk{{"chunk", m.kvm.chunk}, {"window_chunks", m.kvm.window_chunks}, {"sink", m.kvm.sink},
-                  {"budget", m.kvm.budget}, {"min_len", m.kvm.min_len}, {"power_f", m.kvm.power_f},
-                  {"power_e", m.kvm.power_e}, {"sat_n", m.kvm.sat_n}, {"max_slots", m.kvm.max_slots},
-                  {"vlens", m.kvm.vlens}, {"head_temps", m.kvm.head_temps}, {"merge_gate_keys", m.kvm.merge_gate_keys},
-                  {"merge_gate_values", m.kvm.merge_gate_values}, {"gate_appends", m.kvm.gate_appends},
-                  {"gate_initial_state", m.kvm.gate_initial_state}};
-  jc["kvm"] = std::move(jk);
-  std::ofstream(dir / "config.json") << json::dump(jc);
-  const size_t P = model.table().total();
-  write_raw(dir / "params.bin", model.params(), P);
-  write_raw(dir / "tokens.bin", tokens.data(), tokens.size());
+  json::Object jc = parity::config_json(m, tc, B, T);
+  jc.insert({{"pos", m.pos}, {"rope_dims", m.rope_dims}, {"rope_base", m.rope_base}, {"mlp", m.mlp},
+             {"qk_norm", m.qk_norm}, {"emb_norm", m.emb_norm}, {"token_shift", m.token_shift},
+             {"value_residual", m.value_residual}, {"residual_scale", m.residual_scale}, {"bias", m.bias},
+             {"mixers", mixers}, {"swa_window", m.swa_window}, {"swa_rope_dims", m.swa_rope_dims}});
+  jc["kvm"] = json::Object{{"chunk", m.kvm.chunk}, {"window_chunks", m.kvm.window_chunks}, {"sink", m.kvm.sink},
+                           {"budget", m.kvm.budget}, {"min_len", m.kvm.min_len}, {"power_f", m.kvm.power_f},
+                           {"power_e", m.kvm.power_e}, {"sat_n", m.kvm.sat_n}, {"max_slots", m.kvm.max_slots},
+                           {"vlens", m.kvm.vlens}, {"head_temps", m.kvm.head_temps},
+                           {"merge_gate_keys", m.kvm.merge_gate_keys}, {"merge_gate_values", m.kvm.merge_gate_values},
+                           {"gate_appends", m.kvm.gate_appends}, {"gate_initial_state", m.kvm.gate_initial_state}};
+  json::Value result;
+  ASSERT_NO_FATAL_FAILURE(parity::run_reference(dir, "tests/reference/backbone_ref.py", model, jc, batch, result));
 
-  std::string python = std::getenv("KVMTRAIN_PYTHON") ? std::getenv("KVMTRAIN_PYTHON") : "/usr/bin/python3";
-  std::string script = std::string(KVMTRAIN_SOURCE_DIR) + "/tests/reference/backbone_ref.py";
-  std::string cmd = "OMP_NUM_THREADS=1 " + python + " " + script + " " + dir.string();
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << "the PyTorch reference failed: " << cmd;
-
-  auto result = json::parse(std::string(std::istreambuf_iterator<char>(std::ifstream(dir / "result.json").rdbuf()), {}));
   const bool routing_ok = check_kvm_layers(dir, result, model, m, B, T);
-  const std::string flip_note = routing_ok ? "" : " (the KVM routing differs between the implementations, see above)";
-
-  model.zero_grad();
-  model.forward(x.data(), B, T);
-  const size_t NL = size_t(B) * T * m.padded_vocab_size;
-  std::vector<float> logits(model.logits(), model.logits() + NL);
-  auto ref_logits = read_raw(dir / "logits.bin", NL);
-  float max_logit_diff = 0;
-  for (size_t i = 0; i < NL; i++) max_logit_diff = std::max(max_logit_diff, std::fabs(logits[i] - ref_logits[i]));
-  EXPECT_LE(max_logit_diff, 2e-5f) << flip_note;
-
-  const float loss = model.loss(y.data(), 1.0f / float(B * T));
-  model.backward();
-  const auto& ref_losses = result.at("losses").array();
-  EXPECT_NEAR(loss, ref_losses[0].number(), 1e-5);
-
-  auto ref_grads = read_raw(dir / "grads.bin", P);
-  for (const auto& v : model.table().views()) {
-    float max_ref = 0, max_diff = 0;
-    for (size_t i = 0; i < v.size; i++) {
-      max_ref = std::max(max_ref, std::fabs(ref_grads[v.offset + i]));
-      max_diff = std::max(max_diff, std::fabs(model.grads()[v.offset + i] - ref_grads[v.offset + i]));
-    }
-    EXPECT_GT(max_ref, 0.0f) << v.name << ": the reference gradient is zero, the test would prove nothing";
-    EXPECT_LE(max_diff, 1e-4f * max_ref + 1e-7f) << v.name << " (max |g_ref| " << max_ref << ")" << flip_note;
-  }
-
-  AdamW opt(model.table(), tc);
-  for (int step = 0; step < tc.steps; step++) {
-    model.zero_grad();
-    model.forward(x.data(), B, T);
-    float l = model.loss(y.data(), 1.0f / float(B * T));
-    model.backward();
-    EXPECT_NEAR(l, ref_losses[step].number(), 1e-4) << "step " << step << flip_note;
-    float norm = grad_norm(model.grads(), P);
-    opt.step(model.params(), model.grads(), lr_at(tc, step), clip_scale(norm, float(tc.grad_clip)));
-  }
+  const std::string note = routing_ok ? "" : " (the KVM routing differs between the implementations, see above)";
+  parity::expect_matches_reference(model, cfg, batch, B, T, dir, result, note);
   fs::remove_all(dir);
 }
 
