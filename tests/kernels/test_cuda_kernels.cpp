@@ -25,7 +25,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <stdexcept>
 #include <string>
 #include <random>
@@ -537,7 +536,7 @@ TEST_F(CudaKernels, RopeMatchesCpu) {
 }
 
 // A checked wrapper's error names the status it got, where, and a likely cause.
-void expect_check_error(const std::function<void()>& check, const std::string& status, const std::string& cause) {
+void expect_check_error(void (*check)(), const std::string& status, const std::string& cause) {
   try {
     check();
     FAIL() << "the check of " << status << " did not throw";
