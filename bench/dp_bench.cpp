@@ -20,14 +20,14 @@
 #include <vector>
 
 #include "bench/gpt2_bench_flags.h"
-#include "data/json.h"
-#include "trainer/communicator.h"
-#include "trainer/config.h"
-#include "trainer/data_parallel.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
-#include "trainer/rng.h"
-#include "trainer/runtime_env.h"
+#include "common/json.h"
+#include "parallel/communicator.h"
+#include "config/config.h"
+#include "parallel/data_parallel.h"
+#include "model/model.h"
+#include "optim/optimizer.h"
+#include "common/rng.h"
+#include "cli/runtime_env.h"
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "kernels/kernels.h"
 #include "kernels/kvm.h"
 

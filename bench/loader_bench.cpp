@@ -11,7 +11,7 @@
 #include <random>
 #include <string>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/loader.h"
 #include "data/shard.h"
 

@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/prepare.h"
 
 namespace fs = std::filesystem;

@@ -10,7 +10,7 @@
 #include <tuple>
 #include <utility>
 
-#include "trainer/backend.h"
+#include "kernels/backend.h"
 
 namespace timed_backend {
 

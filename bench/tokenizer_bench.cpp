@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/tokenizer.h"
 
 namespace {

@@ -22,14 +22,14 @@
 
 #include "bench/gpt2_bench_flags.h"
 #include "bench/timed_backend.h"
-#include "data/json.h"
-#include "trainer/backend.h"
-#include "trainer/config.h"
-#include "trainer/flops.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
-#include "trainer/rng.h"
-#include "trainer/runtime_env.h"
+#include "common/json.h"
+#include "kernels/backend.h"
+#include "config/config.h"
+#include "model/flops.h"
+#include "model/model.h"
+#include "optim/optimizer.h"
+#include "common/rng.h"
+#include "cli/runtime_env.h"
 
 constexpr const char* kUsage =
     "usage: train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]\n"

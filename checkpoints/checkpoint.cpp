@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "checkpoints/file_io.h"
-#include "data/sha256.h"
+#include "common/file_io.h"
+#include "common/sha256.h"
 
 namespace fs = std::filesystem;
 

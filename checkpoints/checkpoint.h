@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "data/json.h"
+#include "common/json.h"
 
 namespace ckpt {
 

@@ -6,8 +6,8 @@
 #include <set>
 #include <stdexcept>
 
-#include "checkpoints/file_io.h"
-#include "data/json.h"
+#include "common/file_io.h"
+#include "common/json.h"
 #include "kernels/bf16.h"
 
 namespace ckpt {

@@ -14,8 +14,8 @@
 #include <stdexcept>
 #include <string_view>
 
-#include "data/json.h"
-#include "data/sha256.h"
+#include "common/json.h"
+#include "common/sha256.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 

@@ -14,7 +14,7 @@
 #include <stdexcept>
 
 #include "data/gpt2/unicode_classes.h"
-#include "data/json.h"
+#include "common/json.h"
 #include "data/tokenizer.h"
 
 // encoder.json is compiled in so that kvmtrain runs from any directory. The build does not see

@@ -3,6 +3,6 @@
 // around RUN_ALL_TESTS and gives every test the job's communicator.
 #include <memory>
 
-#include "trainer/communicator.h"
+#include "parallel/communicator.h"
 
 extern std::unique_ptr<Communicator> world;

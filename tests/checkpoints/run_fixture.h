@@ -13,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "tests/test_util.h"
 
 namespace ckpt_test {

@@ -14,10 +14,10 @@
 #include <random>
 #include <sstream>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/loader.h"
 #include "data/prepare.h"
-#include "data/sha256.h"
+#include "common/sha256.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 

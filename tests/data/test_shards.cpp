@@ -9,7 +9,7 @@
 #include <fstream>
 #include <random>
 
-#include "data/sha256.h"
+#include "common/sha256.h"
 #include "data/shard.h"
 
 namespace fs = std::filesystem;

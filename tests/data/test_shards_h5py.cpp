@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/prepare.h"
 #include "data/shard.h"
 

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <thread>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "data/tokenizer.h"
 
 namespace {

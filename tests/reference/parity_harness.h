@@ -14,12 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "tests/test_util.h"
-#include "trainer/config.h"
-#include "trainer/model.h"
-#include "trainer/optimizer.h"
-#include "trainer/rng.h"
+#include "config/config.h"
+#include "model/model.h"
+#include "optim/optimizer.h"
+#include "common/rng.h"
 
 namespace parity {
 

@@ -28,11 +28,11 @@
 #include <fstream>
 #include <functional>
 
-#include "data/json.h"
+#include "common/json.h"
 #include "kernels/kvm.h"
 #include "tests/reference/parity_harness.h"
 #include "tests/test_util.h"
-#include "trainer/model.h"
+#include "model/model.h"
 
 namespace fs = std::filesystem;
 

@@ -1,0 +1,124 @@
+#pragma once
+// The typed configuration of a run: ONE schema for every section (model, data, train, parallel,
+// checkpoint, log). YAML files with `base:` inheritance and `--set key=value` overrides are
+// checked key by key against it; any error names the file and line (or the --set) and the key.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace config {
+
+struct DataSource {
+  std::string path;     // a shard directory, a glob, or one .h5 file
+  double weight = 1.0;  // share of the mixture (normalised over the sources)
+};
+
+struct ModelConfig {
+  int vocab_size = 50257;        // the tokenizer's
+  int padded_vocab_size = 0;     // 0: vocab_size rounded up to a multiple of 128 (resolved at load)
+  int n_layer = 12;
+  int n_head = 12;
+  int d_model = 768;
+  int max_seq_len = 1024;
+  bool tie_embeddings = true;    // GPT-2 ties the head to the token embedding
+  // The backbone (docs/kvm.md section 12); the defaults are GPT-2's.
+  std::string pos = "learned";   // learned | rope
+  int rope_dims = 0;             // R: rotated dims [0,R) of each q/k head, interleaved pairs; 0: head_dim/2
+  double rope_base = 10000;
+  std::string mlp = "gelu";      // gelu | relu2
+  bool qk_norm = false;          // LayerNorm over the head dim on q and k
+  bool emb_norm = false;         // LayerNorm after the embedding
+  bool token_shift = false;      // RWKV-style token shift on the q/k/v and MLP inputs
+  bool value_residual = false;   // v_l = (v_l + v_0) / 2 for l > 0
+  double residual_scale = 1.0;   // multiplies each sub-block's output before the residual add
+  bool bias = true;              // linear layers carry biases
+  bool zero_init_out = false;    // attention/MLP output projections start at zero (the paper)
+  std::vector<std::string> mixers = {"attn"};  // attn | swa | kvm; layer i takes entry i mod size
+  int swa_window = 256;          // tokens a sliding-window query sees, itself included
+  int swa_rope_dims = 0;         // R on swa layers; 0: rope_dims
+  struct Kvm {
+    int chunk = 256;
+    int window_chunks = 2;
+    int sink = 1;
+    std::string budget = "fixed";  // fixed | power_law | saturating
+    int min_len = 256;
+    double power_f = 16;
+    double power_e = 0.5;
+    int sat_n = 1024;
+    int max_slots = 0;             // 0: no cap
+    bool vlens = true;
+    bool head_temps = true;
+    bool merge_gate_keys = true;
+    bool merge_gate_values = true;
+    bool gate_appends = true;
+    bool gate_initial_state = false;
+  } kvm;
+};
+
+struct DataConfig {
+  std::vector<DataSource> train;
+  std::vector<DataSource> val;
+  std::string tokenizer = "gpt2";  // what the shards must have been prepared with
+};
+
+struct TrainConfig {
+  std::string device = "cpu";
+  std::string precision = "fp32";  // fp32 | bf16 (docs/decisions.md: what is bf16)
+  std::string attention_backend = "native";  // native | cudnn: full and sliding-window attention (cudnn: cuda, bf16)
+  int batch_size = 4;          // sequences per data-parallel rank per micro-step
+  int seq_len = 64;
+  int grad_accum = 1;
+  int steps = 100;
+  double lr = 3e-4;
+  double min_lr = 0.0;
+  int warmup_steps = 0;
+  std::string lr_schedule = "cosine";
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;      // 0 disables clipping
+  int eval_every = 0;          // 0: only at the end
+  int eval_steps = 10;
+  int sample_tokens = 64;
+  int64_t seed = 1337;
+  std::string recompute = "none";  // none | block: keep only block inputs, recompute in backward
+  std::string init_from;        // weights only: a checkpoint, run directory or HF GPT-2 safetensors directory
+};
+
+struct ParallelConfig {
+  int data = 1;
+  int tensor = 1;
+  double bucket_mb = 25;  // data-parallel gradient bucket (MiB), reduced during the backward; 0: one
+};
+
+struct CheckpointConfig {
+  int every = 0;       // steps between checkpoints; 0: none
+  int keep_last = 3;
+};
+
+struct LogConfig {
+  std::string dir = "runs/default";  // the run directory: log.jsonl, config.yaml, checkpoints/
+  int print_every = 1;               // progress line every N steps
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  ParallelConfig parallel;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+};
+
+// Loads `path` (following `base:` chains) and applies `overrides` ("key=value", value parsed as
+// YAML). Throws UsageError with one line on any error.
+Config load(const std::string& path, const std::vector<std::string>& overrides = {});
+// Same, from YAML text (for tests); `origin` names it in errors.
+Config load_string(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides = {});
+// The resolved config as YAML, every key, in schema order.
+std::string to_yaml(const Config& c);
+// A Markdown table of every key: name, type, default, meaning (for docs and `--help`).
+std::string reference_markdown();
+
+}  // namespace config

@@ -1,0 +1,133 @@
+// `kvmtrain eval` on tiny byte-level models: the loss task against the training loop's val_loss
+// on the same windows, loss by position past the training length (RoPE) and its refusal for
+// learned positions, and the passkey table.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "common/json.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using test_util::kvmtrain;
+
+class EvalCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir = fs::temp_directory_path() / ("kvm_eval_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir / "text");
+    const char* lines[] = {"the cat sat on the mat. ", "a dog ran in the park. ", "we like to read books. "};
+    for (int d = 0; d < 8; d++) {
+      std::ofstream f(dir / "text" / ("doc" + std::to_string(d) + ".txt"));
+      for (int i = 0; i < 40; i++) f << lines[(d + i) % 3];
+    }
+    ASSERT_EQ(kvmtrain("prepare --quiet --tokenizer byte --input " + (dir / "text").string() + " --output " +
+                           (dir / "data").string(), dir).status, 0);
+    std::ofstream(dir / "tiny.yaml") << "model: {vocab_size: 257, n_layer: 2, n_head: 2, d_model: 32, max_seq_len: 32}\n"
+                                        "data: {train: " << (dir / "data/train").string() << ", val: "
+                                     << (dir / "data/val").string() << ", tokenizer: byte}\n"
+                                     "train: {batch_size: 3, seq_len: 32, steps: 20, lr: 3e-3, eval_every: 10,\n"
+                                     "        eval_steps: 4, sample_tokens: 0}\n"
+                                     "checkpoint: {every: 10}\n";
+    const std::string cfg = (dir / "tiny.yaml").string();
+    auto r = kvmtrain("train " + cfg + " --set log.dir=" + (dir / "learned").string(), dir);
+    ASSERT_EQ(r.status, 0) << r.err;
+    r = kvmtrain("train " + cfg + " --set log.dir=" + (dir / "rope").string() +
+                     " --set model.pos=rope --set model.mixers=[swa,kvm] --set model.swa_window=16"
+                     " --set model.kvm.chunk=8 --set model.kvm.min_len=8",
+                 dir);
+    ASSERT_EQ(r.status, 0) << r.err;
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir); }
+  static fs::path dir;
+};
+fs::path EvalCli::dir;
+
+double last_val_loss(const fs::path& run) {
+  std::ifstream f(run / "log.jsonl");
+  double v = -1;
+  for (std::string line; std::getline(f, line);) {
+    auto row = json::parse(line);
+    if (row.contains("val_loss")) v = row.at("val_loss").number();
+  }
+  return v;
+}
+
+TEST_F(EvalCli, LossEqualsTheTrainingLoopsValidation) {
+  for (const char* run : {"learned", "rope"}) {
+    // the final checkpoint, the training's validation windows: B 3, T 32, eval_steps 4 from the first
+    auto r = kvmtrain("eval " + (dir / run).string() + " --task loss --batches 4", dir);
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto j = json::parse(test_util::slurp(dir / run / "eval/loss.json"));
+    const double want = last_val_loss(dir / run);
+    ASSERT_GT(want, 0);
+    EXPECT_NEAR(j.at("loss").number(), want, 1e-5 * want) << run;
+    EXPECT_NEAR(j.at("perplexity").number(), std::exp(j.at("loss").number()), 1e-6 * j.at("perplexity").number());
+    EXPECT_EQ(j.at("tokens").integer(), 4 * 3 * 32);
+  }
+  // --data and --out
+  auto r = kvmtrain("eval " + (dir / "learned").string() + " --task loss --data " + (dir / "data").string() +
+                        " --out " + (dir / "o").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir / "o/loss.json"));
+}
+
+TEST_F(EvalCli, PositionLossPastTheTrainingLength) {
+  auto r = kvmtrain("eval " + (dir / "rope").string() + " --task position-loss --seq-len 128 --block 32", dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto j = json::parse(test_util::slurp(dir / "rope/eval/position_loss.json"));
+  const auto& blocks = j.at("blocks").array();
+  ASSERT_EQ(blocks.size(), 4u);
+  for (size_t i = 0; i < blocks.size(); i++) {
+    EXPECT_EQ(blocks[i].at("start").integer(), int64_t(32 * i));
+    EXPECT_TRUE(std::isfinite(blocks[i].at("loss").number()));
+    EXPECT_GT(blocks[i].at("loss").number(), 0);
+  }
+  EXPECT_EQ(j.at("train_seq_len").integer(), 32);
+  EXPECT_GT(j.at("documents").integer(), 0);
+  if (fs::exists("/usr/bin/python3")) {
+    EXPECT_TRUE(fs::exists(dir / "rope/eval/position_loss.png")) << r.err;
+  }
+}
+
+TEST_F(EvalCli, LearnedPositionsRefuseLongerSequences) {
+  for (const std::string task : {"position-loss --seq-len 64", "loss --seq-len 64", "passkey --lengths 128"}) {
+    auto r = kvmtrain("eval " + (dir / "learned").string() + " --task " + task, dir);
+    EXPECT_EQ(r.status, 2) << task << r.err;
+    EXPECT_NE(r.err.find("learned positions (model.pos: learned) only up to model.max_seq_len 32"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  auto r = kvmtrain("eval " + (dir / "learned").string() + " --task frobnicate", dir);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("expected loss, passkey or position-loss"), std::string::npos) << r.err;
+}
+
+TEST_F(EvalCli, PasskeyWritesItsTable) {
+  for (const char* filler : {"val", "fixed"}) {
+    auto r = kvmtrain("eval " + (dir / "rope").string() + " --task passkey --lengths 112,128 --depths 0,0.5,1 --trials 2"
+                          " --filler " + filler + " --out " + (dir / "pk").string(), dir);
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto j = json::parse(test_util::slurp(dir / "pk/passkey.json"));
+    ASSERT_EQ(j.at("accuracy").array().size(), 3u);  // depths
+    for (const auto& row : j.at("accuracy").array()) {
+      ASSERT_EQ(row.array().size(), 2u);  // lengths
+      for (const auto& a : row.array()) EXPECT_TRUE(a.number() >= 0 && a.number() <= 1);
+    }
+    EXPECT_EQ(j.at("cells").array().size(), 6u);
+    const std::string md = test_util::slurp(dir / "pk/passkey.md");
+    EXPECT_NE(md.find("| depth \\ length | 112 | 128 |"), std::string::npos) << md;
+    EXPECT_NE(md.find("| 0.50 |"), std::string::npos) << md;
+    if (fs::exists("/usr/bin/python3")) {
+    EXPECT_TRUE(fs::exists(dir / "pk/passkey.png")) << r.err;
+  }
+  }
+}
+
+}  // namespace
