@@ -1,5 +1,5 @@
 #pragma once
-// Key-Value Means (KVM) attention core, as ../shared/docs/kvm.md describes it (the paper's
+// Key-Value Means (KVM) attention core, as docs/kvm.md describes it (the paper's
 // reference code's behaviour). Inputs are per head, AFTER the q/k/v projections, qk-LayerNorm
 // and partial RoPE; g is the merge gate AFTER 1+elu. The output is the attention output BEFORE
 // the output projection. Heads and batch rows are independent.

@@ -65,7 +65,7 @@ const Gemm& cached_gemm(const Key& k) {
 
 // oneDNN has two fp32 GEMMs: the matmul primitive (its brgemm kernels) and dnnl_sgemm (its
 // MKL-style jit GEMM), and neither wins every layout. Measured on GPT-2 124M's products at 1024
-// and 256 rows, 2 threads (docs/decisions.md): brgemm is 20-40% slower than dnnl_sgemm whenever B
+// and 256 rows, 2 threads (docs/perf-notebook.md): brgemm is 20-40% slower than dnnl_sgemm whenever B
 // is stored (K,N) — the backward's dinp = dout @ W, worst for the tied embedding's K = 50304 —
 // and for the weight gradient dout^T @ inp when the output is square or wide, or very tall (the
 // embedding); it is faster for the forward's inp @ W^T and for the tall qkv and MLP gradients. The

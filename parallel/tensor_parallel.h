@@ -3,7 +3,7 @@
 // takes the tensor-parallel communicator and lays out only this rank's shards; each sharded
 // TensorView says how (tensor_table.h: shard_dim, shard_count, shard_rank, shard_blocks), so that
 // checkpoints and export can gather full tensors and a full tensor can be split for any rank.
-// What is sharded how: docs/decisions.md, "Tensor parallel".
+// What is sharded how: docs/distributed.md, "Tensor parallel inside the model".
 #include <cstddef>
 #include <vector>
 

@@ -1,5 +1,5 @@
 // The generalised model: block recompute gives the same gradients, decode (step) reproduces the
-// full forward's logits for every mixer, and the parameter layout follows docs/decisions.md.
+// full forward's logits for every mixer, and the parameter layout follows docs/checkpoint-format.md.
 // Tolerances: recompute, bitwise equal (the same kernels run on the same inputs); decode,
 // max|step - forward| <= 1e-5 * max|forward| per position (fp32, summation order differs).
 #include <gtest/gtest.h>

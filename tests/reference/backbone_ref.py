@@ -179,7 +179,7 @@ class Backbone(nn.Module):
         return F.cross_entropy(logits[..., : self.V].reshape(-1, self.V), targets.reshape(-1))
 
     def named_for_kvmtrain(self):
-        """kvmtrain's parameter names (docs/decisions.md) -> this model's tensors."""
+        """kvmtrain's parameter names (docs/checkpoint-format.md) -> this model's tensors."""
         out = {"wte": self.wte, "ln_f.weight": self.ln_f.weight, "ln_f.bias": self.ln_f.bias}
         if self.cfg["pos"] == "learned":
             out["wpe"] = self.wpe

@@ -1,5 +1,5 @@
 """An independent PyTorch implementation of one KVM attention layer (Key-Value Means), written
-plainly from the shared docs/kvm.md (sections 4-9 and 11, training/prefill mode), with autograd
+plainly from docs/kvm.md (sections 4-9 and 11, training/prefill mode), with autograd
 for every gradient. It does not port kvmtrain's C++ kernels; it is checked against the paper's
 reference fixtures by test_kvm_ref_fixture.py and used by backbone_ref.py for `kvm` layers.
 
