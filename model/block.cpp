@@ -1,9 +1,13 @@
-// One pre-LayerNorm block, forward and backward, top to bottom:
+// One pre-LayerNorm block, forward (a training pass, or one token of a decode) and backward:
 //   residual2 = residual  + s * proj(mixer(qkv_prep(W_qkv shift(ln_1(residual)))))
 //   residual3 = residual2 + s * W_out act(W_fc shift(ln_2(residual2)))
 // s = model.residual_scale; shift = the token shift (identity when off); act = GELU or ReLU^2;
 // qkv_prep = value residual on v, qk-LayerNorm and partial RoPE on q and k; mixer = causal
 // attention (window 0), sliding-window attention, or KVM (mixer_kvm.cpp).
+//
+// Decode (a Pass with caches) runs the same forward on one token at position pos0: attention
+// reads and extends its KV cache (attention_decode), KVM its state (mixer_kvm.cpp), and the
+// token shift starts from the previous token's row instead of zero.
 //
 // Tensor parallel (TP > 1): qkv, the mixer and the MLP's hidden layer hold this rank's heads and
 // 4C/TP hidden units only (Ca = C/TP, NHl = NH/TP, F = 4C/TP below; all equal to the full sizes
@@ -12,67 +16,89 @@
 // rank's heads / hidden units only) together with the partial gradients of the replicated
 // parameters that act per head (qk-norm, ln_s) or before the column-parallel projection (token
 // shift), packed into tpred_.
+#include "model/decode_cache.h"
 #include "model/model.h"
 
-void Model::mixer_forward(int l) {
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
-  if (w.mixer == Mixer::kvm) return kvm_forward(l);
-  be_.attention_forward(A(x.atty), A(x.lse), A(x.qkvp), B_, T_, Ca_, NHl_, w.window);
+void Model::mixer_forward(int l, const Pass& p) {
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = p.acts.layers[l];
+  switch (w.mixer) {
+    case Mixer::kvm:
+      return kvm_forward(l, p);
+    case Mixer::attn:
+    case Mixer::swa:
+      if (p.decode) {
+        DecodeCache::Layer& c = p.decode->layers[l];
+        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window);
+      }
+      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window);
+  }
 }
 
 void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
-  if (w.mixer == Mixer::kvm) return kvm_backward(l, datty, dqkvp, dln1);
-  be_.attention_backward(dqkvp, datty, A(x.qkvp), A(x.atty), A(x.lse), B_, T_, Ca_, NHl_, w.window);
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = acts_.layers[l];
+  switch (w.mixer) {
+    case Mixer::kvm:
+      return kvm_backward(l, datty, dqkvp, dln1);
+    case Mixer::attn:
+    case Mixer::swa:
+      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window);
+  }
 }
 
-void Model::block_forward(int l, const float* residual) {
-  const int B = B_, T = T_, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
+void Model::token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev) {
+  const int C = cfg_.d_model;
+  be_.token_shift_forward(out, inp, prev ? prev->data() : nullptr, P(mix), p.B, p.T, C);
+  // decode: this token's row is the next one's previous row
+  if (prev) be_.copy(prev->data(), inp + size_t(p.T - 1) * C, size_t(C) * sizeof(float));
+}
+
+void Model::block_forward(int l, const float* residual, const Pass& p) {
+  const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
   const int Ca = Ca_, NHl = NHl_, F = Fl_;
   const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = p.acts.layers[l];
+  DecodeCache::Layer* cache = p.decode ? &p.decode->layers[l] : nullptr;
 
   // ---- attention sub-block ----
-  be_.layernorm_forward(A(x.ln1), A(x.ln1_mean), A(x.ln1_rstd), residual, P(w.ln1w), P(w.ln1b), BT, C);
-  if (cfg_.token_shift) be_.token_shift_forward(A(x.xa), A(x.ln1), nullptr, P(w.shift_att), B, T, C);
-  linear_forward(A(x.qkv), A(x.xa), w.qkvw, w.qkvb, BT, C, 3 * Ca);
+  be_.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, P(w.ln1w), P(w.ln1b), BT, C);
+  if (cfg_.token_shift) token_shift(x.xa, x.ln1, w.shift_att, p, cache ? &cache->prev_att : nullptr);
+  linear_forward(x.qkv, x.xa, w.qkvw, w.qkvb, BT, C, 3 * Ca);
   const size_t f = sizeof(float);
   if (cfg_.value_residual && l == 0)  // v_0: the v columns of layer 0's qkv rows
-    be_.copy_rows(A(v0_), Ca * f, A(x.qkv) + 2 * Ca, 3 * Ca * f, Ca * f, size_t(BT));
+    be_.copy_rows(p.acts.v0, Ca * f, x.qkv + 2 * Ca, 3 * Ca * f, Ca * f, size_t(BT));
   if (qkv_processed(l)) {
-    float* qkvp = A(x.qkvp);
-    be_.copy(qkvp, A(x.qkv), size_t(BT) * 3 * Ca * f);
+    float* qkvp = x.qkvp;
+    be_.copy(qkvp, x.qkv, size_t(BT) * 3 * Ca * f);
     if (cfg_.value_residual && l > 0)  // v_l = (v_l + v_0) / 2
-      be_.axpby_rows(qkvp + 2 * Ca, A(v0_), 0.5f, 0.5f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
+      be_.axpby_rows(qkvp + 2 * Ca, p.acts.v0, 0.5f, 0.5f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
     if (cfg_.qk_norm) {
-      be_.head_layernorm_forward(qkvp, A(x.qn_mean), A(x.qn_rstd), A(x.qkv), P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
-      be_.head_layernorm_forward(qkvp + Ca, A(x.kn_mean), A(x.kn_rstd), A(x.qkv) + Ca, P(w.knw), P(w.knb), BT, NHl, hs,
-                                 3 * Ca);
+      be_.head_layernorm_forward(qkvp, x.qn_mean, x.qn_rstd, x.qkv, P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
+      be_.head_layernorm_forward(qkvp + Ca, x.kn_mean, x.kn_rstd, x.qkv + Ca, P(w.knw), P(w.knb), BT, NHl, hs, 3 * Ca);
     }
     if (w.rope_dims) {
-      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
+      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
     }
   }
-  mixer_forward(l);
+  mixer_forward(l, p);
   // the projection lands in residual3's buffer, free until the MLP writes it
-  row_parallel_forward(A(x.residual3), A(x.atty), w.projw, w.projb, BT, Ca);
-  be_.scaled_residual_forward(A(x.residual2), residual, A(x.residual3), s, BT * C);
+  row_parallel_forward(x.residual3, x.atty, w.projw, w.projb, BT, Ca);
+  be_.scaled_residual_forward(x.residual2, residual, x.residual3, s, BT * C);
 
   // ---- MLP sub-block ----
-  be_.layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
-  if (cfg_.token_shift) be_.token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
+  be_.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, P(w.ln2w), P(w.ln2b), BT, C);
+  if (cfg_.token_shift) token_shift(x.xm, x.ln2, w.shift_mlp, p, cache ? &cache->prev_mlp : nullptr);
   if (cfg_.mlp == "relu2") {
-    linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
-    be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
+    linear_forward(x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
+    be_.relu2_forward(x.fch_act, x.fch, BT * F);
   } else {  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
-    linear_gelu_forward(A(x.fch_act), A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+    linear_gelu_forward(x.fch_act, x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
   }
-  row_parallel_forward(A(x.residual3), A(x.fch_act), w.fcprojw, w.fcprojb, BT, F);
-  be_.scaled_residual_forward(A(x.residual3), A(x.residual2), A(x.residual3), s, BT * C);
+  row_parallel_forward(x.residual3, x.fch_act, w.fcprojw, w.fcprojb, BT, F);
+  be_.scaled_residual_forward(x.residual3, x.residual2, x.residual3, s, BT * C);
 }
 
 // dres: d(residual3) on entry, d(residual) on exit (the residual adds pass it through unchanged).
@@ -82,8 +108,8 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   const size_t n = size_t(BT) * C, na = size_t(BT) * Ca;
   const bool tp = tp_size_ > 1;
   const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = acts_.layers[l];
   // d(LayerNorm output): with TP > 1 it sits in tpred_ after the partial-gradient slots
   float* dln = tp ? red_dln() : s_.dln.data();
   float* dxa = s_.dxa.data();
@@ -101,18 +127,18 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   if (tp) red_begin(n);
   else if (cfg_.token_shift) zero(dln, n);
   float* dact = s_.dact.data();  // d(activation output), then in place d(fc output)
-  linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
-  if (cfg_.mlp == "relu2") be_.relu2_backward(dact, A(x.fch), dact, BT * F);
-  else be_.gelu_backward(dact, A(x.fch), dact, BT * F);
+  linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, x.fch_act, BT, F, C);
+  if (cfg_.mlp == "relu2") be_.relu2_backward(dact, x.fch, dact, BT * F);
+  else be_.gelu_backward(dact, x.fch, dact, BT * F);
   float* dxm = cfg_.token_shift ? dxa : dln;
-  linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, A(x.xm), BT, C, F);
+  linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, x.xm, BT, C, F);
   if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, A(x.ln2), P(w.shift_mlp), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, x.ln2, P(w.shift_mlp), B, T, C);
   if (tp) {
-    const size_t dst[kRedSlots] = {w.shift_mlp, kNone, kNone, kNone, kNone, kNone, kNone};
+    const Param dst[kRedSlots] = {w.shift_mlp};
     red_finish(n, dst);
   }
-  be_.layernorm_backward(dres, G(w.ln2w), G(w.ln2b), dln, A(x.residual2), P(w.ln2w), A(x.ln2_mean), A(x.ln2_rstd), BT,
+  be_.layernorm_backward(dres, G(w.ln2w), G(w.ln2b), dln, x.residual2, P(w.ln2w), x.ln2_mean, x.ln2_rstd, BT,
                          C);
 
   // ---- attention sub-block: residual2 = residual + s * attn(ln1(residual)) ----
@@ -123,7 +149,7 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   const bool gate = w.mixer == Mixer::kvm;  // KVM's gate adds its gradient to dln
   if (tp) red_begin(n);
   else if (gate || cfg_.token_shift) zero(dln, n);
-  linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, A(x.atty), BT, Ca, C);
+  linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, x.atty, BT, Ca, C);
   mixer_backward(l, datty, dqkvp, dln);
   float* dqkv = dqkvp;
   if (qkv_processed(l)) {
@@ -139,10 +165,10 @@ void Model::block_backward(int l, const float* residual, float* dres) {
       dqk = target;
     }
     if (cfg_.qk_norm) {
-      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, A(x.qkv),
-                                  P(w.qnw), A(x.qn_mean), A(x.qn_rstd), BT, NHl, hs, 3 * Ca);
+      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, x.qkv,
+                                  P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, 3 * Ca);
       be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
-                                  A(x.qkv) + Ca, P(w.knw), A(x.kn_mean), A(x.kn_rstd), BT, NHl, hs, 3 * Ca);
+                                  x.qkv + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
     } else if (!w.rope_dims) {  // q and k columns pass through
       const size_t f = sizeof(float);
       be_.copy_rows(dqkv, 3 * Ca * f, dqkvp, 3 * Ca * f, 2 * Ca * f, size_t(BT));
@@ -156,13 +182,13 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
     be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
   float* dx_in = cfg_.token_shift ? dxa : dln;
-  linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, A(x.xa), BT,
+  linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, x.xa, BT,
                   C, 3 * Ca);
   if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, A(x.ln1), P(w.shift_att), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C);
   if (tp) {
-    const size_t dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
+    const Param dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
     red_finish(n, dst);
   }
-  be_.layernorm_backward(dres, G(w.ln1w), G(w.ln1b), dln, residual, P(w.ln1w), A(x.ln1_mean), A(x.ln1_rstd), BT, C);
+  be_.layernorm_backward(dres, G(w.ln1w), G(w.ln1b), dln, residual, P(w.ln1w), x.ln1_mean, x.ln1_rstd, BT, C);
 }

@@ -27,7 +27,7 @@ void Model::kvm_make(int l) {
   p.C = c.chunk;
   p.W = c.window_chunks;
   p.S = c.sink;
-  p.R = layers_[l].rope_dims;  // the rotated dims are zeroed before a key enters the state
+  p.R = lay_.layers[l].rope_dims;  // the rotated dims are zeroed before a key enters the state
   p.budget = c.budget == "power_law"    ? kernels::KvmBudget::power_law
              : c.budget == "saturating" ? kernels::KvmBudget::saturating
                                         : kernels::KvmBudget::fixed;
@@ -45,29 +45,36 @@ void Model::kvm_make(int l) {
   kvm_[l].reset(new KvmLayer{p, kernels::KvmTape(), nullptr});
 }
 
-void Model::kvm_forward(int l) {
-  const int B = B_, T = T_, C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, BT = B * T;
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
+void Model::kvm_forward(int l, const Pass& p) {
+  const int B = p.B, T = p.T, C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, BT = B * T;
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = p.acts.layers[l];
   KvmLayer& kv = *kvm_[l];
-  const float* qkvp = A(x.qkvp);
-  be_.split_heads(A(x.qh), qkvp, B, T, NH, hs, 3 * Ca);
-  be_.split_heads(A(x.kh), qkvp + Ca, B, T, NH, hs, 3 * Ca);
-  be_.split_heads(A(x.vh), qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
+  const float* qkvp = x.qkvp;
   // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T) (elementwise, so after the permutation)
-  linear_forward(A(x.gpre), A(x.ln1), w.gatew, kNone, BT, C, NH);
-  be_.split_heads(A(x.g), A(x.gpre), B, T, NH, 1, NH);
-  be_.elu_gate_forward(A(x.g), A(x.g), BT * NH);
-  be_.kvm_forward(A(x.outh), kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb), P(w.tau_front),
-                  P(w.tau_state), B, NH, T, hs, kv.params);
-  be_.merge_heads(A(x.atty), A(x.outh), B, T, NH, hs, Ca, 0);
+  linear_forward(x.gpre, x.ln1, w.gatew, Param{}, BT, C, NH);
+  if (p.decode) {  // one token: (1,1,NH) rows are already (H,D) and (H)
+    if (!kv.cache || p.pos0 == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
+    be_.elu_gate_forward(x.g, x.gpre, NH);
+    be_.kvm_decode_step(x.atty, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, x.g, P(w.lnsw), P(w.lnsb), P(w.tau_front),
+                        P(w.tau_state), kv.params);
+    return;
+  }
+  be_.split_heads(x.qh, qkvp, B, T, NH, hs, 3 * Ca);
+  be_.split_heads(x.kh, qkvp + Ca, B, T, NH, hs, 3 * Ca);
+  be_.split_heads(x.vh, qkvp + 2 * Ca, B, T, NH, hs, 3 * Ca);
+  be_.split_heads(x.g, x.gpre, B, T, NH, 1, NH);
+  be_.elu_gate_forward(x.g, x.g, BT * NH);
+  be_.kvm_forward(x.outh, kv.tape, x.qh, x.kh, x.vh, x.g, P(w.lnsw), P(w.lnsb), P(w.tau_front), P(w.tau_state), B, NH,
+                  T, hs, kv.params);
+  be_.merge_heads(x.atty, x.outh, B, T, NH, hs, Ca, 0);
 }
 
 void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   const int B = B_, T = T_, C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_, BT = B * T;
   const size_t n = size_t(BT) * Ca;
-  const Layer& w = layers_[l];
-  const LayerActs& x = lacts_[l];
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = acts_.layers[l];
   KvmLayer& kv = *kvm_[l];
   float *dq = s_.dqh.data(), *dk = s_.dkh.data(), *dv = s_.dvh.data(), *dout = s_.douth.data();
   float *dg = s_.dg.data(), *dgbt = s_.dgbt.data(), *dgpre = s_.dgpre.data();
@@ -76,31 +83,18 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   be_.zero(dgpre, size_t(BT) * NH * sizeof(float));
   be_.split_heads(dout, datty, B, T, NH, hs, Ca);
   be_.kvm_backward(dq, dk, dv, dg, partial_grad(w.lnsw, kRedLnsw), partial_grad(w.lnsb, kRedLnsb), G(w.tau_front),
-                   G(w.tau_state), dout, kv.tape, A(x.qh), A(x.kh), A(x.vh), A(x.g), P(w.lnsw), P(w.lnsb),
+                   G(w.tau_state), dout, kv.tape, x.qh, x.kh, x.vh, x.g, P(w.lnsw), P(w.lnsb),
                    P(w.tau_front), P(w.tau_state), B, NH, T, hs, kv.params);
   be_.merge_heads(dqkvp, dq, B, T, NH, hs, 3 * Ca, 1);
   be_.merge_heads(dqkvp + Ca, dk, B, T, NH, hs, 3 * Ca, 1);
   be_.merge_heads(dqkvp + 2 * Ca, dv, B, T, NH, hs, 3 * Ca, 1);
   // back through g = 1 + elu(W_g ln1)
   be_.merge_heads(dgbt, dg, B, T, NH, 1, NH, 0);
-  be_.elu_gate_backward(dgpre, A(x.gpre), dgbt, BT * NH);
-  linear_backward(dln1, Dinp::accumulate, w.gatew, kNone, dgpre, A(x.ln1), BT, C, NH);
+  be_.elu_gate_backward(dgpre, x.gpre, dgbt, BT * NH);
+  linear_backward(dln1, Dinp::accumulate, w.gatew, Param{}, dgpre, x.ln1, BT, C, NH);
 }
 
 size_t Model::kvm_cache_bytes(int l) const {
   const KvmLayer* kv = kvm_[l].get();
   return kv && kv->cache ? kv->cache->bytes() : 0;
-}
-
-// One token: out (C) from its qkvp row (3C) and ln1 (C), through the layer's decode cache.
-void Model::kvm_decode(int l, float* out, const float* qkvp, const float* ln1) {
-  const int C = cfg_.d_model, NH = NHl_, hs = C / cfg_.n_head, Ca = Ca_;
-  const Layer& w = layers_[l];
-  KvmLayer& kv = *kvm_[l];
-  if (!kv.cache || pos_ == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
-  std::vector<float> gpre(NH), g(NH);
-  linear_forward(gpre.data(), ln1, w.gatew, kNone, 1, C, NH);
-  be_.elu_gate_forward(g.data(), gpre.data(), NH);
-  be_.kvm_decode_step(out, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, g.data(), P(w.lnsw), P(w.lnsb), P(w.tau_front),
-                      P(w.tau_state), kv.params);
 }

@@ -1,5 +1,6 @@
-// The model's layout (parameters, activations), initialisation, and the parts outside the blocks:
-// embedding (+ optional LayerNorm), final LayerNorm, head, loss. Blocks are in block.cpp.
+// The model's buffers (parameters and gradients in layout.h's order, activations, backward
+// scratch), and the parts outside the blocks: embedding (+ optional LayerNorm), final LayerNorm,
+// head, loss; the linear layers in the model's precision. Blocks are in block.cpp.
 #include "model/model.h"
 
 #include <algorithm>
@@ -9,170 +10,28 @@
 #include <vector>
 
 #include "kernels/kernels.h"
-#include "common/rng.h"
 #include "parallel/tensor_parallel.h"
 
 Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks, Communicator* tp, const Backend& be,
              Communicator* tp_device)
     : cfg_(cfg), be_(be), tp_(tp), tpd_(tp_device ? tp_device : tp), maxB_(B), maxT_(T), recompute_(recompute_blocks) {
-  const int Vp = cfg.padded_vocab_size, C = cfg.d_model, L = cfg.n_layer, NH = cfg.n_head, hs = C / NH;
-  if (cfg.mixers.empty()) throw std::invalid_argument("model.mixers: empty");
   // ---- tensor parallel: this rank's share of heads, MLP width and vocabulary ----
   const int TP = tp ? tp->size() : 1;
   tp_size_ = TP, tp_rank_ = tp ? tp->rank() : 0;
-  auto divisible = [&](long long n, const char* key) {
-    if (n % TP)
-      throw std::invalid_argument(std::string(key) + " = " + std::to_string(n) +
-                                  " is not divisible by parallel.tensor = " + std::to_string(TP));
-  };
-  divisible(NH, "model.n_head");
-  divisible(Vp, "model.padded_vocab_size");
-  divisible(4LL * C, "model.d_model*4");
+  lay_ = declare_layout(cfg, TP, tp_rank_);
   if (TP > 1 && !be.host && !tp_device)
     throw std::invalid_argument("Model: parallel.tensor > 1 on " + std::string(be.name) +
                                 " needs a tensor-parallel communicator over device memory (NCCL)");
   if (tp_device && (tp_device->size() != TP || tp_device->rank() != tp_rank_))
     throw std::invalid_argument("Model: the device tensor-parallel communicator is not the ranks of tp");
-  Ca_ = C / TP, NHl_ = NH / TP, Fl_ = 4 * C / TP, Vl_ = Vp / TP;
-  const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Vl = Vl_;
-  const bool rope = cfg.pos == "rope";
-  const int R = cfg.rope_dims ? cfg.rope_dims : hs / 2;
-  const int R_swa = cfg.swa_rope_dims ? cfg.swa_rope_dims : R;
-  const bool bias = cfg.bias;
-
-  // ---- parameters, in the order of the forward pass ----
-  auto add = [&](const std::string& name, std::vector<int> shape, bool decay) {
-    return table_.add(name, std::move(shape), decay).offset;
-  };
-  // a tensor split along dim across the tensor ranks (its shape is the shard's); blocks: see TensorView
-  auto add_sharded = [&](const std::string& name, std::vector<int> shape, bool decay, int dim, int blocks = 1) {
-    if (TP == 1) return add(name, std::move(shape), decay);
-    return table_.add(name, std::move(shape), decay, dim, TP, tp_rank_, blocks).offset;
-  };
-  wte_ = add_sharded("wte", {Vl, C}, true, 0);
-  if (!rope) wpe_ = add("wpe", {cfg.max_seq_len, C}, true);
-  if (cfg.emb_norm) {
-    lnew_ = add("ln_e.weight", {C}, false);
-    lneb_ = add("ln_e.bias", {C}, false);
-  }
-  for (int l = 0; l < L; l++) {
-    std::string p = "h." + std::to_string(l) + ".";
-    const std::string& mix = cfg.mixers[size_t(l) % cfg.mixers.size()];
-    Layer y;
-    std::memset(&y, 0xff, sizeof y);  // every offset kNone until added
-    y.mixer = mix == "kvm" ? Mixer::kvm : mix == "swa" ? Mixer::swa : Mixer::attn;
-    y.window = y.mixer == Mixer::swa ? cfg.swa_window : 0;
-    y.rope_dims = rope ? (y.mixer == Mixer::swa ? R_swa : R) : 0;
-    y.ln1w = add(p + "ln_1.weight", {C}, false);
-    y.ln1b = add(p + "ln_1.bias", {C}, false);
-    if (cfg.token_shift) y.shift_att = add(p + "attn.shift", {C}, false);
-    y.qkvw = add_sharded(p + "attn.qkv.weight", {3 * Ca, C}, true, 0, 3);
-    if (bias) y.qkvb = add_sharded(p + "attn.qkv.bias", {3 * Ca}, false, 0, 3);
-    if (cfg.qk_norm) {
-      y.qnw = add(p + "attn.ln_q.weight", {hs}, false);
-      y.qnb = add(p + "attn.ln_q.bias", {hs}, false);
-      y.knw = add(p + "attn.ln_k.weight", {hs}, false);
-      y.knb = add(p + "attn.ln_k.bias", {hs}, false);
-    }
-    if (y.mixer == Mixer::kvm) {
-      y.lnsw = add(p + "kvm.ln_s.weight", {hs}, false);
-      y.lnsb = add(p + "kvm.ln_s.bias", {hs}, false);
-      y.gatew = add_sharded(p + "kvm.gate.weight", {NHl, C}, true, 0);
-      y.tau_front = add_sharded(p + "kvm.tau_front", {NHl}, false, 0);
-      y.tau_state = add_sharded(p + "kvm.tau_state", {NHl}, false, 0);
-    }
-    y.projw = add_sharded(p + "attn.proj.weight", {C, Ca}, true, 1);
-    if (bias) y.projb = add(p + "attn.proj.bias", {C}, false);
-    y.ln2w = add(p + "ln_2.weight", {C}, false);
-    y.ln2b = add(p + "ln_2.bias", {C}, false);
-    if (cfg.token_shift) y.shift_mlp = add(p + "mlp.shift", {C}, false);
-    y.fcw = add_sharded(p + "mlp.fc.weight", {Fl, C}, true, 0);
-    if (bias) y.fcb = add_sharded(p + "mlp.fc.bias", {Fl}, false, 0);
-    y.fcprojw = add_sharded(p + "mlp.proj.weight", {C, Fl}, true, 1);
-    if (bias) y.fcprojb = add(p + "mlp.proj.bias", {C}, false);
-    layers_.push_back(y);
-  }
-  lnfw_ = add("ln_f.weight", {C}, false);
-  lnfb_ = add("ln_f.bias", {C}, false);
-  head_ = cfg.tie_embeddings ? wte_ : add_sharded("lm_head.weight", {Vl, C}, true, 0);
-  params_ = DeviceBuffer(be, table_.total());
-  grads_ = DeviceBuffer(be, table_.total());
-  stale_.assign(table_.views().size(), 0);
-
-  // ---- activations, sized for (B, T) ----
+  const int C = cfg.d_model, L = cfg.n_layer, hs = C / cfg.n_head;
+  Ca_ = C / TP, NHl_ = cfg.n_head / TP, Fl_ = 4 * C / TP, Vl_ = cfg.padded_vocab_size / TP;
+  const int Ca = Ca_, NHl = NHl_, Fl = Fl_;
+  params_ = DeviceBuffer(be, lay_.table.total());
+  grads_ = DeviceBuffer(be, lay_.table.total());
+  stale_.assign(lay_.table.views().size(), 0);
+  acts_ = Activations(be, cfg, lay_, TP, B, T, recompute_, processed_layers());
   const size_t BT = size_t(B) * T;
-  size_t total = 0;
-  auto alloc = [&](size_t n) {
-    size_t off = total;
-    total += (n + 15) / 16 * 16;
-    return off;
-  };
-  encoded_ = alloc(BT * C);
-  stream0_ = encoded_;  // the residual stream entering block 0
-  if (cfg.emb_norm) {
-    emb_mean_ = alloc(BT);
-    emb_rstd_ = alloc(BT);
-    stream0_ = alloc(BT * C);
-  }
-  if (cfg.value_residual) v0_ = alloc(BT * Ca);
-  // One block's activations; with recompute every layer shares one set and keeps only its output.
-  auto block_acts = [&](const Layer& y, int l) {
-    LayerActs a;
-    std::memset(&a, 0xff, sizeof a);
-    a.ln1 = alloc(BT * C);
-    a.ln1_mean = alloc(BT);
-    a.ln1_rstd = alloc(BT);
-    a.xa = cfg.token_shift ? alloc(BT * C) : a.ln1;
-    a.qkv = alloc(BT * 3 * Ca);
-    a.qkvp = qkv_processed(l) ? alloc(BT * 3 * Ca) : a.qkv;
-    if (cfg.qk_norm) {
-      a.qn_mean = alloc(BT * NHl);
-      a.qn_rstd = alloc(BT * NHl);
-      a.kn_mean = alloc(BT * NHl);
-      a.kn_rstd = alloc(BT * NHl);
-    }
-    a.atty = alloc(BT * Ca);
-    if (y.mixer == Mixer::kvm) {
-      a.qh = alloc(BT * Ca);
-      a.kh = alloc(BT * Ca);
-      a.vh = alloc(BT * Ca);
-      a.gpre = alloc(BT * NHl);
-      a.g = alloc(BT * NHl);
-      a.outh = alloc(BT * Ca);
-    }
-    a.lse = alloc(BT * NHl);
-    a.residual2 = alloc(BT * C);
-    a.ln2 = alloc(BT * C);
-    a.ln2_mean = alloc(BT);
-    a.ln2_rstd = alloc(BT);
-    a.xm = cfg.token_shift ? alloc(BT * C) : a.ln2;
-    a.fch = alloc(BT * Fl);
-    a.fch_act = alloc(BT * Fl);
-    a.residual3 = alloc(BT * C);
-    return a;
-  };
-  if (recompute_) {
-    // the shared set must hold the largest block: a KVM one if any layer is KVM, with value
-    // residual processing (a layer > 0) when there is one
-    Layer big = layers_[0];
-    for (const auto& y : layers_)
-      if (y.mixer == Mixer::kvm) big = y;
-    LayerActs shared = block_acts(big, L > 1 ? 1 : 0);
-    for (int l = 0; l < L; l++) {
-      LayerActs a = shared;
-      if (!qkv_processed(l)) a.qkvp = a.qkv;
-      a.residual3 = alloc(BT * C);
-      lacts_.push_back(a);
-    }
-  } else {
-    for (int l = 0; l < L; l++) lacts_.push_back(block_acts(layers_[l], l));
-  }
-  lnf_ = alloc(BT * C);
-  lnf_mean_ = alloc(BT);
-  lnf_rstd_ = alloc(BT);
-  logits_off_ = alloc(BT * Vl);
-  losses_ = alloc(BT);
-  acts_ = DeviceBuffer(be, total);
   if (!be.host) tokens_ = DeviceBuffer(be, 2 * BT);
 
   for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = DeviceBuffer(be, BT * C);
@@ -188,7 +47,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   }
   kvm_.resize(size_t(L));
   for (int l = 0; l < L; l++) {
-    if (layers_[l].mixer != Mixer::kvm) continue;
+    if (lay_.layers[l].mixer != Mixer::kvm) continue;
     kvm_make(l);
     if (s_.dqh.size() == 0) {
       for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = DeviceBuffer(be, BT * Ca);
@@ -203,40 +62,17 @@ bool Model::qkv_processed(int l) const {
   return cfg_.qk_norm || cfg_.pos == "rope" || (cfg_.value_residual && l > 0);
 }
 
+std::vector<bool> Model::processed_layers() const {
+  std::vector<bool> out(size_t(cfg_.n_layer));
+  for (int l = 0; l < cfg_.n_layer; l++) out[l] = qkv_processed(l);
+  return out;
+}
+
 void Model::init(uint64_t seed) {
-  Rng rng(seed);
   std::vector<float> copy;
   float* p = params_host(copy);
-  std::fill(p, p + params_.size(), 0.0f);
-  const int C = cfg_.d_model, L = cfg_.n_layer;
-  const float std_resid = cfg_.zero_init_out ? 0.0f : 0.02f / std::sqrt(2.0f * L);
-  std::vector<float> whole;  // a sharded tensor in full, drawn as with TP = 1, then this rank's shard kept
-  for (const auto& v : table_.views()) {
-    const bool sharded = tp::is_sharded(v);
-    const size_t size = tp::full_size(v);
-    if (sharded) whole.assign(size, 0.0f);
-    float* dst = sharded ? whole.data() : p + v.offset;
-    bool is_norm_weight = v.name.find("ln_") != std::string::npos && v.name.ends_with(".weight");
-    if (is_norm_weight || v.name.ends_with(".tau_front") || v.name.ends_with(".tau_state")) {
-      for (size_t i = 0; i < size; i++) dst[i] = 1.0f;
-    } else if (v.name.ends_with(".shift")) {
-      // RWKV-4's time_mix: channel c of layer l mixes (c/C)^(1 - l/L) of the current token
-      int l = std::stoi(v.name.substr(2));
-      double ratio = 1.0 - double(l) / L;
-      for (int c = 0; c < C; c++) dst[c] = float(std::pow(double(c) / C, ratio));
-    } else if (v.name.ends_with("kvm.gate.weight")) {
-      // PyTorch's default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-      const double bound = 1.0 / std::sqrt(double(C));
-      for (size_t i = 0; i < size; i++) dst[i] = float((2.0 * rng.uniform() - 1.0) * bound);
-    } else if (v.decay) {
-      bool resid = v.name.ends_with("attn.proj.weight") || v.name.ends_with("mlp.proj.weight");
-      float std = resid ? std_resid : 0.02f;
-      // embedding and head rows past the real vocabulary stay zero: no token ever selects them
-      size_t n = (v.name == "wte" || v.name == "lm_head.weight") ? size_t(cfg_.vocab_size) * cfg_.d_model : size;
-      fill_normal(dst, n, std, rng);
-    }
-    if (sharded) tp::extract(v, whole.data(), p + v.offset);
-  }
+  std::fill(p, p + params_.size(), 0.0f);  // the padding between tensors too
+  init_params(p, lay_, cfg_, seed);
   params_from_host(p);
 }
 
@@ -268,7 +104,7 @@ const int* Model::tokens_for_backend(const int* host, int slot, size_t n) {
 
 size_t Model::num_params() const {
   size_t n = 0;
-  for (const auto& v : table_.views()) n += v.size;
+  for (const auto& v : lay_.table.views()) n += v.size;
   return n;
 }
 
@@ -277,11 +113,11 @@ double Model::flops_per_token(int T) const {
   // PaLM count it: every parameter of the whole model (biases, norms and wpe too; the tied
   // embedding once, as the head) except an untied input embedding, which is only a lookup
   double params = 0;
-  for (const auto& v : table_.views())
-    if (v.offset != wte_ || head_ == wte_) params += double(tp::full_size(v));
+  for (const auto& v : lay_.table.views())
+    if (v.offset != lay_.wte.off || lay_.head.off == lay_.wte.off) params += double(tp::full_size(v));
   const double C = cfg_.d_model;
   double attention = 0;  // q.k and p.v over the keys each query sees, averaged over the sequence
-  for (const auto& y : layers_) {
+  for (const auto& y : lay_.layers) {
     double keys = (T + 1) / 2.0;
     if (y.mixer == Mixer::swa) keys = std::min<double>(keys, y.window);
     if (y.mixer == Mixer::kvm) {
@@ -299,31 +135,31 @@ void Model::use_bf16() {
 
 void Model::refresh_bf16(uint64_t seed, uint64_t step) {
   kernels::bf16* out = reinterpret_cast<kernels::bf16*>(params16_.data());
-  const auto& views = table_.views();
+  const auto& views = lay_.table.views();
   for (size_t j = 0; j < views.size(); j++) {
     const TensorView& v = views[j];
     tp::for_each_run(v, v.shard_rank, [&](size_t local, size_t full, size_t n) {
-      be_.bf16_round_stochastic(out + v.offset + local, P(v.offset) + local, n, seed, step, (uint64_t(j) << 40) + full);
+      be_.bf16_round_stochastic(out + v.offset + local, params_.data() + v.offset + local, n, seed, step, (uint64_t(j) << 40) + full);
     });
   }
 }
 
-void Model::linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC) {
+void Model::linear_forward(float* out, const float* inp, Param w, Param b, int N, int IC, int OC) {
   if (bf16()) be_.matmul_forward_bf16(out, inp, P16(w), P(b), N, IC, OC);
   else be_.matmul_forward(out, inp, P(w), P(b), N, IC, OC);
 }
 
-void Model::linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC) {
+void Model::linear_gelu_forward(float* out, float* pre, const float* inp, Param w, Param b, int N, int IC, int OC) {
   if (bf16()) be_.matmul_gelu_forward_bf16(out, pre, inp, P16(w), P(b), N, IC, OC);
   else be_.matmul_gelu_forward(out, pre, inp, P(w), P(b), N, IC, OC);
 }
 
-void Model::linear_backward(float* dinp, Dinp mode, size_t w, size_t b, const float* dout, const float* inp, int N,
+void Model::linear_backward(float* dinp, Dinp mode, Param w, Param b, const float* dout, const float* inp, int N,
                             int IC, int OC) {
   // a weight and its bias are written by this call only, so they are stale together
   const bool accumulate = !claim_stale(w), add_dinp = mode == Dinp::accumulate;
-  float* dw = grads_.data() + w;
-  float* db = b == kNone ? nullptr : grads_.data() + b;
+  float* dw = grads_.data() + w.off;
+  float* db = b ? grads_.data() + b.off : nullptr;
   if (db && claim_stale(b) == accumulate) throw std::logic_error("Model::linear_backward: weight and bias gradients out of step");
   if (bf16()) be_.matmul_backward_bf16(dinp, dw, db, dout, inp, P16(w), N, IC, OC, add_dinp, accumulate);
   else be_.matmul_backward(dinp, dw, db, dout, inp, P(w), N, IC, OC, add_dinp, accumulate);
@@ -339,77 +175,90 @@ size_t view_index(const TensorTable& table, size_t off) {
 }
 }  // namespace
 
-bool Model::claim_stale(size_t off) {
-  char& s = stale_[view_index(table_, off)];
+bool Model::claim_stale(Param t) {
+  char& s = stale_[view_index(lay_.table, t.off)];
   const bool was = s;
   s = 0;
   return was;
 }
 
 float* Model::zero_if_stale(size_t j) {
-  const TensorView& v = table_.views()[j];
+  const TensorView& v = lay_.table.views()[j];
   if (stale_[j]) be_.zero(grads_.data() + v.offset, v.size * sizeof(float));
   stale_[j] = 0;
   return grads_.data() + v.offset;
 }
 
-float* Model::G(size_t off) { return off == kNone ? nullptr : zero_if_stale(view_index(table_, off)); }
+float* Model::G(Param t) { return t ? zero_if_stale(view_index(lay_.table, t.off)) : nullptr; }
 
 void Model::zero_stale(size_t begin, size_t end) {
-  const auto& views = table_.views();
+  const auto& views = lay_.table.views();
   for (size_t j = 0; j < views.size(); j++)
     if (views[j].offset >= begin && views[j].offset < end) zero_if_stale(j);
 }
 
-void Model::row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC) {
+void Model::row_parallel_forward(float* out, const float* inp, Param w, Param b, int BT, int IC) {
   const int C = cfg_.d_model;
   if (tp_size_ == 1) return linear_forward(out, inp, w, b, BT, IC, C);
-  linear_forward(out, inp, w, kNone, BT, IC, C);
+  linear_forward(out, inp, w, Param{}, BT, IC, C);
   tp_sum(out, size_t(BT) * C);
   if (const float* bias = P(b)) be_.axpby_rows(out, bias, 1.0f, 1.0f, size_t(BT), C, size_t(C), 0);
 }
 
-float* Model::partial_grad(size_t off, RedSlot slot) {
-  if (off == kNone) return nullptr;
-  return tp_size_ == 1 ? G(off) : tpred_.data() + red_off_[slot];
+float* Model::partial_grad(Param t, RedSlot slot) {
+  if (!t) return nullptr;
+  return tp_size_ == 1 ? G(t) : tpred_.data() + red_off_[slot];
 }
 
 void Model::red_begin(size_t n) { be_.zero(tpred_.data(), (red_extra_ + n) * sizeof(float)); }
 
-void Model::red_finish(size_t n, const size_t* dst) {
+void Model::red_finish(size_t n, const Param* dst) {
   tp_sum(tpred_.data(), red_extra_ + n);
   const int C = cfg_.d_model, hs = C / cfg_.n_head;
   for (int s = 0; s < kRedSlots; s++) {
-    if (dst[s] == kNone) continue;
+    if (!dst[s]) continue;
     const int width = s == kRedShift ? C : hs;
     be_.axpby_rows(G(dst[s]), tpred_.data() + red_off_[s], 1.0f, 1.0f, 1, width, size_t(width), size_t(width));
   }
 }
 
+void Model::embed(const Pass& p, const int* tokens_be) {
+  const int C = cfg_.d_model, Vl = Vl_, BT = p.B * p.T;
+  Activations& a = p.acts;
+  // this rank's vocabulary rows plus positions [pos0, pos0+T); under tensor parallelism zero rows
+  // for the tokens it does not own, summed over the ranks (exactly the owner's row: the others add zeros)
+  const float* wpe = lay_.wpe ? P(lay_.wpe) + size_t(p.pos0) * C : nullptr;
+  be_.encoder_forward(a.encoded, tokens_be, P(lay_.wte), wpe, p.B, p.T, C, tp_rank_ * Vl, Vl);
+  if (tp_size_ > 1) tp_sum(a.encoded, size_t(BT) * C);
+  if (cfg_.emb_norm)
+    be_.layernorm_forward(a.stream0, a.emb_mean, a.emb_rstd, a.encoded, P(lay_.lnew), P(lay_.lneb), BT, C);
+}
+
+void Model::head(const Pass& p, const float* residual) {
+  const int C = cfg_.d_model, BT = p.B * p.T;
+  Activations& a = p.acts;
+  be_.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, residual, P(lay_.lnfw), P(lay_.lnfb), BT, C);
+  linear_forward(a.logits, a.lnf, lay_.head, Param{}, BT, C, Vl_);
+}
+
 void Model::forward(const int* inputs, int B, int T) {
-  const int C = cfg_.d_model, Vl = Vl_, BT = B * T;
   if (B > maxB_ || T > maxT_) throw std::invalid_argument("Model::forward: batch larger than allocated");
   B_ = B, T_ = T;
-  inputs_be_ = tokens_for_backend(inputs, 0, size_t(BT));
-  // this rank's vocabulary rows plus positions; under tensor parallelism zero rows for the tokens
-  // it does not own, summed over the ranks (exactly the owner's row: the others add zeros)
-  be_.encoder_forward(A(encoded_), inputs_be_, P(wte_), P(wpe_), B, T, C, tp_rank_ * Vl, Vl);
-  if (tp_size_ > 1) tp_sum(A(encoded_), size_t(BT) * C);
-  if (cfg_.emb_norm)
-    be_.layernorm_forward(A(stream0_), A(emb_mean_), A(emb_rstd_), A(encoded_), P(lnew_), P(lneb_), BT, C);
-  const float* residual = A(stream0_);
-  for (int l = 0; l < int(layers_.size()); l++) {
-    block_forward(l, residual);
-    residual = A(lacts_[l].residual3);
+  inputs_be_ = tokens_for_backend(inputs, 0, size_t(B) * T);
+  const Pass p = train_pass();
+  embed(p, inputs_be_);
+  const float* residual = acts_.stream0;
+  for (int l = 0; l < int(lay_.layers.size()); l++) {
+    block_forward(l, residual, p);
+    residual = acts_.layers[l].residual3;
   }
-  be_.layernorm_forward(A(lnf_), A(lnf_mean_), A(lnf_rstd_), residual, P(lnfw_), P(lnfb_), BT, C);
-  linear_forward(A(logits_off_), A(lnf_), head_, kNone, BT, C, Vl);
+  head(p, residual);
 }
 
 float Model::loss(const int* targets, float dloss) {
   const int N = B_ * T_, V = cfg_.vocab_size;
-  float* losses = A(losses_);
-  float* logits = A(logits_off_);
+  float* losses = acts_.losses;
+  float* logits = acts_.logits;
   const int* targets_be = tokens_for_backend(targets, 1, size_t(N));
   if (tp_size_ == 1) {
     be_.crossentropy_forward_backward(logits, losses, targets_be, N, V, cfg_.padded_vocab_size, dloss, -1);
@@ -446,7 +295,7 @@ float Model::loss(const int* targets, float dloss) {
 }
 
 void Model::backward() {
-  const int B = B_, T = T_, C = cfg_.d_model, Vl = Vl_, BT = B * T, L = int(layers_.size());
+  const int B = B_, T = T_, C = cfg_.d_model, Vl = Vl_, BT = B * T, L = int(lay_.layers.size());
   const size_t n = size_t(BT) * C;
   float* dres = s_.dres.data();  // d(residual stream), carried down through the blocks
   float* dln = s_.dln.data();
@@ -454,31 +303,33 @@ void Model::backward() {
   if (cfg_.value_residual) s_.dv0.zero();
   // The gradients are final from the top of the buffer down (the layout is in forward order):
   // ln_f and an untied head, then each block, then the embedding (with a tied head).
-  size_t final_from = table_.total();
+  size_t final_from = lay_.table.total();
   auto grads_final_from = [&](size_t begin) {
     zero_stale(begin, final_from);
     if (grads_ready_) grads_ready_(begin, final_from);
     final_from = begin;
   };
-  const float* last = L == 0 ? A(stream0_) : A(lacts_.back().residual3);
-  linear_backward(dln, Dinp::overwrite, head_, kNone, A(logits_off_), A(lnf_), BT, C, Vl);
+  const Activations& a = acts_;
+  const float* last = L == 0 ? a.stream0 : a.layers.back().residual3;
+  linear_backward(dln, Dinp::overwrite, lay_.head, Param{}, a.logits, a.lnf, BT, C, Vl);
   if (tp_size_ > 1) tp_sum(dln, n);  // each rank's vocabulary slice gave part of d(ln_f output)
-  be_.layernorm_backward(dres, G(lnfw_), G(lnfb_), dln, last, P(lnfw_), A(lnf_mean_), A(lnf_rstd_), BT, C);
-  grads_final_from(lnfw_);
+  be_.layernorm_backward(dres, G(lay_.lnfw), G(lay_.lnfb), dln, last, P(lay_.lnfw), a.lnf_mean, a.lnf_rstd, BT, C);
+  grads_final_from(lay_.lnfw.off);
   for (int l = L - 1; l >= 0; l--) {
-    const float* residual = l == 0 ? A(stream0_) : A(lacts_[l - 1].residual3);
+    const float* residual = l == 0 ? a.stream0 : a.layers[l - 1].residual3;
     // with recompute the shared activations hold the last block's: recompute every other block
-    if (recompute_ && l != L - 1) block_forward(l, residual);
+    if (recompute_ && l != L - 1) block_forward(l, residual, train_pass());
     block_backward(l, residual, dres);
-    grads_final_from(layers_[l].ln1w);  // a block's first tensor
+    grads_final_from(lay_.layers[l].ln1w.off);  // a block's first tensor
   }
   float* demb = dres;
   if (cfg_.emb_norm) {
     be_.zero(dln, n * sizeof(float));
-    be_.layernorm_backward(dln, G(lnew_), G(lneb_), dres, A(encoded_), P(lnew_), A(emb_mean_), A(emb_rstd_), BT, C);
+    be_.layernorm_backward(dln, G(lay_.lnew), G(lay_.lneb), dres, a.encoded, P(lay_.lnew), a.emb_mean, a.emb_rstd, BT,
+                           C);
     demb = dln;
   }
   // demb is the same on every tensor rank: each takes its own vocabulary rows, and all the positions
-  be_.encoder_backward(G(wte_), G(wpe_), demb, inputs_be_, B, T, C, tp_rank_ * Vl, Vl);
+  be_.encoder_backward(G(lay_.wte), G(lay_.wpe), demb, inputs_be_, B, T, C, tp_rank_ * Vl, Vl);
   grads_final_from(0);
 }

@@ -7,10 +7,12 @@
 // named views over single allocations; forward and backward are the sequence of kernel calls.
 //
 // Where the code lives, one job per file:
-//   model.cpp         layout of parameters and activations, initialisation, embedding, head, loss
-//   block.cpp         one block forward and backward (attention sub-block, MLP sub-block)
-//   mixer_kvm.cpp     the glue from a block's q, k, v to kernels/kvm.h
-//   model_decode.cpp  token-by-token decode with per-layer caches
+//   layout.h/.cpp       every parameter, declared once: shape, sharding, decay, initialisation
+//   activations.h/.cpp  the activations of one pass, sized for (B, T)
+//   model.cpp           the model's buffers, embedding, head, loss, the linear layers' precision
+//   block.cpp           one block forward (training or one-token decode) and backward
+//   mixer_kvm.cpp       the glue from a block's q, k, v to kernels/kvm.h
+//   model_decode.cpp    token-by-token decode: per-layer caches, the same blocks on one token
 //
 // Tensor parallel (Megatron-LM), with a tensor communicator `tp` of size TP > 1: this rank holds
 // heads [r*H/TP, (r+1)*H/TP) of every mixer (column-parallel qkv, row-parallel output projection,
@@ -27,6 +29,10 @@
 // there; params_host / params_from_host and logits_host give the host what it reads. On cuda the
 // model refuses token-by-token decode (step, a host loop); forward, loss, backward, bf16 and tensor
 // parallelism (its collectives over NCCL) work.
+//
+// Decode runs the training blocks themselves (block_forward) in a one-token pass: the attention
+// mixers read their KV caches through the attention_decode kernel, KVM its decode cache, and the
+// token shift the previous token's rows, so a backbone switch is written once.
 #include <algorithm>
 #include <cstdint>
 #include <functional>
@@ -35,6 +41,8 @@
 #include <vector>
 
 #include "kernels/bf16.h"
+#include "model/activations.h"
+#include "model/layout.h"
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
 #include "config/config.h"
@@ -104,7 +112,7 @@ class Model {
   // Memory the decode caches hold now: KV caches, KVM states and windows (bytes).
   size_t decode_cache_bytes() const;
 
-  const float* logits() const { return acts_.data() + logits_off_; }  // (B, T, logits_width()), backend memory
+  const float* logits() const { return acts_.logits; }  // (B, T, logits_width()), backend memory
   // Rows [row, row + rows) of logits() (row = b*T + t) where the host can read them: in place on
   // cpu, else copied into `copy`.
   const float* logits_host(size_t row, size_t rows, std::vector<float>& copy) const;
@@ -120,7 +128,7 @@ class Model {
   float* params_host(std::vector<float>& copy);
   void params_from_host(const float* host);
   const Backend& backend() const { return be_; }
-  const TensorTable& table() const { return table_; }
+  const TensorTable& table() const { return lay_.table; }
   size_t num_params() const;         // this rank's parameters (its shards), padding between views excluded
   size_t activation_bytes() const { return acts_.bytes(); }
   const config::ModelConfig& cfg() const { return cfg_; }
@@ -135,74 +143,73 @@ class Model {
   };
 
  private:
-  static constexpr size_t kNone = SIZE_MAX;  // an absent tensor
-  enum class Mixer { attn, swa, kvm };
-  struct Layer {  // offsets into the parameter (and gradient) allocation; kNone when absent
-    Mixer mixer;
-    int rope_dims;  // 0: no RoPE on this layer
-    int window;     // attention window in tokens, 0 for full attention
-    size_t ln1w, ln1b, shift_att, qkvw, qkvb, qnw, qnb, knw, knb, projw, projb;
-    size_t ln2w, ln2b, shift_mlp, fcw, fcb, fcprojw, fcprojb;
-    size_t lnsw, lnsb, gatew, tau_front, tau_state;  // KVM
-  };
-  struct LayerActs {  // offsets into the activation allocation, sized for (maxB, maxT); kNone when absent
-    size_t ln1, ln1_mean, ln1_rstd, xa, qkv, qkvp, qn_mean, qn_rstd, kn_mean, kn_rstd, atty, lse;
-    size_t qh, kh, vh, gpre, g, outh;  // KVM: (B,H,T,D) q, k, v, gate before/after 1+elu, output
-    size_t residual2, ln2, ln2_mean, ln2_rstd, xm, fch, fch_act, residual3;
-  };
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
     DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dact, dv0;
     DeviceBuffer dqh, dkh, dvh, douth, dg, dgbt, dgpre;  // KVM; dgbt: dg as (B,T,NH)
   };
+  struct DecodeCache;  // model_decode.cpp
+  // One forward pass through the blocks: B sequences of T tokens from position pos0, into acts.
+  // decode: the per-layer caches of a token-by-token decode (null: a training pass over whole
+  // sequences, which starts them at position 0).
+  struct Pass {
+    int B, T, pos0;
+    Activations& acts;
+    DecodeCache* decode;
+  };
+  Pass train_pass() { return {B_, T_, 0, acts_, nullptr}; }
 
-  float* P(size_t off) { return off == kNone ? nullptr : params_.data() + off; }
-  const kernels::bf16* P16(size_t off) {
-    return off == kNone ? nullptr : reinterpret_cast<const kernels::bf16*>(params16_.data()) + off;
+  float* P(Param t) { return t ? params_.data() + t.off : nullptr; }
+  const kernels::bf16* P16(Param t) {
+    return t ? reinterpret_cast<const kernels::bf16*>(params16_.data()) + t.off : nullptr;
   }
-  // The gradient of the tensor at `off` (a view's offset), ready to be added to: zeroed first if stale.
-  float* G(size_t off);
-  // True, and no longer stale, when the gradient at `off` is stale: the caller overwrites it.
-  bool claim_stale(size_t off);
+  // The gradient of tensor t, ready to be added to: zeroed first if stale.
+  float* G(Param t);
+  // True, and no longer stale, when the gradient of t is stale: the caller overwrites it.
+  bool claim_stale(Param t);
   float* zero_if_stale(size_t j);  // view j's gradient, zeroed first if stale
   void zero_stale(size_t begin, size_t end);  // zeroes the stale gradients of the views in [begin, end)
-  float* A(size_t off) { return off == kNone ? nullptr : acts_.data() + off; }
   bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
+  std::vector<bool> processed_layers() const;  // qkv_processed of every layer
   // host tokens (n) where the backend's kernels read them: in place on cpu, else uploaded to slot
   // 0 (inputs) or 1 (targets) of tokens_
   const int* tokens_for_backend(const int* host, int slot, size_t n);
+  // the residual stream entering block 0 (into a.stream0) and the logits leaving the last (a.logits)
+  void embed(const Pass& p, const int* tokens_be);
+  void head(const Pass& p, const float* residual);
 
-  // block.cpp: block l of the last forward's shape, from `residual` (its input)
-  void block_forward(int l, const float* residual);
+  // block.cpp: block l of pass p, from `residual` (its input)
+  void block_forward(int l, const float* residual, const Pass& p);
   void block_backward(int l, const float* residual, float* dres);
-  void mixer_forward(int l);
+  void mixer_forward(int l, const Pass& p);
   void mixer_backward(int l, float* datty, float* dqkvp, float* dln1);
+  // out = the token shift of inp by mix; prev (decode): the previous token's row, then this one's
+  void token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev);
   // mixer_kvm.cpp
-  void kvm_forward(int l);
+  void kvm_forward(int l, const Pass& p);
   void kvm_backward(int l, const float* datty, float* dqkvp, float* dln1);
-  void kvm_decode(int l, float* out, const float* qkvp, const float* ln1);
   size_t kvm_cache_bytes(int l) const;
   void kvm_make(int l);
   // out (N,OC) = inp (N,IC) @ W^T + b and its backward, in the model's precision (model.cpp)
-  void linear_forward(float* out, const float* inp, size_t w, size_t b, int N, int IC, int OC);
+  void linear_forward(float* out, const float* inp, Param w, Param b, int N, int IC, int OC);
   // pre (N,OC) = the same, out = gelu(pre)
-  void linear_gelu_forward(float* out, float* pre, const float* inp, size_t w, size_t b, int N, int IC, int OC);
+  void linear_gelu_forward(float* out, float* pre, const float* inp, Param w, Param b, int N, int IC, int OC);
   // dinp: added to, or written where it has no other contributor (no zeroing pass before)
   enum class Dinp { accumulate, overwrite };
-  void linear_backward(float* dinp, Dinp mode, size_t w, size_t b, const float* dout, const float* inp, int N, int IC,
+  void linear_backward(float* dinp, Dinp mode, Param w, Param b, const float* dout, const float* inp, int N, int IC,
                        int OC);
   // tensor parallel (model.cpp); p in the backend's memory
   void tp_sum(float* p, size_t n) { tpd_->all_reduce_sum(p, n); }
   // out (BT, C) = inp (BT, IC) @ W^T + b for a row-parallel W (C, IC) with replicated b: partial
   // products all-reduced, then the bias; TP = 1: one matmul_forward.
-  void row_parallel_forward(float* out, const float* inp, size_t w, size_t b, int BT, int IC);
+  void row_parallel_forward(float* out, const float* inp, Param w, Param b, int BT, int IC);
   // Where a replicated parameter's gradient that this rank computes only in part (qk-norm, ln_s,
-  // token shift) goes: G(off) with TP = 1, else a slot of tpred_ that is all-reduced with the
-  // sub-block's input gradient and then added to G(off).
+  // token shift) goes: G(t) with TP = 1, else a slot of tpred_ that is all-reduced with the
+  // sub-block's input gradient and then added to G(t).
   enum RedSlot { kRedShift, kRedQnw, kRedQnb, kRedKnw, kRedKnb, kRedLnsw, kRedLnsb, kRedSlots };
-  float* partial_grad(size_t off, RedSlot slot);
+  float* partial_grad(Param t, RedSlot slot);
   float* red_dln() { return tpred_.data() + red_extra_; }  // (BT, C) after the slots
   void red_begin(size_t n);
-  void red_finish(size_t n, const size_t* dst /* (kRedSlots) gradient offsets, kNone: unused */);
+  void red_finish(size_t n, const Param* dst /* (kRedSlots) gradient targets, absent: unused */);
 
   config::ModelConfig cfg_;
   const Backend& be_;
@@ -218,23 +225,17 @@ class Model {
   int B_ = 0, T_ = 0;
   const int* inputs_be_ = nullptr;  // the last forward's inputs in the backend's memory, for the kernels
   DeviceBuffer tokens_;             // cuda: (2, maxB*maxT) ints, the uploaded inputs and targets
-  TensorTable table_;
-  std::vector<Layer> layers_;
-  size_t wte_, wpe_ = kNone, lnew_ = kNone, lneb_ = kNone, lnfw_, lnfb_, head_;
+  ModelLayout lay_;
   DeviceBuffer params_, grads_;
   std::vector<char> stale_;  // per view of table_ (in offset order): its gradient awaits overwriting
   std::function<void(size_t, size_t)> grads_ready_;  // on_grads_ready
   DeviceBuffer params16_;  // bf16 mixed precision: the bf16 copy of params_ (same offsets), two per float
 
-  std::vector<LayerActs> lacts_;
-  size_t encoded_, emb_mean_ = kNone, emb_rstd_ = kNone, stream0_, v0_ = kNone;
-  size_t lnf_, lnf_mean_, lnf_rstd_, logits_off_, losses_;
-  DeviceBuffer acts_;
+  Activations acts_;  // the training pass's, sized for (maxB, maxT)
   Scratch s_;
   std::vector<std::unique_ptr<KvmLayer, KvmLayerDeleter>> kvm_;  // per layer, null unless kvm
 
   // decode (model_decode.cpp)
-  struct DecodeCache;
   struct DecodeCacheDeleter {
     void operator()(DecodeCache* p) const;
   };

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -195,6 +196,50 @@ TEST(Model, PaperInitZeroesOutputProjections) {
   for (size_t i = 0; i < g.size; i++) mx = std::max(mx, std::fabs(model.params()[g.offset + i]));
   EXPECT_GT(mx, 0.0f);
   EXPECT_LE(mx, 1.0f / std::sqrt(float(m.d_model)));
+}
+
+// The declared layout (model/layout.cpp) against what each kind of tensor must be, told here by
+// its checkpoint name as docs/checkpoint-format.md defines them: every tensor once, matrices and
+// embeddings decayed and nothing else, and each starting as GPT-2 / RWKV / PyTorch start it.
+TEST(ModelLayout, EveryTensorIsDeclaredOnceAndStartsByItsRule) {
+  auto m = test_models::hybrid();
+  m.bias = true;
+  Model model(m, 1, 8);
+  model.init(3);
+  const int C = m.d_model, L = m.n_layer;
+  std::set<std::string> names;
+  auto stddev = [](const float* x, size_t n) {
+    double s = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++) s += x[i], s2 += double(x[i]) * x[i];
+    return std::sqrt(s2 / n - (s / n) * (s / n));
+  };
+  for (const auto& v : model.table().views()) {
+    SCOPED_TRACE(v.name);
+    EXPECT_TRUE(names.insert(v.name).second);
+    EXPECT_EQ(v.decay, v.shape.size() == 2);
+    const float* x = model.params() + v.offset;
+    const std::string& n = v.name;
+    if (n.find("ln_") != std::string::npos || n.ends_with("tau_front") || n.ends_with("tau_state")) {
+      for (size_t i = 0; i < v.size; i++) ASSERT_EQ(x[i], n.ends_with(".bias") ? 0.0f : 1.0f);
+    } else if (n.ends_with(".bias")) {
+      for (size_t i = 0; i < v.size; i++) ASSERT_EQ(x[i], 0.0f);
+    } else if (n.ends_with(".shift")) {
+      const int l = n[2] - '0';
+      for (int c = 0; c < C; c++) ASSERT_FLOAT_EQ(x[c], float(std::pow(double(c) / C, 1.0 - double(l) / L)));
+    } else if (n.ends_with("kvm.gate.weight")) {
+      for (size_t i = 0; i < v.size; i++) ASSERT_LE(std::fabs(x[i]), 1.0f / std::sqrt(float(C)));
+      EXPECT_GT(stddev(x, v.size), 0.5 / std::sqrt(3.0 * C));  // U(-b, b) has deviation b/sqrt(3)
+    } else if (n == "wte" || n == "lm_head.weight") {
+      const size_t real = size_t(m.vocab_size) * C;
+      for (size_t i = real; i < v.size; i++) ASSERT_EQ(x[i], 0.0f);  // padded rows: no token selects them
+      EXPECT_NEAR(stddev(x, real), 0.02, 0.002);
+    } else if (n.ends_with("proj.weight")) {
+      EXPECT_NEAR(stddev(x, v.size), 0.02 / std::sqrt(2.0 * L), 0.003);
+    } else {
+      ASSERT_TRUE(n.ends_with("qkv.weight") || n.ends_with("fc.weight")) << "a tensor this test does not know";
+      EXPECT_NEAR(stddev(x, v.size), 0.02, 0.003);
+    }
+  }
 }
 
 }  // namespace
