@@ -17,15 +17,22 @@
 void Model::mixer_forward(int l) {
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
-  if (w.mixer == Mixer::kvm) return kvm_forward(l);
-  be_.attention_forward(A(x.atty), A(x.lse), A(x.qkvp), B_, T_, Ca_, NHl_, w.window);
+  switch (w.mixer) {
+    case Mixer::attn:
+    case Mixer::swa: return be_.attention_forward(A(x.atty), A(x.lse), A(x.qkvp), B_, T_, Ca_, NHl_, w.window);
+    case Mixer::kvm: return kvm_forward(l);
+  }
 }
 
 void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
   const Layer& w = layers_[l];
   const LayerActs& x = lacts_[l];
-  if (w.mixer == Mixer::kvm) return kvm_backward(l, datty, dqkvp, dln1);
-  be_.attention_backward(dqkvp, datty, A(x.qkvp), A(x.atty), A(x.lse), B_, T_, Ca_, NHl_, w.window);
+  switch (w.mixer) {
+    case Mixer::attn:
+    case Mixer::swa:
+      return be_.attention_backward(dqkvp, datty, A(x.qkvp), A(x.atty), A(x.lse), B_, T_, Ca_, NHl_, w.window);
+    case Mixer::kvm: return kvm_backward(l, datty, dqkvp, dln1);
+  }
 }
 
 void Model::block_forward(int l, const float* residual) {
@@ -65,11 +72,14 @@ void Model::block_forward(int l, const float* residual) {
   // ---- MLP sub-block ----
   be_.layernorm_forward(A(x.ln2), A(x.ln2_mean), A(x.ln2_rstd), A(x.residual2), P(w.ln2w), P(w.ln2b), BT, C);
   if (cfg_.token_shift) be_.token_shift_forward(A(x.xm), A(x.ln2), nullptr, P(w.shift_mlp), B, T, C);
-  if (cfg_.mlp == "relu2") {
-    linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
-    be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
-  } else {  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
-    linear_gelu_forward(A(x.fch_act), A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+  switch (cfg_.mlp) {
+    case config::Mlp::gelu:  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
+      linear_gelu_forward(A(x.fch_act), A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+      break;
+    case config::Mlp::relu2:
+      linear_forward(A(x.fch), A(x.xm), w.fcw, w.fcb, BT, C, F);
+      be_.relu2_forward(A(x.fch_act), A(x.fch), BT * F);
+      break;
   }
   row_parallel_forward(A(x.residual3), A(x.fch_act), w.fcprojw, w.fcprojb, BT, F);
   be_.scaled_residual_forward(A(x.residual3), A(x.residual2), A(x.residual3), s, BT * C);
@@ -102,8 +112,10 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   else if (cfg_.token_shift) zero(dln, n);
   float* dact = s_.dact.data();  // d(activation output), then in place d(fc output)
   linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, A(x.fch_act), BT, F, C);
-  if (cfg_.mlp == "relu2") be_.relu2_backward(dact, A(x.fch), dact, BT * F);
-  else be_.gelu_backward(dact, A(x.fch), dact, BT * F);
+  switch (cfg_.mlp) {
+    case config::Mlp::gelu: be_.gelu_backward(dact, A(x.fch), dact, BT * F); break;
+    case config::Mlp::relu2: be_.relu2_backward(dact, A(x.fch), dact, BT * F); break;
+  }
   float* dxm = cfg_.token_shift ? dxa : dln;
   linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, A(x.xm), BT, C, F);
   if (cfg_.token_shift)

@@ -35,7 +35,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     throw std::invalid_argument("Model: the device tensor-parallel communicator is not the ranks of tp");
   Ca_ = C / TP, NHl_ = NH / TP, Fl_ = 4 * C / TP, Vl_ = Vp / TP;
   const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Vl = Vl_;
-  const bool rope = cfg.pos == "rope";
+  const bool rope = cfg.pos == config::Pos::rope;
   const int R = cfg.rope_dims ? cfg.rope_dims : hs / 2;
   const int R_swa = cfg.swa_rope_dims ? cfg.swa_rope_dims : R;
   const bool bias = cfg.bias;
@@ -57,10 +57,9 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   }
   for (int l = 0; l < L; l++) {
     std::string p = "h." + std::to_string(l) + ".";
-    const std::string& mix = cfg.mixers[size_t(l) % cfg.mixers.size()];
     Layer y;
     std::memset(&y, 0xff, sizeof y);  // every offset kNone until added
-    y.mixer = mix == "kvm" ? Mixer::kvm : mix == "swa" ? Mixer::swa : Mixer::attn;
+    y.mixer = cfg.mixers[size_t(l) % cfg.mixers.size()];
     y.window = y.mixer == Mixer::swa ? cfg.swa_window : 0;
     y.rope_dims = rope ? (y.mixer == Mixer::swa ? R_swa : R) : 0;
     y.ln1w = add(p + "ln_1.weight", {C}, false);
@@ -200,7 +199,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
 Model::~Model() = default;
 
 bool Model::qkv_processed(int l) const {
-  return cfg_.qk_norm || cfg_.pos == "rope" || (cfg_.value_residual && l > 0);
+  return cfg_.qk_norm || cfg_.pos == config::Pos::rope || (cfg_.value_residual && l > 0);
 }
 
 void Model::init(uint64_t seed) {
@@ -283,10 +282,11 @@ double Model::flops_per_token(int T) const {
   double attention = 0;  // q.k and p.v over the keys each query sees, averaged over the sequence
   for (const auto& y : layers_) {
     double keys = (T + 1) / 2.0;
-    if (y.mixer == Mixer::swa) keys = std::min<double>(keys, y.window);
-    if (y.mixer == Mixer::kvm) {
-      const auto& kv = cfg_.kvm;
-      keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len);
+    const auto& kv = cfg_.kvm;
+    switch (y.mixer) {
+      case Mixer::attn: break;
+      case Mixer::swa: keys = std::min<double>(keys, y.window); break;
+      case Mixer::kvm: keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len); break;
     }
     attention += 2 * 2 * C * keys;
   }

@@ -136,7 +136,7 @@ class Model {
 
  private:
   static constexpr size_t kNone = SIZE_MAX;  // an absent tensor
-  enum class Mixer { attn, swa, kvm };
+  using Mixer = config::Mixer;
   struct Layer {  // offsets into the parameter (and gradient) allocation; kNone when absent
     Mixer mixer;
     int rope_dims;  // 0: no RoPE on this layer
@@ -241,3 +241,6 @@ class Model {
   std::unique_ptr<DecodeCache, DecodeCacheDeleter> dec_;
   int pos_ = 0;
 };
+
+// model.kvm.budget as the KVM core's schedule (kernels never see configs; mixer_kvm.cpp).
+kernels::KvmBudget to_kernels(config::KvmBudget budget);

@@ -166,8 +166,10 @@ const float* Model::step(int token) {
       xm = d.xm.data();
     }
     linear_forward(d.fch.data(), xm, w.fcw, w.fcb, 1, C, F);
-    if (cfg_.mlp == "relu2") be_.relu2_forward(d.act.data(), d.fch.data(), F);
-    else be_.gelu_forward(d.act.data(), d.fch.data(), F);
+    switch (cfg_.mlp) {
+      case config::Mlp::gelu: be_.gelu_forward(d.act.data(), d.fch.data(), F); break;
+      case config::Mlp::relu2: be_.relu2_forward(d.act.data(), d.fch.data(), F); break;
+    }
     row_parallel_forward(d.tmp.data(), d.act.data(), w.fcprojw, w.fcprojb, 1, F);
     be_.scaled_residual_forward(d.x.data(), d.res2.data(), d.tmp.data(), s, C);
   }

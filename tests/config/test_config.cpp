@@ -36,7 +36,7 @@ TEST(Config, DefaultsAndResolvedPadding) {
   EXPECT_EQ(c.model.padded_vocab_size, 50304);
   auto b = config::load_string("model: {vocab_size: 257}\ndata: {tokenizer: byte}\n", "t.yaml");
   EXPECT_EQ(b.model.padded_vocab_size, 384);
-  EXPECT_EQ(c.train.device, "cpu");
+  EXPECT_EQ(c.train.device, config::Device::cpu);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndSuggests) {
@@ -77,10 +77,10 @@ TEST(Config, CrossFieldChecksNameTheKey) {
 
 TEST(Config, CudnnAttentionNeedsCudaBf16AndAHeadDimItTakes) {
   const auto npos = std::string::npos;
-  EXPECT_EQ(config::load_string("", "t.yaml").train.attention_backend, "native");
+  EXPECT_EQ(config::load_string("", "t.yaml").train.attention_backend, config::AttentionBackend::native);
   const std::string cudnn = "train: {device: cuda, precision: bf16, attention_backend: cudnn}\n";
   EXPECT_EQ(error_of(cudnn), "");
-  EXPECT_EQ(config::load_string(cudnn, "t.yaml").train.attention_backend, "cudnn");
+  EXPECT_EQ(config::load_string(cudnn, "t.yaml").train.attention_backend, config::AttentionBackend::cudnn);
 
   std::string m = error_of("train: {precision: bf16, attention_backend: cudnn}\n");
   EXPECT_NE(m.find("t.yaml:1: train.attention_backend: cudnn needs train.device: cuda"), npos) << m;
