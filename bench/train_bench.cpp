@@ -50,11 +50,13 @@ int main(int argc, char** argv) {
   const std::string& config_path = flags.config_path;
   const std::string& out = flags.out;
   const int B = flags.B, T = flags.T, steps = flags.steps;
-  config::Config cfg = config::load(config_path, {"train.seq_len=" + std::to_string(T)});
+  // --precision is train.precision: the config checks its value
+  config::Config cfg =
+      config::load(config_path, {"train.seq_len=" + std::to_string(T), "train.precision=" + precision});
   const Backend& be = profile ? timed_backend::cpu() : cpu_backend();
   Model model(cfg.model, B, T, false, nullptr, be);
   model.init(1);
-  const bool bf16 = precision == "bf16";
+  const bool bf16 = cfg.train.precision == config::Precision::bf16;
   if (bf16) model.use_bf16(), model.refresh_bf16(1, 0);
   AdamW opt(model.table(), cfg.train, 0, SIZE_MAX, be);
   Rng rng(2);

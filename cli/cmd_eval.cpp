@@ -34,7 +34,7 @@ namespace {
 // A model with learned positions has no embedding for positions >= max_seq_len.
 void check_length(const config::ModelConfig& m, int T, const std::string& what) {
   if (T <= m.max_seq_len) return;
-  if (m.pos == "learned")
+  if (m.pos == config::Pos::learned)
     throw UsageError("eval: " + what + " needs " + std::to_string(T) + " positions, but this model has learned " +
                           "positions (model.pos: learned) only up to model.max_seq_len " +
                           std::to_string(m.max_seq_len) + "; only RoPE models (model.pos: rope) go past it");
@@ -81,7 +81,7 @@ std::vector<std::vector<int>> long_documents(const std::vector<data::Source>& so
   longest = 0;
   for (const auto& src : sources)
     for (const auto& path : data::list_shards(src.path)) {
-      data::ShardReader r(path, cfg.data.tokenizer, cfg.model.vocab_size);
+      data::ShardReader r(path, config::to_string(cfg.data.tokenizer), cfg.model.vocab_size);
       auto offs = r.doc_offsets();
       for (size_t i = 0; i < offs.size() && docs.size() < max_docs; i++) {
         const uint64_t b = uint64_t(offs[i]), e = i + 1 < offs.size() ? uint64_t(offs[i + 1]) : r.size();
@@ -107,7 +107,7 @@ int task_loss(const cli::Args& args, const config::Config& cfg, const std::strin
   if (T < 1 || B < 1) throw UsageError("eval: expected --seq-len >= 1 and --batch >= 1");
   check_length(cfg.model, T, "--seq-len " + std::to_string(T));
   const auto sources = eval_sources(args, cfg);
-  data::LoaderOptions lo{sources, B, T, uint64_t(cfg.train.seed), 0, 1, false, cfg.data.tokenizer,
+  data::LoaderOptions lo{sources, B, T, uint64_t(cfg.train.seed), 0, 1, false, config::to_string(cfg.data.tokenizer),
                          cfg.model.vocab_size};
   data::Loader loader(lo);
   int64_t batches = args.integer("batches");
@@ -174,7 +174,8 @@ int task_position_loss(const cli::Args& args, const config::Config& cfg, const s
     std::printf("  positions [%6d, %6d): loss %.4f%s\n", b0, b1, loss, b0 >= cfg.train.seq_len ? "  (past training length)" : "");
   }
   json::Object o{{"task", "position-loss"}, {"checkpoint", ckpt}, {"seq_len", T},
-                 {"train_seq_len", cfg.train.seq_len}, {"max_seq_len", cfg.model.max_seq_len}, {"pos", cfg.model.pos},
+                 {"train_seq_len", cfg.train.seq_len}, {"max_seq_len", cfg.model.max_seq_len},
+                 {"pos", config::to_string(cfg.model.pos)},
                  {"block", block}, {"documents", int64_t(docs.size())}, {"blocks", blocks}};
   const std::string dir = out_dir(args, ckpt);
   write_file_atomic(dir + "/position_loss.json", json::dump(o, 2) + "\n");
@@ -187,13 +188,13 @@ int task_position_loss(const cli::Args& args, const config::Config& cfg, const s
 const char* kFixedFiller = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 
 int task_passkey(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
-  auto tok = data::make_tokenizer(cfg.data.tokenizer);
+  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
   std::vector<int> lengths;
   if (args.has("lengths")) {
     for (double x : parse_numbers(args.str("lengths"), "lengths")) lengths.push_back(int(x));
   } else {
     for (int x : {cfg.train.seq_len / 2, cfg.train.seq_len, 2 * cfg.train.seq_len})
-      if (cfg.model.pos != "learned" || x <= cfg.model.max_seq_len) lengths.push_back(x);
+      if (cfg.model.pos != config::Pos::learned || x <= cfg.model.max_seq_len) lengths.push_back(x);
   }
   const std::vector<double> depths = parse_numbers(args.str("depths"), "depths");
   for (double d : depths)
@@ -216,7 +217,7 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
     }
     for (const auto& src : sources)
       for (const auto& path : data::list_shards(src.path)) {
-        data::ShardReader r(path, cfg.data.tokenizer, cfg.model.vocab_size);
+        data::ShardReader r(path, config::to_string(cfg.data.tokenizer), cfg.model.vocab_size);
         const size_t n = size_t(std::min<uint64_t>(r.size(), 1u << 20));
         std::vector<uint16_t> buf(n);
         r.read(0, n, buf.data());

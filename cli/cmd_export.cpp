@@ -56,13 +56,13 @@ json::Object hf_gpt2_config(const config::ModelConfig& m, const std::string& dty
 }
 
 // Backbone and KVM models: our own names and this config (docs/checkpoint-format.md).
-json::Object backbone_config(const config::ModelConfig& m, const std::string& dtype, const std::string& tokenizer) {
+json::Object backbone_config(const config::ModelConfig& m, const std::string& dtype, config::Tokenizer tokenizer) {
   json::Array mixers;
-  for (const auto& x : m.mixers) mixers.push_back(x);
+  for (config::Mixer x : m.mixers) mixers.push_back(config::to_string(x));
   json::Object kvm{{"chunk", m.kvm.chunk},
                    {"window_chunks", m.kvm.window_chunks},
                    {"sink", m.kvm.sink},
-                   {"budget", m.kvm.budget},
+                   {"budget", config::to_string(m.kvm.budget)},
                    {"min_len", m.kvm.min_len},
                    {"power_f", m.kvm.power_f},
                    {"power_e", m.kvm.power_e},
@@ -83,10 +83,10 @@ json::Object backbone_config(const config::ModelConfig& m, const std::string& dt
                       {"d_model", m.d_model},
                       {"max_seq_len", m.max_seq_len},
                       {"tie_embeddings", m.tie_embeddings},
-                      {"pos", m.pos},
+                      {"pos", config::to_string(m.pos)},
                       {"rope_dims", m.rope_dims},
                       {"rope_base", m.rope_base},
-                      {"mlp", m.mlp},
+                      {"mlp", config::to_string(m.mlp)},
                       {"qk_norm", m.qk_norm},
                       {"emb_norm", m.emb_norm},
                       {"token_shift", m.token_shift},
@@ -98,7 +98,7 @@ json::Object backbone_config(const config::ModelConfig& m, const std::string& dt
                       {"swa_rope_dims", m.swa_rope_dims},
                       {"kvm", kvm},
                       {"layer_norm_epsilon", 1e-5},
-                      {"tokenizer", tokenizer},
+                      {"tokenizer", config::to_string(tokenizer)},
                       {"torch_dtype", dtype == "bf16" ? "bfloat16" : "float32"}};
 }
 
@@ -140,13 +140,17 @@ int cmd_export(int argc, char** argv) {
         ckpt::safetensors_bytes(out, dtype == "bf16" ? ckpt::DType::BF16 : ckpt::DType::F32,
                                 {{"format", "pt"}, {"source", "kvmtrain " + dir}}));
   write(od, "config.json", json::dump(config, 2) + "\n");
-  if (cfg.data.tokenizer == "gpt2") {
-    write(od, "vocab.json", std::string(kvm_gpt2_encoder_json, kvm_gpt2_encoder_json_end));
-    write(od, "merges.txt", std::string(kvm_gpt2_vocab_bpe, kvm_gpt2_vocab_bpe_end));
-    json::Object tok{{"tokenizer_class", "GPT2Tokenizer"}, {"model_max_length", m.max_seq_len},
-                     {"bos_token", "<|endoftext|>"},       {"eos_token", "<|endoftext|>"},
-                     {"unk_token", "<|endoftext|>"},       {"add_prefix_space", false}};
-    write(od, "tokenizer_config.json", json::dump(tok, 2) + "\n");
+  switch (cfg.data.tokenizer) {
+    case config::Tokenizer::gpt2: {
+      write(od, "vocab.json", std::string(kvm_gpt2_encoder_json, kvm_gpt2_encoder_json_end));
+      write(od, "merges.txt", std::string(kvm_gpt2_vocab_bpe, kvm_gpt2_vocab_bpe_end));
+      json::Object tok{{"tokenizer_class", "GPT2Tokenizer"}, {"model_max_length", m.max_seq_len},
+                       {"bos_token", "<|endoftext|>"},       {"eos_token", "<|endoftext|>"},
+                       {"unk_token", "<|endoftext|>"},       {"add_prefix_space", false}};
+      write(od, "tokenizer_config.json", json::dump(tok, 2) + "\n");
+      break;
+    }
+    case config::Tokenizer::byte: break;  // the byte tokenizer needs no files
   }
   ckpt::fsync_dir(od.string());
   std::printf("exported %s (%s, %s names, %zu tensors, %s) to %s\n", dir.c_str(), gpt2 ? "GPT-2" : "backbone",

@@ -19,6 +19,7 @@
 
 #include "common/json.h"
 #include "kernels/kvm.h"
+#include "model/model.h"
 #include "common/usage_error.h"
 #include "train/eval_common.h"
 #include "train/run_log.h"
@@ -231,30 +232,31 @@ std::vector<std::string> train_overrides(const Sweep& s, const Run& r) {
 
 std::string state_slots(const config::ModelConfig& m, int T) {
   std::string out;
-  std::set<std::string> seen;
-  for (const auto& kind : m.mixers) {
+  std::set<config::Mixer> seen;
+  for (config::Mixer kind : m.mixers) {
     if (!seen.insert(kind).second) continue;
     int slots = T;
-    if (kind == "swa") {
-      slots = std::min(m.swa_window, T);
-    } else if (kind == "kvm") {
-      kernels::KvmParams p;
-      p.C = m.kvm.chunk, p.W = m.kvm.window_chunks, p.S = m.kvm.sink;
-      p.budget = m.kvm.budget == "power_law"    ? kernels::KvmBudget::power_law
-                 : m.kvm.budget == "saturating" ? kernels::KvmBudget::saturating
-                                                : kernels::KvmBudget::fixed;
-      p.min_len = m.kvm.min_len, p.power_f = m.kvm.power_f, p.power_e = m.kvm.power_e, p.sat_n = m.kvm.sat_n;
-      p.max_slots = m.kvm.max_slots ? m.kvm.max_slots : 1 << 30;
-      // the final training state after T tokens: chunk 0, then one update after each read-out
-      // but the last (as tests/kernels/test_kvm.cpp's slots_after, doc section 9)
-      int M = std::min(T, p.C);
-      for (int qe = p.W * p.C + p.C; qe < T; qe += p.C) {
-        const int avail = qe + p.C - p.W * p.C;
-        M += std::clamp(kernels::kvm_budget(p, qe, avail, M) - M, 0, p.C);
+    switch (kind) {
+      case config::Mixer::attn: break;  // every token
+      case config::Mixer::swa: slots = std::min(m.swa_window, T); break;
+      case config::Mixer::kvm: {
+        kernels::KvmParams p;
+        p.C = m.kvm.chunk, p.W = m.kvm.window_chunks, p.S = m.kvm.sink;
+        p.budget = to_kernels(m.kvm.budget);
+        p.min_len = m.kvm.min_len, p.power_f = m.kvm.power_f, p.power_e = m.kvm.power_e, p.sat_n = m.kvm.sat_n;
+        p.max_slots = m.kvm.max_slots ? m.kvm.max_slots : 1 << 30;
+        // the final training state after T tokens: chunk 0, then one update after each read-out
+        // but the last (as tests/kernels/test_kvm.cpp's slots_after, doc section 9)
+        int M = std::min(T, p.C);
+        for (int qe = p.W * p.C + p.C; qe < T; qe += p.C) {
+          const int avail = qe + p.C - p.W * p.C;
+          M += std::clamp(kernels::kvm_budget(p, qe, avail, M) - M, 0, p.C);
+        }
+        slots = M;
+        break;
       }
-      slots = M;
     }
-    out += (out.empty() ? "" : " / ") + kind + " " + std::to_string(slots);
+    out += (out.empty() ? "" : " / ") + config::to_string(kind) + " " + std::to_string(slots);
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "common/unreachable.h"
 #include "common/usage_error.h"
 
 namespace config {
@@ -38,14 +39,15 @@ struct Field {
 template <class T>
 using Ref = std::function<T&(Config&)>;
 
+// show: the value as YAML (default: yaml-cpp's own conversion of T).
 template <class T>
 Field make(const std::string& key, const std::string& type, Ref<T> ref, std::function<T(const YAML::Node&)> parse,
-           const std::string& doc) {
+           const std::string& doc,
+           std::function<YAML::Node(const T&)> show = [](const T& v) { return YAML::Node(v); }) {
   Field f{key, type, "", doc, nullptr, nullptr};
   f.set = [ref, parse](Config& c, const YAML::Node& n) { ref(c) = parse(n); };
-  f.get = [ref](const Config& c) { return YAML::Node(ref(const_cast<Config&>(c))); };
-  Config defaults;
-  f.default_text = scalar_text(f.get(defaults));
+  f.get = [ref, show](const Config& c) { return show(ref(const_cast<Config&>(c))); };
+  f.default_text = scalar_text(f.get(Config{}));
   return f;
 }
 
@@ -71,20 +73,17 @@ Field number(const std::string& key, Ref<double> ref, double lo, double hi, bool
   std::ostringstream e;
   e << "a number in " << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
   std::string expected = e.str();
-  Field f = make<double>(key, "float", ref, [=](const YAML::Node& n) {
+  return make<double>(key, "float", ref, [=](const YAML::Node& n) {
     double v;
     if (!n.IsScalar() || !YAML::convert<double>::decode(n, v) || v < lo || v > hi || (lo_open && v == lo))
       throw Expected{expected};
     return v;
-  }, doc);
-  // the shortest text that reads back to the same double (0.1, not 0.10000000000000001)
-  f.get = [ref](const Config& c) {
+  }, doc, [](const double& v) {
+    // the shortest text that reads back to the same double (0.1, not 0.10000000000000001)
     char buf[32];
-    auto r = std::to_chars(buf, buf + sizeof buf, ref(const_cast<Config&>(c)));
+    auto r = std::to_chars(buf, buf + sizeof buf, v);
     return YAML::Node(std::string(buf, r.ptr));
-  };
-  f.default_text = scalar_text(f.get(Config{}));
-  return f;
+  });
 }
 
 Field boolean(const std::string& key, Ref<bool> ref, const std::string& doc) {
@@ -111,40 +110,48 @@ Field optional_string(const std::string& key, Ref<std::string> ref, const std::s
   }, doc);
 }
 
-Field choice(const std::string& key, Ref<std::string> ref, std::vector<std::string> choices, const std::string& doc) {
-  std::string expected = "one of";
-  for (size_t i = 0; i < choices.size(); i++) expected += (i ? " | " : " ") + choices[i];
-  return make<std::string>(key, "enum", ref, [=](const YAML::Node& n) {
-    if (!n.IsScalar() || std::find(choices.begin(), choices.end(), n.Scalar()) == choices.end())
-      throw Expected{expected};
-    return n.Scalar();
-  }, doc + " (" + expected.substr(7) + ")");
+// E's names as the reference and the errors list them: "learned | rope".
+template <Choice E>
+std::string alternatives() {
+  std::string out;
+  for (std::string_view name : names(E{})) out += (out.empty() ? "" : " | ") + std::string(name);
+  return out;
+}
+
+// The enumerator of E that the scalar `n` spells; throws Expected{expected} when it spells none.
+template <Choice E>
+E parse_choice(const YAML::Node& n, const std::string& expected) {
+  const std::optional<E> e = n.IsScalar() ? parse<E>(n.Scalar()) : std::nullopt;
+  if (!e) throw Expected{expected};
+  return *e;
+}
+
+// A choice: the config's enum member behind `ref` (E), set from its name.
+template <class R, Choice E = std::remove_reference_t<std::invoke_result_t<R, Config&>>>
+Field choice(const std::string& key, R ref, const std::string& doc) {
+  const std::string expected = "one of " + alternatives<E>();
+  return make<E>(key, "enum", ref, [=](const YAML::Node& n) { return parse_choice<E>(n, expected); },
+                 doc + " (" + alternatives<E>() + ")", [](const E& e) { return YAML::Node(to_string(e)); });
 }
 
 // A non-empty list of choices (a single scalar is a list of one); YAML `[swa, kvm]`.
-Field choice_list(const std::string& key, Ref<std::vector<std::string>> ref, std::vector<std::string> choices,
-                  const std::string& doc) {
-  std::string expected = "a non-empty list of";
-  for (size_t i = 0; i < choices.size(); i++) expected += (i ? " | " : " ") + choices[i];
-  auto one = [=](const YAML::Node& n) {
-    if (!n.IsScalar() || std::find(choices.begin(), choices.end(), n.Scalar()) == choices.end())
-      throw Expected{expected};
-    return n.Scalar();
-  };
-  Field f{key, "list of enum", "", doc + " (" + expected.substr(20) + ")", nullptr, nullptr};
-  f.set = [ref, one, expected](Config& c, const YAML::Node& n) {
-    std::vector<std::string> out;
+template <class R, Choice E = typename std::remove_reference_t<std::invoke_result_t<R, Config&>>::value_type>
+Field choice_list(const std::string& key, R ref, const std::string& doc) {
+  const std::string expected = "a non-empty list of " + alternatives<E>();
+  Field f{key, "list of enum", "", doc + " (" + alternatives<E>() + ")", nullptr, nullptr};
+  f.set = [ref, expected](Config& c, const YAML::Node& n) {
+    std::vector<E> out;
     if (n.IsSequence()) {
-      for (const auto& item : n) out.push_back(one(item));
+      for (const auto& item : n) out.push_back(parse_choice<E>(item, expected));
     } else {
-      out.push_back(one(n));
+      out.push_back(parse_choice<E>(n, expected));
     }
     if (out.empty()) throw Expected{expected};
     ref(c) = out;
   };
   f.get = [ref](const Config& c) {
     YAML::Node n(YAML::NodeType::Sequence);
-    for (const auto& s : ref(const_cast<Config&>(c))) n.push_back(s);
+    for (E e : ref(const_cast<Config&>(c))) n.push_back(to_string(e));
     n.SetStyle(YAML::EmitterStyle::Flow);
     return n;
   };
@@ -206,11 +213,11 @@ const std::vector<Field>& schema() {
       integer("model.d_model", REF(model.d_model), 1, 1 << 16, "model width (a multiple of n_head)"),
       integer("model.max_seq_len", REF(model.max_seq_len), 1, 1 << 22, "longest sequence (learned position table size)"),
       boolean("model.tie_embeddings", REF(model.tie_embeddings), "share the token embedding with the output head"),
-      choice("model.pos", REF(model.pos), {"learned", "rope"}, "positions: a learned table added to the embedding, or RoPE on q/k"),
+      choice("model.pos", REF(model.pos), "positions: a learned table added to the embedding, or RoPE on q/k"),
       integer("model.rope_dims", REF(model.rope_dims), 0, 1 << 16,
               "R: RoPE rotates dims [0,R) of each q/k head in interleaved pairs (even); 0: head_dim/2"),
       number("model.rope_base", REF(model.rope_base), 1, 1e12, false, "RoPE base: pair i turns at base^(-2i/R) per token"),
-      choice("model.mlp", REF(model.mlp), {"gelu", "relu2"}, "MLP activation (4x expansion); relu2 = relu(x)^2"),
+      choice("model.mlp", REF(model.mlp), "MLP activation (4x expansion); relu2 = relu(x)^2"),
       boolean("model.qk_norm", REF(model.qk_norm), "LayerNorm over the head dim on q and k (weights shared by heads)"),
       boolean("model.emb_norm", REF(model.emb_norm), "LayerNorm after the embedding"),
       boolean("model.token_shift", REF(model.token_shift),
@@ -221,7 +228,7 @@ const std::vector<Field>& schema() {
       boolean("model.bias", REF(model.bias), "linear layers (qkv, projections, MLP) carry biases"),
       boolean("model.zero_init_out", REF(model.zero_init_out),
               "attention and MLP output projections start at zero (the paper); false: GPT-2's N(0, 0.02/sqrt(2L))"),
-      choice_list("model.mixers", REF(model.mixers), {"attn", "swa", "kvm"},
+      choice_list("model.mixers", REF(model.mixers),
                   "token mixer of each layer, layer i takes entry i mod the list's length"),
       integer("model.swa_window", REF(model.swa_window), 1, 1 << 22,
               "swa layers: a query sees this many tokens, itself included (token-exact causal window)"),
@@ -230,8 +237,7 @@ const std::vector<Field>& schema() {
       integer("model.kvm.window_chunks", REF(model.kvm.window_chunks), 1, 1 << 10,
               "KVM window W in chunks: a query chunk sees the previous W-1 chunks and itself exactly"),
       integer("model.kvm.sink", REF(model.kvm.sink), 0, 1 << 20, "KVM sink slots S: never merged into"),
-      choice("model.kvm.budget", REF(model.kvm.budget), {"fixed", "power_law", "saturating"},
-             "KVM state budget schedule (the state never shrinks)"),
+      choice("model.kvm.budget", REF(model.kvm.budget), "KVM state budget schedule (the state never shrinks)"),
       integer("model.kvm.min_len", REF(model.kvm.min_len), 0, 1 << 30, "KVM budget floor (fixed: the budget)"),
       number("model.kvm.power_f", REF(model.kvm.power_f), 0, 1e9, true, "power_law: M* = max(floor(f * ctx^e), min_len)"),
       number("model.kvm.power_e", REF(model.kvm.power_e), 0, 1, false, "power_law exponent e"),
@@ -245,11 +251,11 @@ const std::vector<Field>& schema() {
       boolean("model.kvm.gate_initial_state", REF(model.kvm.gate_initial_state), "chunk 0 enters the state gated"),
       sources("data.train", REF(data.train), "training shards: a directory, glob or list of {path, weight}"),
       sources("data.val", REF(data.val), "validation shards, same forms as data.train"),
-      choice("data.tokenizer", REF(data.tokenizer), {"gpt2", "byte"}, "the tokenizer the shards must carry"),
-      choice("train.device", REF(train.device), {"cpu", "cuda"}, "backend"),
-      choice("train.precision", REF(train.precision), {"fp32", "bf16"},
+      choice("data.tokenizer", REF(data.tokenizer), "the tokenizer the shards must carry"),
+      choice("train.device", REF(train.device), "backend"),
+      choice("train.precision", REF(train.precision),
              "bf16: bf16 GEMM operands, fp32 master weights, AdamW state and accumulation"),
-      choice("train.attention_backend", REF(train.attention_backend), {"native", "cudnn"},
+      choice("train.attention_backend", REF(train.attention_backend),
              "full and sliding-window attention: the backend's own kernels, or cuDNN's fused flash attention "
              "(cuda and bf16 only)"),
       integer("train.batch_size", REF(train.batch_size), 1, 1 << 20, "sequences per data-parallel rank per micro-step"),
@@ -259,7 +265,7 @@ const std::vector<Field>& schema() {
       number("train.lr", REF(train.lr), 0, 10, true, "peak learning rate"),
       number("train.min_lr", REF(train.min_lr), 0, 10, false, "learning rate at the end of the decay"),
       integer("train.warmup_steps", REF(train.warmup_steps), 0, 1 << 30, "linear warm-up from 0 to lr"),
-      choice("train.lr_schedule", REF(train.lr_schedule), {"cosine", "linear", "constant"}, "decay after warm-up"),
+      choice("train.lr_schedule", REF(train.lr_schedule), "decay after warm-up"),
       number("train.weight_decay", REF(train.weight_decay), 0, 10, false,
              "AdamW decoupled weight decay (not on biases, LayerNorms)"),
       number("train.beta1", REF(train.beta1), 0, 1, false, "AdamW first-moment decay"),
@@ -270,7 +276,7 @@ const std::vector<Field>& schema() {
       integer("train.eval_steps", REF(train.eval_steps), 1, 1 << 30, "validation batches per evaluation"),
       integer("train.sample_tokens", REF(train.sample_tokens), 0, 1 << 20, "tokens sampled at the end; 0: none"),
       integer64("train.seed", REF(train.seed), "seed of initialisation, data order and sampling"),
-      choice("train.recompute", REF(train.recompute), {"none", "block"},
+      choice("train.recompute", REF(train.recompute),
              "block: keep only each block's input and recompute its activations in backward (memory)"),
       optional_string("train.init_from", REF(train.init_from),
              "start from these weights only: a checkpoint, a run directory or a Hugging Face GPT-2 safetensors directory"),
@@ -417,6 +423,15 @@ std::vector<Entry> parse_overrides(const std::vector<std::string>& overrides) {
   return out;
 }
 
+// The ids of the tokenizer's vocabulary, end-of-text included (data/tokenizer.h).
+int vocab_size_of(Tokenizer tokenizer) {
+  switch (tokenizer) {
+    case Tokenizer::gpt2: return 50257;
+    case Tokenizer::byte: return 257;
+  }
+  unreachable();
+}
+
 // Checks that involve several keys, naming the key whose value is out of line.
 void validate(Config& c, const std::map<std::string, std::string>& origins) {
   auto fail = [&](const std::string& key, const std::string& what) {
@@ -439,20 +454,20 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
   if (c.train.seq_len > m.max_seq_len)
     fail("train.seq_len", "expected at most model.max_seq_len (" + std::to_string(m.max_seq_len) + ")");
   if (c.train.min_lr > c.train.lr) fail("train.min_lr", "expected at most train.lr");
-  if (c.train.attention_backend == "cudnn") {
+  if (c.train.attention_backend == AttentionBackend::cudnn) {
     const std::string key = "train.attention_backend";
-    if (c.train.device != "cuda") fail(key, "cudnn needs train.device: cuda");
-    if (c.train.precision != "bf16")
+    if (c.train.device != Device::cuda) fail(key, "cudnn needs train.device: cuda");
+    if (c.train.precision != Precision::bf16)
       fail(key, "cudnn needs train.precision: bf16 (cuDNN's fused attention takes bf16 inputs)");
-    const bool attends =
-        std::any_of(m.mixers.begin(), m.mixers.end(), [](const std::string& x) { return x != "kvm"; });
+    const bool attends = std::any_of(m.mixers.begin(), m.mixers.end(), [](Mixer x) { return x != Mixer::kvm; });
     if (attends && (hs % 8 != 0 || hs > 128))
       fail(key, "cudnn needs a head dim (model.d_model / model.n_head) that is a multiple of 8 and at most 128, got " +
                     std::to_string(hs));
   }
-  if (c.data.tokenizer == "byte" && m.vocab_size != 257) fail("model.vocab_size", "expected 257 for data.tokenizer byte");
-  if (c.data.tokenizer == "gpt2" && m.vocab_size != 50257)
-    fail("model.vocab_size", "expected 50257 for data.tokenizer gpt2");
+  const int tokenizer_vocab = vocab_size_of(c.data.tokenizer);
+  if (m.vocab_size != tokenizer_vocab)
+    fail("model.vocab_size", "expected " + std::to_string(tokenizer_vocab) + " for data.tokenizer " +
+                                 to_string(c.data.tokenizer));
 }
 
 Config build(std::vector<Entry> entries, const std::vector<std::string>& overrides) {

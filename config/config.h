@@ -2,11 +2,59 @@
 // The typed configuration of a run: ONE schema for every section (model, data, train, parallel,
 // checkpoint, log). YAML files with `base:` inheritance and `--set key=value` overrides are
 // checked key by key against it; any error names the file and line (or the --set) and the key.
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace config {
+
+// ---- the closed choices ----
+// Every key whose value is one of a fixed set is an enum class here, and names(E) spells E's
+// enumerators in their order: the one place those spellings live. Loading, to_yaml, the key
+// reference and the error messages all read them through to_string and parse. Code switches over
+// a choice with no default, and the build fails on a switch that misses an enumerator
+// (-Werror=switch), so a new one cannot fall through to another's behaviour.
+enum class Pos { learned, rope };  // model.pos
+constexpr auto names(Pos) { return std::to_array<std::string_view>({"learned", "rope"}); }
+enum class Mlp { gelu, relu2 };  // model.mlp
+constexpr auto names(Mlp) { return std::to_array<std::string_view>({"gelu", "relu2"}); }
+enum class Mixer { attn, swa, kvm };  // model.mixers
+constexpr auto names(Mixer) { return std::to_array<std::string_view>({"attn", "swa", "kvm"}); }
+enum class KvmBudget { fixed, power_law, saturating };  // model.kvm.budget
+constexpr auto names(KvmBudget) { return std::to_array<std::string_view>({"fixed", "power_law", "saturating"}); }
+enum class Tokenizer { gpt2, byte };  // data.tokenizer (data/tokenizer.h)
+constexpr auto names(Tokenizer) { return std::to_array<std::string_view>({"gpt2", "byte"}); }
+enum class Device { cpu, cuda };  // train.device
+constexpr auto names(Device) { return std::to_array<std::string_view>({"cpu", "cuda"}); }
+enum class Precision { fp32, bf16 };  // train.precision
+constexpr auto names(Precision) { return std::to_array<std::string_view>({"fp32", "bf16"}); }
+enum class AttentionBackend { native, cudnn };  // train.attention_backend
+constexpr auto names(AttentionBackend) { return std::to_array<std::string_view>({"native", "cudnn"}); }
+enum class LrSchedule { cosine, linear, constant };  // train.lr_schedule
+constexpr auto names(LrSchedule) { return std::to_array<std::string_view>({"cosine", "linear", "constant"}); }
+enum class Recompute { none, block };  // train.recompute
+constexpr auto names(Recompute) { return std::to_array<std::string_view>({"none", "block"}); }
+
+template <class E>
+concept Choice = std::is_enum_v<E> && requires(E e) { names(e); };
+
+// How configs spell `e`.
+template <Choice E>
+std::string to_string(E e) {
+  return std::string(names(e).at(size_t(e)));
+}
+// The enumerator spelled `name`; nothing when no enumerator is.
+template <Choice E>
+std::optional<E> parse(std::string_view name) {
+  constexpr auto all = names(E{});
+  for (size_t i = 0; i < all.size(); i++)
+    if (all[i] == name) return E(i);
+  return std::nullopt;
+}
 
 struct DataSource {
   std::string path;     // a shard directory, a glob, or one .h5 file
@@ -22,10 +70,10 @@ struct ModelConfig {
   int max_seq_len = 1024;
   bool tie_embeddings = true;    // GPT-2 ties the head to the token embedding
   // The backbone (docs/kvm.md section 12); the defaults are GPT-2's.
-  std::string pos = "learned";   // learned | rope
+  Pos pos = Pos::learned;
   int rope_dims = 0;             // R: rotated dims [0,R) of each q/k head, interleaved pairs; 0: head_dim/2
   double rope_base = 10000;
-  std::string mlp = "gelu";      // gelu | relu2
+  Mlp mlp = Mlp::gelu;
   bool qk_norm = false;          // LayerNorm over the head dim on q and k
   bool emb_norm = false;         // LayerNorm after the embedding
   bool token_shift = false;      // RWKV-style token shift on the q/k/v and MLP inputs
@@ -33,14 +81,14 @@ struct ModelConfig {
   double residual_scale = 1.0;   // multiplies each sub-block's output before the residual add
   bool bias = true;              // linear layers carry biases
   bool zero_init_out = false;    // attention/MLP output projections start at zero (the paper)
-  std::vector<std::string> mixers = {"attn"};  // attn | swa | kvm; layer i takes entry i mod size
+  std::vector<Mixer> mixers = {Mixer::attn};  // layer i takes entry i mod size
   int swa_window = 256;          // tokens a sliding-window query sees, itself included
   int swa_rope_dims = 0;         // R on swa layers; 0: rope_dims
   struct Kvm {
     int chunk = 256;
     int window_chunks = 2;
     int sink = 1;
-    std::string budget = "fixed";  // fixed | power_law | saturating
+    KvmBudget budget = KvmBudget::fixed;
     int min_len = 256;
     double power_f = 16;
     double power_e = 0.5;
@@ -58,13 +106,14 @@ struct ModelConfig {
 struct DataConfig {
   std::vector<DataSource> train;
   std::vector<DataSource> val;
-  std::string tokenizer = "gpt2";  // what the shards must have been prepared with
+  Tokenizer tokenizer = Tokenizer::gpt2;  // what the shards must have been prepared with
 };
 
 struct TrainConfig {
-  std::string device = "cpu";
-  std::string precision = "fp32";  // fp32 | bf16 (docs/decisions.md: what is bf16)
-  std::string attention_backend = "native";  // native | cudnn: full and sliding-window attention (cudnn: cuda, bf16)
+  Device device = Device::cpu;
+  Precision precision = Precision::fp32;  // docs/decisions.md: what is bf16
+  // full and sliding-window attention: the backend's own kernels, or cuDNN's (cuda and bf16 only)
+  AttentionBackend attention_backend = AttentionBackend::native;
   int batch_size = 4;          // sequences per data-parallel rank per micro-step
   int seq_len = 64;
   int grad_accum = 1;
@@ -72,7 +121,7 @@ struct TrainConfig {
   double lr = 3e-4;
   double min_lr = 0.0;
   int warmup_steps = 0;
-  std::string lr_schedule = "cosine";
+  LrSchedule lr_schedule = LrSchedule::cosine;
   double weight_decay = 0.1;
   double beta1 = 0.9;
   double beta2 = 0.95;
@@ -82,7 +131,7 @@ struct TrainConfig {
   int eval_steps = 10;
   int sample_tokens = 64;
   int64_t seed = 1337;
-  std::string recompute = "none";  // none | block: keep only block inputs, recompute in backward
+  Recompute recompute = Recompute::none;  // block: keep only block inputs, recompute in backward
   std::string init_from;        // weights only: a checkpoint, run directory or HF GPT-2 safetensors directory
 };
 

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <sys/mman.h>
 
+#include "common/unreachable.h"
+
 #ifdef KVMTRAIN_HAS_CUDA
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cudnn_attention.h"
@@ -94,25 +96,34 @@ const Backend kCudaCudnn = [] {
 }();
 #endif
 
-}  // namespace
-
-const Backend& cpu_backend() { return kCpu; }
-
-const Backend& backend_for(const std::string& device, int device_index, const std::string& attention) {
-  if (attention != "native" && attention != "cudnn")
-    throw std::runtime_error("train.attention_backend: " + attention + " is not one (native | cudnn)");
-  if (device == "cpu") {
-    if (attention == "cudnn") throw std::runtime_error("train.attention_backend: cudnn needs train.device: cuda");
-    return kCpu;
-  }
-  if (device != "cuda") throw std::runtime_error("train.device: " + device + " is not a backend (cpu | cuda)");
+// The cuda table with `attention`'s kernels, on device device_index % (visible devices).
+const Backend& cuda_backend(int device_index, Backend::Attention attention) {
 #ifdef KVMTRAIN_HAS_CUDA
   const int n = kernels::cuda::device_count();
   if (n == 0) throw std::runtime_error("train.device: cuda but no CUDA device is visible (cudaGetDeviceCount found none)");
   cuda_check(cudaSetDevice(device_index % n));
-  return attention == "cudnn" ? kCudaCudnn : kCuda;
+  switch (attention) {
+    case Backend::Attention::native: return kCuda;
+    case Backend::Attention::cudnn: return kCudaCudnn;
+  }
+  unreachable();
 #else
   throw std::runtime_error(
       "train.device: cuda but this kvmtrain was built without the CUDA backend (configure with -DKVMTRAIN_CUDA=ON)");
 #endif
+}
+
+}  // namespace
+
+const Backend& cpu_backend() { return kCpu; }
+
+const Backend& backend_for(Backend::Device device, int device_index, Backend::Attention attention) {
+  switch (device) {
+    case Backend::Device::cpu:
+      if (attention == Backend::Attention::cudnn)
+        throw std::runtime_error("train.attention_backend: cudnn needs train.device: cuda");
+      return kCpu;
+    case Backend::Device::cuda: return cuda_backend(device_index, attention);
+  }
+  unreachable();
 }

@@ -5,13 +5,17 @@
 // `cpu` works on host memory; `cuda` on device memory of the current CUDA device, kernels on the
 // default stream (only built with the CUDA backend, KVMTRAIN_HAS_CUDA).
 #include <cstddef>
-#include <string>
 #include <utility>
 
 #include "kernels/kernels.h"
 #include "kernels/kvm.h"
 
 struct Backend {
+  // What backend_for chooses between, in the kernels' own terms (they never see configs): the
+  // device (train.device) and full and sliding-window attention's kernels (train.attention_backend).
+  enum class Device { cpu, cuda };
+  enum class Attention { native, cudnn };
+
   const char* name;  // "cpu" | "cuda": train.device
   bool host;         // its memory is host memory (readable in place)
 #define KVM_BACKEND_MEMBER(ret, fn, params) ret(*fn) params;
@@ -32,13 +36,14 @@ struct Backend {
 };
 
 const Backend& cpu_backend();
-// "cpu" or "cuda" (train.device). Throws std::runtime_error with one line when cuda is asked for
-// but not built in, or no CUDA device is visible. With cuda, device_index % (visible devices)
-// becomes the current device (a process per GPU: pass the rank's local index).
-// attention (train.attention_backend): "native", the backend's own attention kernels, or "cudnn"
-// (cuda only): the cuda table with attention_forward / attention_backward, full and
-// sliding-window attention, through cuDNN's fused flash attention (kernels/cuda/cudnn_attention.h).
-const Backend& backend_for(const std::string& device, int device_index = 0, const std::string& attention = "native");
+// The table of `device`. Throws std::runtime_error with one line when cuda is asked for but not
+// built in, or no CUDA device is visible. With cuda, device_index % (visible devices) becomes the
+// current device (a process per GPU: pass the rank's local index).
+// attention: native, the backend's own attention kernels, or cudnn (cuda only): the cuda table
+// with attention_forward / attention_backward, full and sliding-window attention, through cuDNN's
+// fused flash attention (kernels/cuda/cudnn_attention.h).
+const Backend& backend_for(Backend::Device device, int device_index = 0,
+                           Backend::Attention attention = Backend::Attention::native);
 
 // A zero-initialised float buffer in a backend's memory, freed with it.
 class DeviceBuffer {

@@ -91,11 +91,14 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
   // ---- MLP sub-block ----
   be_.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, P(w.ln2w), P(w.ln2b), BT, C);
   if (cfg_.token_shift) token_shift(x.xm, x.ln2, w.shift_mlp, p, cache ? &cache->prev_mlp : nullptr);
-  if (cfg_.mlp == "relu2") {
-    linear_forward(x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
-    be_.relu2_forward(x.fch_act, x.fch, BT * F);
-  } else {  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
-    linear_gelu_forward(x.fch_act, x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
+  switch (cfg_.mlp) {
+    case config::Mlp::gelu:  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
+      linear_gelu_forward(x.fch_act, x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
+      break;
+    case config::Mlp::relu2:
+      linear_forward(x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
+      be_.relu2_forward(x.fch_act, x.fch, BT * F);
+      break;
   }
   row_parallel_forward(x.residual3, x.fch_act, w.fcprojw, w.fcprojb, BT, F);
   be_.scaled_residual_forward(x.residual3, x.residual2, x.residual3, s, BT * C);
@@ -128,8 +131,10 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   else if (cfg_.token_shift) zero(dln, n);
   float* dact = s_.dact.data();  // d(activation output), then in place d(fc output)
   linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, x.fch_act, BT, F, C);
-  if (cfg_.mlp == "relu2") be_.relu2_backward(dact, x.fch, dact, BT * F);
-  else be_.gelu_backward(dact, x.fch, dact, BT * F);
+  switch (cfg_.mlp) {
+    case config::Mlp::gelu: be_.gelu_backward(dact, x.fch, dact, BT * F); break;
+    case config::Mlp::relu2: be_.relu2_backward(dact, x.fch, dact, BT * F); break;
+  }
   float* dxm = cfg_.token_shift ? dxa : dln;
   linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, x.xm, BT, C, F);
   if (cfg_.token_shift)

@@ -11,14 +11,6 @@
 #include "common/rng.h"
 #include "parallel/tensor_parallel.h"
 
-Mixer layer_mixer(const config::ModelConfig& cfg, int l) {
-  const std::string& mix = cfg.mixers[size_t(l) % cfg.mixers.size()];
-  if (mix == "kvm") return Mixer::kvm;
-  if (mix == "swa") return Mixer::swa;
-  if (mix == "attn") return Mixer::attn;
-  throw std::invalid_argument("model.mixers: unknown mixer '" + mix + "'");
-}
-
 namespace {
 
 enum class Decay { no, yes };
@@ -61,7 +53,7 @@ ModelLayout declare_layout(const config::ModelConfig& cfg, int tp_size, int tp_r
   check_divisible(Vp, "model.padded_vocab_size", tp_size);
   check_divisible(4LL * C, "model.d_model*4", tp_size);
   const int Ca = C / tp_size, NHl = NH / tp_size, Fl = 4 * C / tp_size, Vl = Vp / tp_size;  // this rank's
-  const bool rope = cfg.pos == "rope";
+  const bool rope = cfg.pos == config::Pos::rope;
   const int R = cfg.rope_dims ? cfg.rope_dims : hs / 2;
   const int R_swa = cfg.swa_rope_dims ? cfg.swa_rope_dims : R;
   using enum Decay;
@@ -79,7 +71,7 @@ ModelLayout declare_layout(const config::ModelConfig& cfg, int tp_size, int tp_r
   for (int l = 0; l < cfg.n_layer; l++) {
     const std::string p = "h." + std::to_string(l) + ".";
     LayerParams y;
-    y.mixer = layer_mixer(cfg, l);
+    y.mixer = cfg.mixers[size_t(l) % cfg.mixers.size()];
     y.window = y.mixer == Mixer::swa ? cfg.swa_window : 0;
     y.rope_dims = rope ? (y.mixer == Mixer::swa ? R_swa : R) : 0;
     y.ln1w = add(p + "ln_1.weight", {C}, no, ones);

@@ -17,7 +17,7 @@ struct Param {
   explicit operator bool() const { return off != kAbsent; }
 };
 
-enum class Mixer { attn, swa, kvm };
+using Mixer = config::Mixer;
 
 // How a tensor starts (Model::init).
 enum class Init {
@@ -57,9 +57,6 @@ struct ModelLayout {
   Param wte, wpe, lnew, lneb, lnfw, lnfb, head;  // head is wte when tied
   std::vector<LayerParams> layers;
 };
-
-// The mixer of layer l: model.mixers[l mod size].
-Mixer layer_mixer(const config::ModelConfig& cfg, int l);
 
 // This rank's layout: tensors in the order of the forward pass, sharded tensors holding rank
 // tp_rank's part of tp_size. Throws std::invalid_argument naming the key when n_head,

@@ -10,8 +10,18 @@
 // The permutations are the backend's split_heads / merge_heads kernels.
 #include <vector>
 
+#include "common/unreachable.h"
 #include "kernels/kvm.h"
 #include "model/model.h"
+
+kernels::KvmBudget to_kernels(config::KvmBudget budget) {
+  switch (budget) {
+    case config::KvmBudget::fixed: return kernels::KvmBudget::fixed;
+    case config::KvmBudget::power_law: return kernels::KvmBudget::power_law;
+    case config::KvmBudget::saturating: return kernels::KvmBudget::saturating;
+  }
+  unreachable();
+}
 
 struct Model::KvmLayer {
   kernels::KvmParams params;
@@ -28,9 +38,7 @@ void Model::kvm_make(int l) {
   p.W = c.window_chunks;
   p.S = c.sink;
   p.R = lay_.layers[l].rope_dims;  // the rotated dims are zeroed before a key enters the state
-  p.budget = c.budget == "power_law"    ? kernels::KvmBudget::power_law
-             : c.budget == "saturating" ? kernels::KvmBudget::saturating
-                                        : kernels::KvmBudget::fixed;
+  p.budget = to_kernels(c.budget);
   p.min_len = c.min_len;
   p.power_f = c.power_f;
   p.power_e = c.power_e;

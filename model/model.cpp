@@ -59,7 +59,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
 Model::~Model() = default;
 
 bool Model::qkv_processed(int l) const {
-  return cfg_.qk_norm || cfg_.pos == "rope" || (cfg_.value_residual && l > 0);
+  return cfg_.qk_norm || cfg_.pos == config::Pos::rope || (cfg_.value_residual && l > 0);
 }
 
 std::vector<bool> Model::processed_layers() const {
@@ -119,10 +119,11 @@ double Model::flops_per_token(int T) const {
   double attention = 0;  // q.k and p.v over the keys each query sees, averaged over the sequence
   for (const auto& y : lay_.layers) {
     double keys = (T + 1) / 2.0;
-    if (y.mixer == Mixer::swa) keys = std::min<double>(keys, y.window);
-    if (y.mixer == Mixer::kvm) {
-      const auto& kv = cfg_.kvm;
-      keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len);
+    const auto& kv = cfg_.kvm;
+    switch (y.mixer) {
+      case Mixer::attn: break;
+      case Mixer::swa: keys = std::min<double>(keys, y.window); break;
+      case Mixer::kvm: keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len); break;
     }
     attention += 2 * 2 * C * keys;
   }

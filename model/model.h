@@ -242,3 +242,6 @@ class Model {
   std::unique_ptr<DecodeCache, DecodeCacheDeleter> dec_;
   int pos_ = 0;
 };
+
+// model.kvm.budget as the KVM core's schedule (kernels never see configs; mixer_kvm.cpp).
+kernels::KvmBudget to_kernels(config::KvmBudget budget);

@@ -34,10 +34,15 @@ void Model::reset_decode() {
   for (size_t l = 0; l < lay_.layers.size(); l++) {
     DecodeCache::Layer& c = d->layers[l];
     const LayerParams& w = lay_.layers[l];
-    if (w.mixer != Mixer::kvm) {
-      c.cap = w.window ? std::min(w.window, cfg_.max_seq_len) : cfg_.max_seq_len;
-      c.k = DeviceBuffer(be_, size_t(c.cap) * Ca_);
-      c.v = DeviceBuffer(be_, size_t(c.cap) * Ca_);
+    switch (w.mixer) {
+      case Mixer::attn:
+      case Mixer::swa:
+        c.cap = w.window ? std::min(w.window, cfg_.max_seq_len) : cfg_.max_seq_len;
+        c.k = DeviceBuffer(be_, size_t(c.cap) * Ca_);
+        c.v = DeviceBuffer(be_, size_t(c.cap) * Ca_);
+        break;
+      case Mixer::kvm:  // its kernels::KvmCache, made at position 0 (mixer_kvm.cpp)
+        break;
     }
     if (cfg_.token_shift) {
       c.prev_att = DeviceBuffer(be_, size_t(C));

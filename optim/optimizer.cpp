@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/unreachable.h"
+
 AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin, size_t end, const Backend& be)
     : table_(table),
       be_(be),
@@ -36,9 +38,13 @@ float clip_scale(float norm, float max_norm) {
 float lr_at(const config::TrainConfig& cfg, int step) {
   const double lr = cfg.lr, min_lr = cfg.min_lr;
   if (step < cfg.warmup_steps) return float(lr * (step + 1) / cfg.warmup_steps);
-  if (cfg.lr_schedule == "constant" || cfg.steps <= cfg.warmup_steps) return float(lr);
+  if (cfg.steps <= cfg.warmup_steps) return float(lr);
   double ratio = double(step - cfg.warmup_steps) / double(cfg.steps - cfg.warmup_steps);
   if (ratio > 1) ratio = 1;
-  if (cfg.lr_schedule == "linear") return float(lr - ratio * (lr - min_lr));
-  return float(min_lr + 0.5 * (1.0 + std::cos(M_PI * ratio)) * (lr - min_lr));
+  switch (cfg.lr_schedule) {
+    case config::LrSchedule::constant: return float(lr);
+    case config::LrSchedule::linear: return float(lr - ratio * (lr - min_lr));
+    case config::LrSchedule::cosine: return float(min_lr + 0.5 * (1.0 + std::cos(M_PI * ratio)) * (lr - min_lr));
+  }
+  unreachable();
 }

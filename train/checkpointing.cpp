@@ -192,7 +192,7 @@ void load_weights(const std::string& path, Model& model) {
 
 bool is_pure_gpt2(const config::ModelConfig& m) {
   bool all_attn = true;
-  for (const auto& x : m.mixers) all_attn = all_attn && x == "attn";
-  return all_attn && m.pos == "learned" && m.mlp == "gelu" && !m.qk_norm && !m.emb_norm && !m.token_shift &&
-         !m.value_residual && m.residual_scale == 1.0 && m.bias;
+  for (config::Mixer x : m.mixers) all_attn = all_attn && x == config::Mixer::attn;
+  return all_attn && m.pos == config::Pos::learned && m.mlp == config::Mlp::gelu && !m.qk_norm && !m.emb_norm &&
+         !m.token_shift && !m.value_residual && m.residual_scale == 1.0 && m.bias;
 }

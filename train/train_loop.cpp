@@ -27,6 +27,7 @@
 #include "optim/optimizer.h"
 #include "train/run_log.h"
 #include "model/sample.h"
+#include "common/unreachable.h"
 #include "version.h"
 
 namespace {
@@ -163,6 +164,22 @@ int local_rank(int world_rank) {
   return world_rank;
 }
 
+// train.device and train.attention_backend in the backend table's terms (kernels never see configs).
+Backend::Device to_backend(config::Device device) {
+  switch (device) {
+    case config::Device::cpu: return Backend::Device::cpu;
+    case config::Device::cuda: return Backend::Device::cuda;
+  }
+  unreachable();
+}
+Backend::Attention to_backend(config::AttentionBackend attention) {
+  switch (attention) {
+    case config::AttentionBackend::native: return Backend::Attention::native;
+    case config::AttentionBackend::cudnn: return Backend::Attention::cudnn;
+  }
+  unreachable();
+}
+
 float evaluate(Model& model, data::Loader& val, Batch& batch, int steps) {
   val.set_position(0);  // the same windows every evaluation, so values are comparable
   double sum = 0;
@@ -184,7 +201,7 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   // The grid of ranks: rank = data_rank * tensor + tensor_rank (a tensor group is consecutive
   // ranks, so that on one node its all-reduces stay close).
   auto world = make_world_communicator();
-  const Backend& be = backend_for(tc.device, local_rank(world->rank()), tc.attention_backend);
+  const Backend& be = backend_for(to_backend(tc.device), local_rank(world->rank()), to_backend(tc.attention_backend));
   const int TP = cfg.parallel.tensor, DP = cfg.parallel.data;
   if (DP * TP != world->size())
     throw std::runtime_error("parallel: data (" + std::to_string(DP) + ") x tensor (" + std::to_string(TP) + ") = " +
@@ -209,12 +226,14 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   std::printf("kvmtrain %s (commit %s): resolved config\n%s", KVMTRAIN_VERSION, KVMTRAIN_GIT_COMMIT, resolved.c_str());
   json::Object info{{"git_commit", KVMTRAIN_GIT_COMMIT}, {"version", KVMTRAIN_VERSION}, {"world_size", world->size()},
                     {"data_parallel", DP}, {"tensor_parallel", TP},
-                    {"device", tc.device},         {"precision", tc.precision},       {"threads", omp_get_max_threads()}};
+                    {"device", config::to_string(tc.device)}, {"precision", config::to_string(tc.precision)},
+                    {"threads", omp_get_max_threads()}};
   if (leader) write_run_files(cfg.log.dir, resolved, info);
 
   const int B = tc.batch_size, T = tc.seq_len;
+  const std::string tokenizer_name = config::to_string(cfg.data.tokenizer);  // as the shards carry it
   data::LoaderOptions lo{to_sources(cfg.data.train), B, T, uint64_t(tc.seed), dp_comm->rank(), DP, true,
-                         cfg.data.tokenizer, cfg.model.vocab_size};
+                         tokenizer_name, cfg.model.vocab_size};
   data::Loader train(lo);
   std::unique_ptr<data::Loader> val;
   if (!cfg.data.val.empty()) {
@@ -224,11 +243,15 @@ int run_training(const config::Config& cfg, const std::string& resume) {
     vo.rank = 0, vo.world = 1;  // every rank evaluates the same windows
     val = std::make_unique<data::Loader>(vo);
   }
-  auto tokenizer = data::make_tokenizer(cfg.data.tokenizer);
+  auto tokenizer = data::make_tokenizer(tokenizer_name);
 
-  Model model(cfg.model, B, T, tc.recompute == "block", TP > 1 ? tp_comm.get() : nullptr, be, tp_device.get());
+  Model model(cfg.model, B, T, tc.recompute == config::Recompute::block, TP > 1 ? tp_comm.get() : nullptr, be,
+              tp_device.get());
   model.init(uint64_t(tc.seed));
-  if (tc.precision == "bf16") model.use_bf16();
+  switch (tc.precision) {
+    case config::Precision::fp32: break;
+    case config::Precision::bf16: model.use_bf16(); break;
+  }
   // ZeRO-1 AdamW (this rank's range of the moments); gradient buckets reduced during the backward
   DataParallel dp(*dp_comm, model.table(), tc, size_t(cfg.parallel.bucket_mb * 1048576 / sizeof(float)), true, be);
   model.on_grads_ready([&dp](size_t begin, size_t end) { dp.gradients_ready(begin, end); });
@@ -276,9 +299,9 @@ int run_training(const config::Config& cfg, const std::string& resume) {
   const double flops_per_step = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
   std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; %s GEMM peak %.1f GFLOP/s\n",
               model.num_params(), model.activation_bytes() / 1048576.0,
-              (unsigned long long)train.windows_per_epoch(), tc.precision.c_str(), peak / 1e9);
+              (unsigned long long)train.windows_per_epoch(), config::to_string(tc.precision).c_str(), peak / 1e9);
 
-  const UnigramEntropy unigram = unigram_entropy(cfg.data.train, cfg.data.tokenizer, cfg.model.vocab_size, 50000000);
+  const UnigramEntropy unigram = unigram_entropy(cfg.data.train, tokenizer_name, cfg.model.vocab_size, 50000000);
   std::printf("unigram entropy of the training data: %.4f nats/token (over %llu tokens)\n", unigram.nats,
               (unsigned long long)unigram.tokens);
 

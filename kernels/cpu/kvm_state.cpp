@@ -12,10 +12,14 @@ namespace kernels {
 
 int kvm_budget(const KvmParams& p, int ctx_len, int avail, int M) {
   long long target = p.min_len;
-  if (p.budget == KvmBudget::power_law) {
-    target = std::max((long long)std::floor(p.power_f * std::pow((double)ctx_len, p.power_e)), target);
-  } else if (p.budget == KvmBudget::saturating) {
-    target = std::max((long long)p.sat_n * ctx_len / ((long long)p.sat_n + ctx_len), target);  // floor: all >= 0
+  switch (p.budget) {
+    case KvmBudget::fixed: break;
+    case KvmBudget::power_law:
+      target = std::max((long long)std::floor(p.power_f * std::pow((double)ctx_len, p.power_e)), target);
+      break;
+    case KvmBudget::saturating:
+      target = std::max((long long)p.sat_n * ctx_len / ((long long)p.sat_n + ctx_len), target);  // floor: all >= 0
+      break;
   }
   long long capped = std::min({target, (long long)avail, (long long)p.max_slots});
   return (int)std::max(capped, (long long)M);

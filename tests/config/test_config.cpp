@@ -3,11 +3,22 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <ostream>
 
 #include "common/usage_error.h"
 #include "config/config.h"
 
 namespace fs = std::filesystem;
+
+namespace config {
+// gtest prints a choice by its name
+template <Choice E>
+std::ostream& operator<<(std::ostream& os, E e) {
+  return os << to_string(e);
+}
+}  // namespace config
 
 namespace {
 
@@ -29,6 +40,58 @@ fs::path write(const fs::path& p, const std::string& text) {
   return p;
 }
 
+// A choice key of the schema, for the tests that walk every value of every one.
+struct ChoiceKey {
+  std::string key;
+  std::vector<std::string> names;                          // its values, as configs spell them
+  std::string expected;                                    // what its errors say it takes
+  std::function<std::string(const config::Config&)> name;  // its value in a loaded config, spelled
+  std::map<std::string, std::vector<std::string>> needs;   // --sets a value needs beside it
+};
+
+// get: the key's enumerator in a config (the first, for a list).
+template <class Get>
+ChoiceKey choice_key(const std::string& key, Get get, std::map<std::string, std::vector<std::string>> needs = {},
+                     const std::string& expected_prefix = "one of ") {
+  using E = decltype(get(config::Config{}));
+  ChoiceKey k{key, {}, expected_prefix, [get](const config::Config& c) { return config::to_string(get(c)); },
+              std::move(needs)};
+  for (std::string_view name : names(E{})) {
+    k.expected += (k.names.empty() ? "" : " | ") + std::string(name);
+    k.names.emplace_back(name);
+  }
+  return k;
+}
+
+std::vector<ChoiceKey> choice_keys() {
+  using C = const config::Config&;
+  return {
+      choice_key("model.pos", [](C c) { return c.model.pos; }),
+      choice_key("model.mlp", [](C c) { return c.model.mlp; }),
+      choice_key("model.mixers", [](C c) { return c.model.mixers.at(0); }, {}, "a non-empty list of "),
+      choice_key("model.kvm.budget", [](C c) { return c.model.kvm.budget; }),
+      choice_key("data.tokenizer", [](C c) { return c.data.tokenizer; }, {{"byte", {"model.vocab_size=257"}}}),
+      choice_key("train.device", [](C c) { return c.train.device; }),
+      choice_key("train.precision", [](C c) { return c.train.precision; }),
+      choice_key("train.attention_backend", [](C c) { return c.train.attention_backend; },
+                 {{"cudnn", {"train.device=cuda", "train.precision=bf16"}}}),
+      choice_key("train.lr_schedule", [](C c) { return c.train.lr_schedule; }),
+      choice_key("train.recompute", [](C c) { return c.train.recompute; }),
+  };
+}
+
+// Every enumerator of E is spelled by a name of its own that parses back to it.
+template <config::Choice E>
+void expect_names_round_trip() {
+  const auto names = config::names(E{});
+  for (size_t i = 0; i < names.size(); i++) {
+    const E e = E(i);
+    EXPECT_EQ(config::to_string(e), names[i]);
+    EXPECT_EQ(config::parse<E>(config::to_string(e)), e) << names[i];
+  }
+  EXPECT_EQ(config::parse<E>("no such name"), std::nullopt);
+}
+
 }  // namespace
 
 TEST(Config, DefaultsAndResolvedPadding) {
@@ -36,7 +99,7 @@ TEST(Config, DefaultsAndResolvedPadding) {
   EXPECT_EQ(c.model.padded_vocab_size, 50304);
   auto b = config::load_string("model: {vocab_size: 257}\ndata: {tokenizer: byte}\n", "t.yaml");
   EXPECT_EQ(b.model.padded_vocab_size, 384);
-  EXPECT_EQ(c.train.device, "cpu");
+  EXPECT_EQ(c.train.device, config::Device::cpu);
 }
 
 TEST(Config, UnknownKeyNamesFileLineAndSuggests) {
@@ -77,10 +140,10 @@ TEST(Config, CrossFieldChecksNameTheKey) {
 
 TEST(Config, CudnnAttentionNeedsCudaBf16AndAHeadDimItTakes) {
   const auto npos = std::string::npos;
-  EXPECT_EQ(config::load_string("", "t.yaml").train.attention_backend, "native");
+  EXPECT_EQ(config::load_string("", "t.yaml").train.attention_backend, config::AttentionBackend::native);
   const std::string cudnn = "train: {device: cuda, precision: bf16, attention_backend: cudnn}\n";
   EXPECT_EQ(error_of(cudnn), "");
-  EXPECT_EQ(config::load_string(cudnn, "t.yaml").train.attention_backend, "cudnn");
+  EXPECT_EQ(config::load_string(cudnn, "t.yaml").train.attention_backend, config::AttentionBackend::cudnn);
 
   std::string m = error_of("train: {precision: bf16, attention_backend: cudnn}\n");
   EXPECT_NE(m.find("t.yaml:1: train.attention_backend: cudnn needs train.device: cuda"), npos) << m;
@@ -104,6 +167,58 @@ TEST(Config, CudnnAttentionNeedsCudaBf16AndAHeadDimItTakes) {
       << m;
   EXPECT_NE(error_of("model: {d_model: 768, n_head: 3}\n" + cudnn).find("at most 128, got 256"), npos);
   EXPECT_EQ(error_of("model: {d_model: 780, n_head: 12, mixers: [kvm]}\n" + cudnn), "");
+}
+
+TEST(Config, EveryChoiceNameRoundTrips) {
+  expect_names_round_trip<config::Pos>();
+  expect_names_round_trip<config::Mlp>();
+  expect_names_round_trip<config::Mixer>();
+  expect_names_round_trip<config::KvmBudget>();
+  expect_names_round_trip<config::Tokenizer>();
+  expect_names_round_trip<config::Device>();
+  expect_names_round_trip<config::Precision>();
+  expect_names_round_trip<config::AttentionBackend>();
+  expect_names_round_trip<config::LrSchedule>();
+  expect_names_round_trip<config::Recompute>();
+}
+
+// Each value of each choice key: --set loads it, to_yaml writes it, and the YAML loads back to
+// the same config.
+TEST(Config, EveryChoiceValueSurvivesToYamlAndBack) {
+  for (const auto& k : choice_keys()) {
+    for (const auto& name : k.names) {
+      SCOPED_TRACE(k.key + "=" + name);
+      std::vector<std::string> sets = k.needs.contains(name) ? k.needs.at(name) : std::vector<std::string>{};
+      sets.push_back(k.key + "=" + name);
+      const config::Config c = config::load_string("", "t.yaml", sets);
+      EXPECT_EQ(k.name(c), name);
+      const std::string yaml = config::to_yaml(c);
+      const config::Config again = config::load_string(yaml, "resolved.yaml");
+      EXPECT_EQ(k.name(again), name);
+      EXPECT_EQ(config::to_yaml(again), yaml);
+    }
+  }
+  const config::Config hybrid = config::load_string("model: {mixers: [swa, kvm, attn, kvm]}\n", "t.yaml");
+  const std::vector<config::Mixer> mixers{config::Mixer::swa, config::Mixer::kvm, config::Mixer::attn,
+                                          config::Mixer::kvm};
+  EXPECT_EQ(hybrid.model.mixers, mixers);
+  EXPECT_NE(config::to_yaml(hybrid).find("mixers: [swa, kvm, attn, kvm]\n"), std::string::npos);
+  EXPECT_EQ(config::load_string(config::to_yaml(hybrid), "resolved.yaml").model.mixers, mixers);
+}
+
+TEST(Config, AnUnknownChoiceNamesTheKeyAndTheValuesItTakes) {
+  for (const auto& k : choice_keys()) {
+    EXPECT_EQ(error_of("", {k.key + "=bogus"}),
+              "--set " + k.key + "=bogus: " + k.key + ": expected " + k.expected + ", got 'bogus'");
+    // a list is a value of model.mixers only
+    EXPECT_EQ(error_of("", {k.key + "=[" + k.names[0] + "]"}).empty(), k.key == "model.mixers") << k.key;
+  }
+  EXPECT_EQ(error_of("model:\n  mixers: [swa, mamba]\n"),
+            "t.yaml:2: model.mixers: expected a non-empty list of attn | swa | kvm, got '[swa, mamba]'");
+  EXPECT_EQ(error_of("model: {mixers: []}\n"),
+            "t.yaml:1: model.mixers: expected a non-empty list of attn | swa | kvm, got '[]'");
+  EXPECT_EQ(error_of("model: {kvm: {budget: sqrt}}\n"),
+            "t.yaml:1: model.kvm.budget: expected one of fixed | power_law | saturating, got 'sqrt'");
 }
 
 TEST(Config, InvalidYamlNamesLine) {

@@ -22,11 +22,12 @@ inline config::ModelConfig gpt2(int max_seq_len = 32) {
 inline config::ModelConfig hybrid() {
   config::ModelConfig m;
   m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 3, m.n_head = 4, m.d_model = 32, m.max_seq_len = 64;
-  m.pos = "rope", m.rope_dims = 4, m.swa_rope_dims = 8, m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true;
+  m.pos = config::Pos::rope, m.rope_dims = 4, m.swa_rope_dims = 8;
+  m.mlp = config::Mlp::relu2, m.qk_norm = true, m.emb_norm = true;
   m.tie_embeddings = false, m.bias = false, m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
-  m.mixers = {"swa", "kvm"}, m.swa_window = 6;
-  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
-  m.kvm.power_f = 2, m.kvm.power_e = 0.5;
+  m.mixers = {config::Mixer::swa, config::Mixer::kvm}, m.swa_window = 6;
+  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = config::KvmBudget::power_law;
+  m.kvm.min_len = 4, m.kvm.power_f = 2, m.kvm.power_e = 0.5;
   return m;
 }
 

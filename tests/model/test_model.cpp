@@ -17,14 +17,18 @@
 
 namespace {
 
-config::ModelConfig small(std::vector<std::string> mixers) {
+using config::Mixer;
+using config::Pos;
+
+config::ModelConfig small(std::vector<Mixer> mixers) {
   config::ModelConfig m;
   m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 3, m.n_head = 2, m.d_model = 32, m.max_seq_len = 64;
-  m.pos = "rope", m.rope_dims = 8, m.swa_rope_dims = 16, m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true;
+  m.pos = Pos::rope, m.rope_dims = 8, m.swa_rope_dims = 16;
+  m.mlp = config::Mlp::relu2, m.qk_norm = true, m.emb_norm = true;
   m.tie_embeddings = false, m.bias = false, m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
   m.mixers = std::move(mixers), m.swa_window = 6;
-  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = "power_law", m.kvm.min_len = 4;
-  m.kvm.power_f = 2, m.kvm.power_e = 0.5;
+  m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = config::KvmBudget::power_law;
+  m.kvm.min_len = 4, m.kvm.power_f = 2, m.kvm.power_e = 0.5;
   return m;
 }
 
@@ -48,7 +52,7 @@ TEST(Rng, FillNormalOnThreadsEqualsSequentialDraws) {
 }
 
 TEST(Model, BlockRecomputeGivesIdenticalGradients) {
-  for (auto mixers : std::vector<std::vector<std::string>>{{"swa", "attn"}, {"kvm", "swa"}}) {
+  for (auto mixers : std::vector<std::vector<Mixer>>{{Mixer::swa, Mixer::attn}, {Mixer::kvm, Mixer::swa}}) {
     auto m = small(mixers);
     const int B = 2, T = 19;
     Model a(m, B, T, false), b(m, B, T, true);
@@ -64,7 +68,8 @@ TEST(Model, BlockRecomputeGivesIdenticalGradients) {
     }
     for (const auto& v : a.table().views())
       for (size_t i = 0; i < v.size; i++)
-        ASSERT_EQ(a.grads()[v.offset + i], b.grads()[v.offset + i]) << mixers[0] << ": " << v.name << "[" << i << "]";
+        ASSERT_EQ(a.grads()[v.offset + i], b.grads()[v.offset + i])
+            << config::to_string(mixers[0]) << ": " << v.name << "[" << i << "]";
   }
 }
 
@@ -109,8 +114,8 @@ TEST(Model, ZeroGradMakesTheNextBackwardOverwriteEveryGradient) {
 
 struct DecodeCase {
   const char* name;
-  std::vector<std::string> mixers;
-  std::string pos;
+  std::vector<Mixer> mixers;
+  Pos pos;
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
@@ -140,14 +145,15 @@ TEST_P(Decode, StepReproducesForwardLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Mixers, Decode,
-                         ::testing::Values(DecodeCase{"attn", {"attn"}, "rope"}, DecodeCase{"swa", {"swa"}, "rope"},
-                                           DecodeCase{"kvm", {"kvm"}, "rope"},
-                                           DecodeCase{"hybrid", {"swa", "kvm", "attn"}, "rope"},
-                                           DecodeCase{"learned_pos", {"attn", "swa"}, "learned"}),
+                         ::testing::Values(DecodeCase{"attn", {Mixer::attn}, Pos::rope},
+                                           DecodeCase{"swa", {Mixer::swa}, Pos::rope},
+                                           DecodeCase{"kvm", {Mixer::kvm}, Pos::rope},
+                                           DecodeCase{"hybrid", {Mixer::swa, Mixer::kvm, Mixer::attn}, Pos::rope},
+                                           DecodeCase{"learned_pos", {Mixer::attn, Mixer::swa}, Pos::learned}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Model, ParameterNames) {
-  auto m = small({"kvm", "swa"});
+  auto m = small({Mixer::kvm, Mixer::swa});
   Model model(m, 1, 8);
   for (const char* name : {"wte", "ln_e.weight", "h.0.ln_1.weight", "h.0.attn.shift", "h.0.attn.qkv.weight",
                            "h.0.attn.ln_q.weight", "h.0.attn.ln_k.bias", "h.0.kvm.ln_s.weight", "h.0.kvm.ln_s.bias",
@@ -181,7 +187,7 @@ TEST(Model, FlopsPerTokenAreTwoPerParameterPlusCausalAttention) {
 }
 
 TEST(Model, PaperInitZeroesOutputProjections) {
-  auto m = small({"kvm", "swa"});
+  auto m = small({Mixer::kvm, Mixer::swa});
   m.zero_init_out = true;
   Model model(m, 1, 8);
   model.init(1);

@@ -43,7 +43,7 @@ using test_util::expect_close_to_max;
 // A cpu model and a cuda model with the same (GPT-2 init plus noise) weights.
 struct Pair {
   Pair(const config::ModelConfig& m, int B, int T, bool bf16)
-      : cpu(m, B, T), cuda(m, B, T, false, nullptr, backend_for("cuda")) {
+      : cpu(m, B, T), cuda(m, B, T, false, nullptr, backend_for(Backend::Device::cuda)) {
     cpu.init(7);
     Rng rng(8);
     for (const auto& v : cpu.table().views()) {
@@ -112,7 +112,7 @@ void compare_adamw(const config::ModelConfig& m, bool bf16, const char* name) {
 TEST(ModelCuda, LayoutKernelsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const Backend& cpu = cpu_backend();
-  const Backend& gpu = backend_for("cuda");
+  const Backend& gpu = backend_for(Backend::Device::cuda);
   const int B = 2, T = 5, NH = 3, hs = 4, ld = 3 * NH * hs;
   std::mt19937 rng(1);
   std::normal_distribution<float> dist;
@@ -186,7 +186,7 @@ TEST(ModelCuda, FiveAdamWStepsBf16) {
 
 TEST(ModelCuda, RefusesDecode) {
   SKIP_WITHOUT_GPU();
-  Model model(gpt2(), 1, 4, false, nullptr, backend_for("cuda"));
+  Model model(gpt2(), 1, 4, false, nullptr, backend_for(Backend::Device::cuda));
   EXPECT_THROW(model.reset_decode(), std::runtime_error);
 }
 

@@ -145,7 +145,7 @@ TEST(TensorParallel, KvmSwaHybridEqualsOneRank) {
 
 TEST(TensorParallel, HybridWithBiasAndRecompute) {
   auto m = hybrid();
-  m.bias = true, m.tie_embeddings = true, m.mixers = {"kvm", "attn", "swa"};
+  m.bias = true, m.tie_embeddings = true, m.mixers = {config::Mixer::kvm, config::Mixer::attn, config::Mixer::swa};
   for (auto& tp : tp_groups()) expect_equal(m, *tp, nullptr, true, "hybrid+bias+recompute");
 }
 
@@ -178,7 +178,7 @@ TEST(TensorParallel, OneRankIsTheSingleProcessPathBitForBit) {
 
 TEST(TensorParallel, DecodeEqualsOneRank) {
   auto m = hybrid();
-  m.mixers = {"swa", "kvm", "attn"};
+  m.mixers = {config::Mixer::swa, config::Mixer::kvm, config::Mixer::attn};
   for (auto& tp : tp_groups()) {
     Model ref(m, 1, 4), model(m, 1, 4, false, tp.get());
     perturb(ref, 8);

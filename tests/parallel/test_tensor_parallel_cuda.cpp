@@ -68,7 +68,7 @@ class TensorParallelCuda : public ::testing::Test {
     const int devices = kernels::cuda::device_count();
     if (devices == 0) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount found none)";
     tp = world->split(0, world->rank());
-    be = &backend_for("cuda", tp->rank());  // GPU rank % devices
+    be = &backend_for(Backend::Device::cuda, tp->rank());  // GPU rank % devices
     if (devices >= tp->size()) device = make_nccl_communicator(*tp);
     else device = std::make_unique<StagedCommunicator>(*tp, *be);
   }
@@ -125,7 +125,7 @@ TEST_F(TensorParallelCuda, KvmSwaHybridEqualsOneCpuProcess) { expect_equal(test_
 
 TEST_F(TensorParallelCuda, HybridWithBiasAndRecompute) {
   auto m = test_models::hybrid();
-  m.bias = true, m.tie_embeddings = true, m.mixers = {"kvm", "attn", "swa"};
+  m.bias = true, m.tie_embeddings = true, m.mixers = {config::Mixer::kvm, config::Mixer::attn, config::Mixer::swa};
   expect_equal(m, true, "hybrid+bias+recompute");
 }
 

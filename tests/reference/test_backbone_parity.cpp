@@ -35,6 +35,7 @@
 #include "model/model.h"
 
 namespace fs = std::filesystem;
+using config::Mixer;
 
 namespace {
 
@@ -50,41 +51,42 @@ struct Case {
 
 // The paper's backbone (rope, qk-norm, relu2, emb-norm, untied, no biases) with every option on.
 void paper(config::ModelConfig& m) {
-  m.pos = "rope", m.rope_dims = 4, m.swa_rope_dims = 16, m.rope_base = 10000;
-  m.mlp = "relu2", m.qk_norm = true, m.emb_norm = true, m.tie_embeddings = false, m.bias = false;
+  m.pos = config::Pos::rope, m.rope_dims = 4, m.swa_rope_dims = 16, m.rope_base = 10000;
+  m.mlp = config::Mlp::relu2, m.qk_norm = true, m.emb_norm = true, m.tie_embeddings = false, m.bias = false;
   m.token_shift = true, m.value_residual = true, m.residual_scale = 0.5;
-  m.mixers = {"swa", "attn"}, m.swa_window = 5;
+  m.mixers = {Mixer::swa, Mixer::attn}, m.swa_window = 5;
 }
 
 // The other side of every switch: learned positions, GELU, tied, biases, scale 1.
 void mixed(config::ModelConfig& m) {
-  m.pos = "learned", m.mlp = "gelu", m.qk_norm = true, m.emb_norm = false, m.tie_embeddings = true, m.bias = true;
+  m.pos = config::Pos::learned, m.mlp = config::Mlp::gelu, m.qk_norm = true, m.emb_norm = false;
+  m.tie_embeddings = true, m.bias = true;
   m.token_shift = false, m.value_residual = true, m.residual_scale = 1.0;
-  m.mixers = {"attn", "swa"}, m.swa_window = 3;
+  m.mixers = {Mixer::attn, Mixer::swa}, m.swa_window = 3;
 }
 
 // KVM cases: a chunk of 4, window 2 chunks, one sink. T = 24: updates after the query chunks
 // ending at 12, 16, 20 fold tokens [4,8), [8,12), [12,16). power_law f=2: 4 -> 6 -> 8 -> 8 slots
 // (2 appends + 2 merges, 2 + 2, then all 4 merged); saturating N=16: the same sizes.
-void kvm_small(config::ModelConfig& m, const char* budget) {
+void kvm_small(config::ModelConfig& m, config::KvmBudget budget) {
   m.kvm.chunk = 4, m.kvm.window_chunks = 2, m.kvm.sink = 1, m.kvm.budget = budget, m.kvm.min_len = 4;
   m.kvm.power_f = 2, m.kvm.power_e = 0.5, m.kvm.sat_n = 16, m.kvm.max_slots = 0;
 }
 void kvm_hybrid(config::ModelConfig& m) {  // the paper's backbone, [swa, kvm]
   paper(m);
-  m.mixers = {"swa", "kvm"};
-  kvm_small(m, "power_law");
+  m.mixers = {Mixer::swa, Mixer::kvm};
+  kvm_small(m, config::KvmBudget::power_law);
 }
 void kvm_alone(config::ModelConfig& m) {  // the other switches (learned positions: R = 0), [kvm]
   mixed(m);
-  m.mixers = {"kvm"};
-  kvm_small(m, "saturating");
+  m.mixers = {Mixer::kvm};
+  kvm_small(m, config::KvmBudget::saturating);
 }
 // KVM flags off their defaults: vlens, merge_gate_values, gate_appends, gate_initial_state
 void kvm_ablations(config::ModelConfig& m) {
   paper(m);
-  m.mixers = {"kvm", "swa"};
-  kvm_small(m, "power_law");
+  m.mixers = {Mixer::kvm, Mixer::swa};
+  kvm_small(m, config::KvmBudget::power_law);
   m.kvm.vlens = false, m.kvm.merge_gate_values = false, m.kvm.gate_appends = false;
   m.kvm.gate_initial_state = true;
 }
@@ -93,10 +95,8 @@ kernels::KvmParams core_params(const config::ModelConfig& m) {
   const auto& c = m.kvm;
   kernels::KvmParams p;
   p.C = c.chunk, p.W = c.window_chunks, p.S = c.sink;
-  p.R = m.pos == "rope" ? (m.rope_dims ? m.rope_dims : m.d_model / m.n_head / 2) : 0;
-  p.budget = c.budget == "power_law"    ? kernels::KvmBudget::power_law
-             : c.budget == "saturating" ? kernels::KvmBudget::saturating
-                                        : kernels::KvmBudget::fixed;
+  p.R = m.pos == config::Pos::rope ? (m.rope_dims ? m.rope_dims : m.d_model / m.n_head / 2) : 0;
+  p.budget = to_kernels(c.budget);
   p.min_len = c.min_len, p.power_f = c.power_f, p.power_e = c.power_e, p.sat_n = c.sat_n;
   p.max_slots = c.max_slots ? c.max_slots : 1 << 30;
   p.vlens = c.vlens, p.head_temps = c.head_temps, p.merge_gate_keys = c.merge_gate_keys;
@@ -189,15 +189,17 @@ TEST_P(BackboneParity, MatchesPyTorch) {
 
   const auto dir = parity::fresh_dir(std::string("kvm_backbone_parity_") + GetParam().name);
   json::Array mixers;
-  for (const auto& s : m.mixers) mixers.push_back(s);
+  for (Mixer x : m.mixers) mixers.push_back(config::to_string(x));
   json::Object jc = parity::config_json(m, tc, B, T);
-  jc.insert({{"pos", m.pos}, {"rope_dims", m.rope_dims}, {"rope_base", m.rope_base}, {"mlp", m.mlp},
-             {"qk_norm", m.qk_norm}, {"emb_norm", m.emb_norm}, {"token_shift", m.token_shift},
-             {"value_residual", m.value_residual}, {"residual_scale", m.residual_scale}, {"bias", m.bias},
+  jc.insert({{"pos", config::to_string(m.pos)}, {"rope_dims", m.rope_dims}, {"rope_base", m.rope_base},
+             {"mlp", config::to_string(m.mlp)}, {"qk_norm", m.qk_norm}, {"emb_norm", m.emb_norm},
+             {"token_shift", m.token_shift}, {"value_residual", m.value_residual},
+             {"residual_scale", m.residual_scale}, {"bias", m.bias},
              {"mixers", mixers}, {"swa_window", m.swa_window}, {"swa_rope_dims", m.swa_rope_dims}});
   jc["kvm"] = json::Object{{"chunk", m.kvm.chunk}, {"window_chunks", m.kvm.window_chunks}, {"sink", m.kvm.sink},
-                           {"budget", m.kvm.budget}, {"min_len", m.kvm.min_len}, {"power_f", m.kvm.power_f},
-                           {"power_e", m.kvm.power_e}, {"sat_n", m.kvm.sat_n}, {"max_slots", m.kvm.max_slots},
+                           {"budget", config::to_string(m.kvm.budget)}, {"min_len", m.kvm.min_len},
+                           {"power_f", m.kvm.power_f}, {"power_e", m.kvm.power_e}, {"sat_n", m.kvm.sat_n},
+                           {"max_slots", m.kvm.max_slots},
                            {"vlens", m.kvm.vlens}, {"head_temps", m.kvm.head_temps},
                            {"merge_gate_keys", m.kvm.merge_gate_keys}, {"merge_gate_values", m.kvm.merge_gate_values},
                            {"gate_appends", m.kvm.gate_appends}, {"gate_initial_state", m.kvm.gate_initial_state}};
