@@ -22,7 +22,7 @@
 #include "train/checkpointing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "train/eval_common.h"
+#include "train/evaluate.h"
 #include "model/model.h"
 #include "common/rng.h"
 #include "train/run_log.h"
@@ -107,31 +107,16 @@ int task_loss(const cli::Args& args, const config::Config& cfg, const std::strin
   if (T < 1 || B < 1) throw UsageError("eval: expected --seq-len >= 1 and --batch >= 1");
   check_length(cfg.model, T, "--seq-len " + std::to_string(T));
   const auto sources = eval_sources(args, cfg);
-  data::LoaderOptions lo{sources, B, T, uint64_t(cfg.train.seed), 0, 1, false, cfg.data.tokenizer,
-                         cfg.model.vocab_size};
-  data::Loader loader(lo);
+  eval::Validation validation(cfg, sources, B, T);  // the windows the training loop's validation reads
   int64_t batches = args.integer("batches");
-  if (batches <= 0) batches = std::max<int64_t>(1, int64_t(loader.windows_per_epoch() / uint64_t(B)));
+  if (batches <= 0) batches = std::max<int64_t>(1, int64_t(validation.windows_per_epoch() / uint64_t(B)));
   Model model(cfg.model, B, T);
   load_weights(ckpt, model);
-  std::vector<int32_t> win(size_t(B) * (T + 1));
-  std::vector<int> in(size_t(B) * T), tg(size_t(B) * T);
-  double sum = 0;
-  for (int64_t i = 0; i < batches; i++) {
-    loader.next(win.data());
-    for (int b = 0; b < B; b++)
-      for (int t = 0; t < T; t++) {
-        in[size_t(b) * T + t] = win[size_t(b) * (T + 1) + t];
-        tg[size_t(b) * T + t] = win[size_t(b) * (T + 1) + t + 1];
-      }
-    model.forward(in.data(), B, T);
-    sum += model.loss(tg.data(), 0.0f);
-  }
-  const double loss = sum / double(batches);
+  const double loss = validation.loss(model, batches);
   json::Object o{{"task", "loss"}, {"checkpoint", ckpt}, {"seq_len", T}, {"batch_size", B},
                  {"batches", batches}, {"tokens", int64_t(batches) * B * T}, {"loss", loss},
                  {"perplexity", std::exp(loss)}, {"bits_per_token", loss / std::log(2.0)},
-                 {"windows_per_epoch", loader.windows_per_epoch()}};
+                 {"windows_per_epoch", validation.windows_per_epoch()}};
   json::Array src;
   for (const auto& s : sources) src.push_back(s.path);
   o["data"] = src;

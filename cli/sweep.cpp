@@ -20,7 +20,7 @@
 #include "common/json.h"
 #include "kernels/kvm.h"
 #include "common/usage_error.h"
-#include "train/eval_common.h"
+#include "train/evaluate.h"
 #include "train/run_log.h"
 
 namespace fs = std::filesystem;
