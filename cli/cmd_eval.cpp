@@ -22,7 +22,7 @@
 #include "train/checkpointing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "train/eval_common.h"
+#include "train/evaluate.h"
 #include "model/model.h"
 #include "common/rng.h"
 #include "train/run_log.h"
@@ -107,31 +107,16 @@ int task_loss(const cli::Args& args, const config::Config& cfg, const std::strin
   if (T < 1 || B < 1) throw UsageError("eval: expected --seq-len >= 1 and --batch >= 1");
   check_length(cfg.model, T, "--seq-len " + std::to_string(T));
   const auto sources = eval_sources(args, cfg);
-  data::LoaderOptions lo{sources, B, T, uint64_t(cfg.train.seed), 0, 1, false, config::to_string(cfg.data.tokenizer),
-                         cfg.model.vocab_size};
-  data::Loader loader(lo);
+  eval::Validation validation(cfg, sources, B, T);  // the windows the training loop's validation reads
   int64_t batches = args.integer("batches");
-  if (batches <= 0) batches = std::max<int64_t>(1, int64_t(loader.windows_per_epoch() / uint64_t(B)));
+  if (batches <= 0) batches = std::max<int64_t>(1, int64_t(validation.windows_per_epoch() / uint64_t(B)));
   Model model(cfg.model, B, T);
   load_weights(ckpt, model);
-  std::vector<int32_t> win(size_t(B) * (T + 1));
-  std::vector<int> in(size_t(B) * T), tg(size_t(B) * T);
-  double sum = 0;
-  for (int64_t i = 0; i < batches; i++) {
-    loader.next(win.data());
-    for (int b = 0; b < B; b++)
-      for (int t = 0; t < T; t++) {
-        in[size_t(b) * T + t] = win[size_t(b) * (T + 1) + t];
-        tg[size_t(b) * T + t] = win[size_t(b) * (T + 1) + t + 1];
-      }
-    model.forward(in.data(), B, T);
-    sum += model.loss(tg.data(), 0.0f);
-  }
-  const double loss = sum / double(batches);
+  const double loss = validation.loss(model, batches);
   json::Object o{{"task", "loss"}, {"checkpoint", ckpt}, {"seq_len", T}, {"batch_size", B},
                  {"batches", batches}, {"tokens", int64_t(batches) * B * T}, {"loss", loss},
                  {"perplexity", std::exp(loss)}, {"bits_per_token", loss / std::log(2.0)},
-                 {"windows_per_epoch", loader.windows_per_epoch()}};
+                 {"windows_per_epoch", validation.windows_per_epoch()}};
   json::Array src;
   for (const auto& s : sources) src.push_back(s.path);
   o["data"] = src;
@@ -187,8 +172,14 @@ int task_position_loss(const cli::Args& args, const config::Config& cfg, const s
 // A fixed public-domain filler (the passkey test's classic sentences, Mohtashami & Jaggi 2023).
 const char* kFixedFiller = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 
-int task_passkey(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
-  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
+std::vector<int> encode(const data::Tokenizer& tok, const std::string& s) {
+  std::vector<int> v;
+  for (uint32_t id : tok.encode(s)) v.push_back(int(id));
+  return v;
+}
+
+// --lengths, or train.seq_len x 0.5, 1, 2 (those a model with learned positions can take).
+std::vector<int> passkey_lengths(const cli::Args& args, const config::Config& cfg) {
   std::vector<int> lengths;
   if (args.has("lengths")) {
     for (double x : parse_numbers(args.str("lengths"), "lengths")) lengths.push_back(int(x));
@@ -196,17 +187,12 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
     for (int x : {cfg.train.seq_len / 2, cfg.train.seq_len, 2 * cfg.train.seq_len})
       if (cfg.model.pos != config::Pos::learned || x <= cfg.model.max_seq_len) lengths.push_back(x);
   }
-  const std::vector<double> depths = parse_numbers(args.str("depths"), "depths");
-  for (double d : depths)
-    if (d < 0 || d > 1) throw UsageError("eval: --depths: each depth is a fraction in [0, 1]");
-  const int trials = int(args.integer("trials"));
-  if (trials < 1) throw UsageError("eval: --trials expects an integer >= 1");
+  return lengths;
+}
 
-  auto enc = [&](const std::string& s) {
-    std::vector<int> v;
-    for (uint32_t id : tok->encode(s)) v.push_back(int(id));
-    return v;
-  };
+// The tokens the needle hides in (--filler): the validation text without its end-of-text tokens
+// (up to 2^20 tokens of each shard), or kFixedFiller.
+std::vector<int> passkey_filler(const cli::Args& args, const config::Config& cfg, const data::Tokenizer& tok) {
   const std::string filler_kind = args.str("filler");
   std::vector<int> filler;
   if (filler_kind == "val") {
@@ -222,68 +208,50 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
         std::vector<uint16_t> buf(n);
         r.read(0, n, buf.data());
         for (uint16_t id : buf)
-          if (int(id) != tok->eot()) filler.push_back(int(id));
+          if (int(id) != tok.eot()) filler.push_back(int(id));
       }
     if (filler.empty()) throw UsageError("eval: passkey: no validation text for --filler val; use --filler fixed");
   } else if (filler_kind == "fixed") {
-    filler = enc(kFixedFiller);
+    filler = encode(tok, kFixedFiller);
   } else {
     throw UsageError("eval: --filler " + filler_kind + " (expected val or fixed)");
   }
-  const std::vector<int> question = enc(" What is the pass key? The pass key is");
-  const int n_answer = int(enc(" 12345").size()) + 1;
-  const int longest = *std::max_element(lengths.begin(), lengths.end());
-  check_length(cfg.model, longest + n_answer, "--lengths " + std::to_string(longest) + " (plus " +
-                                                   std::to_string(n_answer) + " answer tokens)");
-  Model model(cfg.model, 1, longest + n_answer);
-  load_weights(ckpt, model);
-  const int V = cfg.model.vocab_size, Vp = model.logits_width();
-  Rng rng(uint64_t(args.integer("seed")));
+  return filler;
+}
 
-  json::Array cells;
-  std::vector<std::vector<double>> acc(depths.size(), std::vector<double>(lengths.size(), 0));
-  for (size_t li = 0; li < lengths.size(); li++)
-    for (size_t di = 0; di < depths.size(); di++) {
-      const int L = lengths[li];
-      int correct = 0;
-      json::Array answers;
-      for (int tr = 0; tr < trials; tr++) {
-        const int key = 10000 + int(rng.next_u64() % 90000);
-        const std::string ks = std::to_string(key);
-        const std::vector<int> needle = enc(" The pass key is " + ks + ". Remember it. " + ks + " is the pass key.");
-        const int F = L - int(needle.size()) - int(question.size());
-        if (F < 0)
-          throw UsageError("eval: --lengths " + std::to_string(L) + " is shorter than the needle and question (" +
-                                std::to_string(needle.size() + question.size()) + " tokens)");
-        const size_t start = size_t(rng.next_u64() % filler.size());
-        const int at = int(std::lround(depths[di] * F));
-        std::vector<int> seq;
-        for (int i = 0; i < F; i++) {
-          if (i == at) seq.insert(seq.end(), needle.begin(), needle.end());
-          seq.push_back(filler[(start + size_t(i)) % filler.size()]);
-        }
-        if (at >= F) seq.insert(seq.end(), needle.begin(), needle.end());
-        seq.insert(seq.end(), question.begin(), question.end());
-        std::vector<uint32_t> out;
-        for (int j = 0; j < n_answer; j++) {
-          const int n = int(seq.size());
-          model.forward(seq.data(), 1, n);
-          const float* row = model.logits() + size_t(n - 1) * Vp;
-          const int next = int(std::max_element(row, row + V) - row);
-          seq.push_back(next);
-          out.push_back(uint32_t(next));
-        }
-        std::string text = tok->decode(out.data(), out.size());
-        text.erase(0, text.find_first_not_of(" \t\n"));
-        const bool ok = text.rfind(ks, 0) == 0;
-        correct += ok;
-        answers.push_back(json::Object{{"key", ks}, {"answer", text}, {"correct", ok}});
-      }
-      acc[di][li] = double(correct) / trials;
-      cells.push_back(json::Object{{"length", L}, {"depth", depths[di]}, {"trials", trials},
-                                   {"correct", correct}, {"accuracy", acc[di][li]}, {"answers", answers}});
-    }
+// F tokens of filler from `start` (wrapping around) with the needle before filler token `at`
+// (after the last when at >= F), then the question.
+std::vector<int> haystack(const std::vector<int>& filler, size_t start, int F, int at, const std::vector<int>& needle,
+                          const std::vector<int>& question) {
+  std::vector<int> seq;
+  for (int i = 0; i < F; i++) {
+    if (i == at) seq.insert(seq.end(), needle.begin(), needle.end());
+    seq.push_back(filler[(start + size_t(i)) % filler.size()]);
+  }
+  if (at >= F) seq.insert(seq.end(), needle.begin(), needle.end());
+  seq.insert(seq.end(), question.begin(), question.end());
+  return seq;
+}
 
+// The n tokens greedy decoding appends to `seq` (a forward over the whole sequence per token).
+std::vector<uint32_t> greedy_continuation(Model& model, std::vector<int>& seq, int n_tokens, int V) {
+  const int Vp = model.logits_width();
+  std::vector<uint32_t> out;
+  for (int j = 0; j < n_tokens; j++) {
+    const int n = int(seq.size());
+    model.forward(seq.data(), 1, n);
+    const float* row = model.logits() + size_t(n - 1) * Vp;
+    const int next = int(std::max_element(row, row + V) - row);
+    seq.push_back(next);
+    out.push_back(uint32_t(next));
+  }
+  return out;
+}
+
+// passkey.md: accuracy by depth (rows) and length (columns).
+std::string passkey_table(const std::vector<int>& lengths, const std::vector<double>& depths,
+                          const std::vector<std::vector<double>>& acc, int trials, const std::string& ckpt,
+                          const config::Config& cfg) {
   std::ostringstream md;
   md << "Passkey retrieval accuracy (" << trials << " trials per cell, greedy decoding; " << ckpt
      << "; trained at " << cfg.train.seq_len << " tokens)\n\n| depth \\ length |";
@@ -302,6 +270,59 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
     }
     md << "\n";
   }
+  return md.str();
+}
+
+int task_passkey(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
+  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
+  const std::vector<int> lengths = passkey_lengths(args, cfg);
+  const std::vector<double> depths = parse_numbers(args.str("depths"), "depths");
+  for (double d : depths)
+    if (d < 0 || d > 1) throw UsageError("eval: --depths: each depth is a fraction in [0, 1]");
+  const int trials = int(args.integer("trials"));
+  if (trials < 1) throw UsageError("eval: --trials expects an integer >= 1");
+  const std::vector<int> filler = passkey_filler(args, cfg, *tok);
+
+  const std::vector<int> question = encode(*tok, " What is the pass key? The pass key is");
+  const int n_answer = int(encode(*tok, " 12345").size()) + 1;
+  const int longest = *std::max_element(lengths.begin(), lengths.end());
+  check_length(cfg.model, longest + n_answer, "--lengths " + std::to_string(longest) + " (plus " +
+                                                   std::to_string(n_answer) + " answer tokens)");
+  Model model(cfg.model, 1, longest + n_answer);
+  load_weights(ckpt, model);
+  Rng rng(uint64_t(args.integer("seed")));
+
+  json::Array cells;
+  std::vector<std::vector<double>> acc(depths.size(), std::vector<double>(lengths.size(), 0));
+  for (size_t li = 0; li < lengths.size(); li++)
+    for (size_t di = 0; di < depths.size(); di++) {
+      const int L = lengths[li];
+      int correct = 0;
+      json::Array answers;
+      for (int tr = 0; tr < trials; tr++) {
+        const int key = 10000 + int(rng.next_u64() % 90000);
+        const std::string ks = std::to_string(key);
+        const std::vector<int> needle =
+            encode(*tok, " The pass key is " + ks + ". Remember it. " + ks + " is the pass key.");
+        const int F = L - int(needle.size()) - int(question.size());
+        if (F < 0)
+          throw UsageError("eval: --lengths " + std::to_string(L) + " is shorter than the needle and question (" +
+                                std::to_string(needle.size() + question.size()) + " tokens)");
+        const size_t start = size_t(rng.next_u64() % filler.size());
+        std::vector<int> seq = haystack(filler, start, F, int(std::lround(depths[di] * F)), needle, question);
+        const std::vector<uint32_t> out = greedy_continuation(model, seq, n_answer, cfg.model.vocab_size);
+        std::string text = tok->decode(out.data(), out.size());
+        text.erase(0, text.find_first_not_of(" \t\n"));
+        const bool ok = text.rfind(ks, 0) == 0;
+        correct += ok;
+        answers.push_back(json::Object{{"key", ks}, {"answer", text}, {"correct", ok}});
+      }
+      acc[di][li] = double(correct) / trials;
+      cells.push_back(json::Object{{"length", L}, {"depth", depths[di]}, {"trials", trials},
+                                   {"correct", correct}, {"accuracy", acc[di][li]}, {"answers", answers}});
+    }
+
+  const std::string md = passkey_table(lengths, depths, acc, trials, ckpt, cfg);
   json::Array jl, jd, ja;
   for (int L : lengths) jl.push_back(L);
   for (double d : depths) jd.push_back(d);
@@ -311,13 +332,13 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
     ja.push_back(r);
   }
   json::Object o{{"task", "passkey"}, {"checkpoint", ckpt}, {"lengths", jl}, {"depths", jd},
-                 {"accuracy", ja}, {"trials", trials}, {"filler", filler_kind},
+                 {"accuracy", ja}, {"trials", trials}, {"filler", args.str("filler")},
                  {"train_seq_len", cfg.train.seq_len}, {"cells", cells}};
   const std::string dir = out_dir(args, ckpt);
   write_file_atomic(dir + "/passkey.json", json::dump(o, 2) + "\n");
-  write_file_atomic(dir + "/passkey.md", md.str());
+  write_file_atomic(dir + "/passkey.md", md);
   eval::plot({"passkey", dir + "/passkey.json", dir + "/passkey.png"});
-  std::fputs(md.str().c_str(), stdout);
+  std::fputs(md.c_str(), stdout);
   std::printf("-> %s/passkey.{json,md,png}\n", dir.c_str());
   return 0;
 }

@@ -55,51 +55,22 @@ json::Object hf_gpt2_config(const config::ModelConfig& m, const std::string& dty
                       {"torch_dtype", dtype == "bf16" ? "bfloat16" : "float32"}};
 }
 
-// Backbone and KVM models: our own names and this config (docs/checkpoint-format.md).
-json::Object backbone_config(const config::ModelConfig& m, const std::string& dtype, config::Tokenizer tokenizer) {
-  json::Array mixers;
-  for (config::Mixer x : m.mixers) mixers.push_back(config::to_string(x));
-  json::Object kvm{{"chunk", m.kvm.chunk},
-                   {"window_chunks", m.kvm.window_chunks},
-                   {"sink", m.kvm.sink},
-                   {"budget", config::to_string(m.kvm.budget)},
-                   {"min_len", m.kvm.min_len},
-                   {"power_f", m.kvm.power_f},
-                   {"power_e", m.kvm.power_e},
-                   {"sat_n", m.kvm.sat_n},
-                   {"max_slots", m.kvm.max_slots},
-                   {"vlens", m.kvm.vlens},
-                   {"head_temps", m.kvm.head_temps},
-                   {"merge_gate_keys", m.kvm.merge_gate_keys},
-                   {"merge_gate_values", m.kvm.merge_gate_values},
-                   {"gate_appends", m.kvm.gate_appends},
-                   {"gate_initial_state", m.kvm.gate_initial_state}};
-  return json::Object{{"architectures", json::Array{"KvmtrainForCausalLM"}},
-                      {"model_type", "kvmtrain"},
-                      {"format_version", 1},
-                      {"vocab_size", m.vocab_size},
-                      {"n_layer", m.n_layer},
-                      {"n_head", m.n_head},
-                      {"d_model", m.d_model},
-                      {"max_seq_len", m.max_seq_len},
-                      {"tie_embeddings", m.tie_embeddings},
-                      {"pos", config::to_string(m.pos)},
-                      {"rope_dims", m.rope_dims},
-                      {"rope_base", m.rope_base},
-                      {"mlp", config::to_string(m.mlp)},
-                      {"qk_norm", m.qk_norm},
-                      {"emb_norm", m.emb_norm},
-                      {"token_shift", m.token_shift},
-                      {"value_residual", m.value_residual},
-                      {"residual_scale", m.residual_scale},
-                      {"bias", m.bias},
-                      {"mixers", mixers},
-                      {"swa_window", m.swa_window},
-                      {"swa_rope_dims", m.swa_rope_dims},
-                      {"kvm", kvm},
-                      {"layer_norm_epsilon", 1e-5},
-                      {"tokenizer", config::to_string(tokenizer)},
-                      {"torch_dtype", dtype == "bf16" ? "bfloat16" : "float32"}};
+// Model keys that say how the weights were trained, not what they are: the vocabulary padding
+// (the export drops it) and how the output projections started.
+const char* const kTrainingOnlyKeys[] = {"padded_vocab_size", "zero_init_out"};
+
+// Backbone and KVM models: every model key of the config schema under its own name, and this
+// format's own keys (docs/checkpoint-format.md).
+json::Object backbone_config(const config::Config& cfg, const std::string& dtype) {
+  json::Object out = config::to_json(cfg).at("model").object();
+  for (const char* key : kTrainingOnlyKeys) out.erase(key);
+  out["architectures"] = json::Array{"KvmtrainForCausalLM"};
+  out["model_type"] = "kvmtrain";
+  out["format_version"] = 1;
+  out["layer_norm_epsilon"] = 1e-5;
+  out["tokenizer"] = config::to_string(cfg.data.tokenizer);
+  out["torch_dtype"] = dtype == "bf16" ? "bfloat16" : "float32";
+  return out;
 }
 
 void write(const fs::path& dir, const std::string& name, const std::string& bytes) {
@@ -130,7 +101,7 @@ int cmd_export(int argc, char** argv) {
   std::vector<ckpt::NamedTensor> ours = ckpt::read_safetensors(dir + "/model.safetensors").tensors;
   const bool gpt2 = is_pure_gpt2(m);
   std::vector<ckpt::NamedTensor> out = gpt2 ? ckpt::gpt2_to_hf(ours, m.vocab_size) : ckpt::drop_vocab_padding(ours, m.vocab_size);
-  json::Object config = gpt2 ? hf_gpt2_config(m, dtype) : backbone_config(m, dtype, cfg.data.tokenizer);
+  json::Object config = gpt2 ? hf_gpt2_config(m, dtype) : backbone_config(cfg, dtype);
 
   const fs::path od = args.str("output");
   std::error_code ec;

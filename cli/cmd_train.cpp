@@ -3,7 +3,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "config/config.h"
-#include "train/train_loop.h"
+#include "train/trainer.h"
 
 int cmd_train(int argc, char** argv) {
   cli::Args args("train", "Train a model from a YAML config. The resolved config is printed and saved to "

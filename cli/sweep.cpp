@@ -21,7 +21,7 @@
 #include "kernels/kvm.h"
 #include "model/model.h"
 #include "common/usage_error.h"
-#include "train/eval_common.h"
+#include "train/evaluate.h"
 #include "train/run_log.h"
 
 namespace fs = std::filesystem;

@@ -470,6 +470,34 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
                                  to_string(c.data.tokenizer));
 }
 
+// "model.kvm.chunk" -> {"model", "kvm", "chunk"}
+std::vector<std::string> key_parts(const std::string& key) {
+  std::vector<std::string> parts;
+  std::stringstream ss(key);
+  for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+  return parts;
+}
+
+// A key's value in `c` as JSON, typed by the schema (what get() gives is YAML text).
+json::Value json_value(const Field& f, const Config& c) {
+  const YAML::Node n = f.get(c);
+  if (f.type == "int") return n.as<int64_t>();
+  if (f.type == "float") return n.as<double>();
+  if (f.type == "bool") return n.as<bool>();
+  if (f.type == "list of enum") {
+    json::Array items;
+    for (const auto& item : n) items.push_back(item.Scalar());
+    return items;
+  }
+  if (f.type == "sources") {
+    json::Array items;
+    for (const auto& s : n)
+      items.push_back(json::Object{{"path", s["path"].Scalar()}, {"weight", s["weight"].as<double>()}});
+    return items;
+  }
+  return n.Scalar();  // string, enum
+}
+
 Config build(std::vector<Entry> entries, const std::vector<std::string>& overrides) {
   auto more = parse_overrides(overrides);
   entries.insert(entries.end(), more.begin(), more.end());
@@ -503,9 +531,7 @@ Config load_string(const std::string& yaml, const std::string& origin, const std
 std::string to_yaml(const Config& c) {
   YAML::Node root(YAML::NodeType::Map);
   for (const auto& f : schema()) {
-    std::vector<std::string> parts;
-    std::stringstream ss(f.key);
-    for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+    const std::vector<std::string> parts = key_parts(f.key);
     YAML::Node node = root;
     for (size_t i = 0; i + 1 < parts.size(); i++) {
       if (!node[parts[i]]) node[parts[i]] = YAML::Node(YAML::NodeType::Map);
@@ -516,6 +542,21 @@ std::string to_yaml(const Config& c) {
   YAML::Emitter e;
   e << root;
   return std::string(e.c_str()) + "\n";
+}
+
+json::Object to_json(const Config& c) {
+  json::Object root;
+  for (const auto& f : schema()) {
+    const std::vector<std::string> parts = key_parts(f.key);
+    json::Object* section = &root;
+    for (size_t i = 0; i + 1 < parts.size(); i++) {
+      json::Value& inner = (*section)[parts[i]];
+      if (!inner.is_object()) inner = json::Object{};
+      section = &inner.object();
+    }
+    (*section)[parts.back()] = json_value(f, c);
+  }
+  return root;
 }
 
 std::string reference_markdown() {

@@ -10,6 +10,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/json.h"
+
 namespace config {
 
 // ---- the closed choices ----
@@ -167,6 +169,10 @@ Config load(const std::string& path, const std::vector<std::string>& overrides =
 Config load_string(const std::string& yaml, const std::string& origin, const std::vector<std::string>& overrides = {});
 // The resolved config as YAML, every key, in schema order.
 std::string to_yaml(const Config& c);
+// The same as JSON, nested as in the YAML (model.kvm.chunk is ["model"]["kvm"]["chunk"]), each
+// value typed by the schema: numbers, booleans, strings, lists. Lets a section be written out in
+// another format without listing its keys again (export's config.json takes "model").
+json::Object to_json(const Config& c);
 // A Markdown table of every key: name, type, default, meaning (for docs and `--help`).
 std::string reference_markdown();
 

@@ -4,6 +4,7 @@
 #include <random>
 
 #include "checkpoints/safetensors.h"
+#include "config/config.h"
 #include "tests/checkpoints/run_fixture.h"
 
 namespace {
@@ -109,6 +110,18 @@ TEST_F(Export, BackboneModelsUseOwnNames) {
   auto cfg = json::parse(test_util::slurp(root / "bbx/config.json"));
   EXPECT_EQ(cfg.at("model_type").string(), "kvmtrain");
   EXPECT_TRUE(cfg.at("token_shift").boolean());
+  // every model key of the run's config with its value (model.kvm.* as "kvm": {...}), but the two
+  // that concern training only
+  const json::Value run_cfg = config::to_json(config::load((root / "bb/checkpoints/step_00000000/config.yaml").string()));
+  for (const auto& [key, value] : run_cfg.at("model").object()) {
+    if (key == "padded_vocab_size" || key == "zero_init_out") {
+      EXPECT_FALSE(cfg.contains(key)) << key;
+      continue;
+    }
+    ASSERT_TRUE(cfg.contains(key)) << key;
+    EXPECT_EQ(json::dump(cfg.at(key)), json::dump(value)) << key;
+  }
+  EXPECT_EQ(cfg.at("kvm").at("chunk").integer(), 256);
   auto f = ckpt::read_safetensors((root / "bbx/model.safetensors").string());
   EXPECT_EQ(f.at("wte").shape, (std::vector<int64_t>{50257, 32}));
   EXPECT_EQ(f.at("lm_head.weight").shape, (std::vector<int64_t>{50257, 32}));

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <ostream>
+#include <sstream>
 
 #include "common/usage_error.h"
 #include "config/config.h"
@@ -278,6 +279,41 @@ TEST(Config, ResolvedYamlRoundTrips) {
   EXPECT_EQ(again.model.n_layer, 3);
   EXPECT_EQ(again.model.padded_vocab_size, 50304);
   EXPECT_DOUBLE_EQ(again.data.train[0].weight, 0.5);
+}
+
+TEST(Config, JsonHoldsEveryKeyTypedAndNestedAsTheYaml) {
+  auto c = config::load_string("model: {n_layer: 3, mixers: [swa, kvm], rope_base: 500000, kvm: {chunk: 16}}\n"
+                               "data: {train: [{path: x, weight: 0.5}]}\n", "t.yaml");
+  const json::Value j = config::to_json(c);
+  const json::Value& m = j.at("model");
+  EXPECT_EQ(m.at("n_layer").integer(), 3);
+  EXPECT_EQ(m.at("padded_vocab_size").integer(), 50304);
+  EXPECT_DOUBLE_EQ(m.at("rope_base").number(), 500000);
+  EXPECT_EQ(m.at("pos").string(), "learned");
+  EXPECT_TRUE(m.at("tie_embeddings").boolean());
+  ASSERT_EQ(m.at("mixers").array().size(), 2u);
+  EXPECT_EQ(m.at("mixers").array()[1].string(), "kvm");
+  EXPECT_EQ(m.at("kvm").at("chunk").integer(), 16);
+  EXPECT_EQ(j.at("data").at("train").array()[0].at("path").string(), "x");
+  EXPECT_DOUBLE_EQ(j.at("data").at("train").array()[0].at("weight").number(), 0.5);
+  EXPECT_DOUBLE_EQ(j.at("train").at("lr").number(), 3e-4);
+  EXPECT_EQ(j.at("train").at("seed").integer(), 1337);
+  // every key of the schema, at its dotted path
+  std::istringstream reference(config::reference_markdown());
+  int keys = 0;
+  for (std::string line; std::getline(reference, line);) {
+    if (line.rfind("| `", 0) != 0) continue;
+    const std::string key = line.substr(3, line.find('`', 3) - 3);
+    const json::Value* v = &j;
+    std::istringstream parts(key);
+    for (std::string part; std::getline(parts, part, '.');) {
+      ASSERT_TRUE(v->is_object() && v->contains(part)) << key;
+      v = &v->at(part);
+    }
+    EXPECT_FALSE(v->is_object()) << key;
+    keys++;
+  }
+  EXPECT_GT(keys, 50);
 }
 
 TEST(Config, EveryShippedConfigLoads) {

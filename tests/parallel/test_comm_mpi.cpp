@@ -1,11 +1,15 @@
 // The MPI communicator under mpiexec (-n 2 and -n 4): every collective against the values a
-// single process computes by hand, and sub-communicators as the data x tensor grid uses them.
+// single process computes by hand, sub-communicators as the data x tensor grid uses them, and the
+// Mesh that builds that grid, for every layout of the world and with its two errors.
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/mesh.h"
 #include "tests/mpi_test_main.h"
 
 namespace {
@@ -70,6 +74,69 @@ TEST(CommMpi, SplitIntoGroups) {
   float want = 0;
   for (int r = first; r < first + group; r++) want += float(r);
   EXPECT_FLOAT_EQ(x, want);
+}
+
+// The sum of the world ranks in `comm` (collective): which ranks a group holds.
+float sum_of_world_ranks(Communicator& comm) {
+  float x = float(world->rank());
+  comm.all_reduce_sum(&x, 1);
+  return x;
+}
+
+TEST(CommMpi, MeshOfEveryLayout) {
+  const int N = world->size(), r = world->rank();
+  for (int tensor = 1; tensor <= N; tensor++) {
+    if (N % tensor != 0) continue;
+    config::ParallelConfig layout;
+    layout.data = N / tensor;
+    layout.tensor = tensor;
+    Mesh mesh(make_world_communicator(), layout, cpu_backend(), "the resolved config");
+    EXPECT_EQ(mesh.rank(), r);
+    EXPECT_EQ(mesh.world_size(), N);
+    EXPECT_EQ(mesh.data_size(), N / tensor);
+    EXPECT_EQ(mesh.tensor_size(), tensor);
+    EXPECT_EQ(mesh.tensor_device(), nullptr) << "cpu: the host groups serve the model";
+    // a data group: the ranks of this tensor rank, rank = data_rank * tensor + tensor_rank
+    EXPECT_EQ(mesh.data_rank(), r / tensor);
+    EXPECT_EQ(mesh.data().rank(), r / tensor);
+    EXPECT_EQ(mesh.data().size(), N / tensor);
+    float want = 0;
+    for (int d = 0; d < N / tensor; d++) want += float(d * tensor + r % tensor);
+    EXPECT_FLOAT_EQ(sum_of_world_ranks(mesh.data()), want) << "tensor " << tensor;
+    // a tensor group: `tensor` consecutive ranks; none without tensor parallelism
+    ASSERT_EQ(mesh.tensor() != nullptr, tensor > 1);
+    if (!mesh.tensor()) continue;
+    EXPECT_EQ(mesh.tensor()->rank(), r % tensor);
+    EXPECT_EQ(mesh.tensor()->size(), tensor);
+    want = 0;
+    for (int t = 0; t < tensor; t++) want += float(r / tensor * tensor + t);
+    EXPECT_FLOAT_EQ(sum_of_world_ranks(*mesh.tensor()), want) << "tensor " << tensor;
+  }
+}
+
+// The error a Mesh of `layout` throws, "" when there is none (collective: every rank builds one).
+std::string mesh_error(int data, int tensor, const std::string& resolved_config) {
+  config::ParallelConfig layout;
+  layout.data = data;
+  layout.tensor = tensor;
+  try {
+    Mesh mesh(make_world_communicator(), layout, cpu_backend(), resolved_config);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CommMpi, MeshRefusesAWrongSizeAndConfigsThatDiffer) {
+  const int N = world->size();
+  EXPECT_NE(mesh_error(N, 2, "same").find("parallel: data (" + std::to_string(N) + ") x tensor (2) = " +
+                                          std::to_string(2 * N) + " ranks, but the job has " + std::to_string(N)),
+            std::string::npos);
+  // rank 1's config differs from rank 0's: every rank stops, before any group is split
+  EXPECT_NE(mesh_error(N, 1, world->rank() == 1 ? "other" : "same")
+                .find("parallel: the resolved config differs across ranks (1 of " + std::to_string(N)),
+            std::string::npos);
+  EXPECT_EQ(mesh_error(N, 1, "same"), "");
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "train/eval_common.h"
+#include "train/evaluate.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +10,22 @@
 namespace fs = std::filesystem;
 
 namespace eval {
+
+Validation::Validation(const config::Config& cfg, std::vector<data::Source> sources, int B, int T)
+    : loader_({std::move(sources), B, T, uint64_t(cfg.train.seed), 0, 1, false, config::to_string(cfg.data.tokenizer),
+               cfg.model.vocab_size}),
+      batch_(B, T) {}
+
+double Validation::loss(Model& model, int64_t batches) {
+  loader_.set_position(0);
+  double sum = 0;
+  for (int64_t i = 0; i < batches; i++) {
+    batch_.load(loader_);
+    model.forward(batch_.inputs.data(), batch_.B, batch_.T);
+    sum += model.loss(batch_.targets.data(), 0.0f);
+  }
+  return sum / double(batches);
+}
 
 bool plot(const std::vector<std::string>& args) {
   const char* py = std::getenv("KVMTRAIN_PYTHON");
