@@ -17,6 +17,8 @@
 // lists are macros.
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/bf16.h"
 
@@ -67,6 +69,14 @@
                                const float* qkv /*(B,T,3C)*/, const float* out /*(B,T,C)*/,         \
                                const float* lse /*(B,NH,T)*/, int B, int T, int C, int NH,          \
                                int window))                                                          \
+  /* One new token per sequence at position pos (the same for all B), attending over a ring cache:  \
+     writes the token's k and v into slot pos % cap, then out = attention_forward's row t = pos      \
+     (same qkv layout, scale and window rule) over the keys [first, pos], key j in slot j % cap.     \
+     The keys must fit: cap >= pos+1 for full attention, cap >= window for a sliding window          \
+     (attention_decode_first_key throws std::invalid_argument otherwise). */                         \
+  X(void, attention_decode, (float* out /*(B,C)*/, float* k_cache /*(B,cap,C)*/,                    \
+                             float* v_cache /*(B,cap,C)*/, const float* qkv /*(B,3C)*/, int B,       \
+                             int C, int NH, int pos, int cap, int window))                           \
   /* Fused softmax + cross-entropy over the padded vocabulary; columns [V,Vp) never take part.     \
      Writes losses[i] = -log softmax(logits[i])[targets[i]] (0 where targets[i] == ignore_index).  \
      With dloss != 0 it OVERWRITES logits with d(sum_i dloss*losses[i])/dlogits, 0 in the padded    \
@@ -182,6 +192,23 @@ namespace kernels {
 // The real columns of the vocabulary shard [v0, v0+Vl): those below V (none in a shard of padding
 // only). The crossentropy_shard_* kernels of both backends take their columns from it.
 inline int vocab_shard_real_columns(int V, int v0, int Vl) { return V - v0 < 0 ? 0 : V - v0 > Vl ? Vl : V - v0; }
+
+// The first key attention_decode's token at pos sees (window 0: all of [0, pos]; else the last
+// `window`), after the checks both twins make: the keys [first, pos] must occupy distinct slots of
+// the ring of cap, so that writing slot pos % cap overwrites none of them.
+inline int attention_decode_first_key(int C, int NH, int pos, int cap, int window) {
+  if (NH <= 0 || C % NH != 0)
+    throw std::invalid_argument("attention_decode: C=" + std::to_string(C) + " is not a multiple of NH=" +
+                                std::to_string(NH));
+  if (pos < 0 || window < 0) throw std::invalid_argument("attention_decode: expected pos >= 0 and window >= 0");
+  const int first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+  if (cap < pos - first + 1)
+    throw std::invalid_argument("attention_decode: a cache of cap=" + std::to_string(cap) + " slots cannot hold the " +
+                                std::to_string(pos - first + 1) + " keys of position " + std::to_string(pos) +
+                                (window > 0 ? " (a sliding window needs cap >= window=" + std::to_string(window) + ")"
+                                            : " (full attention needs cap >= pos+1)"));
+  return first;
+}
 }  // namespace kernels
 
 namespace kernels::cpu {

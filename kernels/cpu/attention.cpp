@@ -4,6 +4,8 @@
 // O(T) per head at any context length. The forward keeps an online softmax (running max m and
 // sum l per query) and saves lse = m + log(l); the backward recomputes each tile's probabilities
 // as exp(S - lse) and pushes the tile's gradients straight into dqkv with serial_gemm.
+// attention_decode answers one query per sequence from a ring cache of keys and values: a plain
+// max-subtracted softmax over its visible keys, fp32 throughout.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -211,6 +213,47 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
             serial_gemm(true, false, bk, hs, bq, hd.scale, dS.data(), kBlock, Q,
                         hd.ld, 1.0f, dk + (size_t)j0 * hd.ld, hd.ld);
           }
+        }
+      }
+    }
+  }
+}
+
+void attention_decode(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int C, int NH, int pos,
+                      int cap, int window) {
+  // out (B,C); k_cache, v_cache (B,cap,C), slot pos % cap written; qkv (B,3C)
+  const int first = attention_decode_first_key(C, NH, pos, cap, window), hs = C / NH;
+  const float scale = 1.0f / std::sqrt((float)hs);
+  const size_t slot = (size_t)(pos % cap) * C;
+#pragma omp parallel
+  {
+    std::vector<float> att(pos - first + 1);  // scores, then probabilities, of keys [first, pos]
+#pragma omp for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+      for (int h = 0; h < NH; h++) {
+        const float* q = qkv + (size_t)b * 3 * C + h * hs;  // (hs); k and v follow at +C, +2C
+        float* kc = k_cache + (size_t)b * cap * C + h * hs;  // (cap,hs), row stride C
+        float* vc = v_cache + (size_t)b * cap * C + h * hs;
+        std::copy_n(q + C, hs, kc + slot);
+        std::copy_n(q + 2 * C, hs, vc + slot);
+        float mx = -INFINITY;
+        for (int j = first; j <= pos; j++) {
+          const float* k = kc + (size_t)(j % cap) * C;
+          float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+          for (int d = 0; d < hs; d++) dot += q[d] * k[d];
+          att[j - first] = scale * dot;
+          mx = std::max(mx, att[j - first]);
+        }
+        float sum = 0.0f;
+        for (float& a : att) sum += a = std::exp(a - mx);
+        float* o = out + (size_t)b * C + h * hs;
+        std::fill(o, o + hs, 0.0f);
+        for (int j = first; j <= pos; j++) {
+          const float p = att[j - first] / sum;
+          const float* v = vc + (size_t)(j % cap) * C;
+#pragma omp simd
+          for (int d = 0; d < hs; d++) o[d] += p * v[d];
         }
       }
     }

@@ -6,7 +6,9 @@
 //    and saves lse = m + log(l);
 //  - backward, deterministic (no atomics): a warp per query accumulates dq over its keys, then a
 //    warp per key accumulates dk and dv over the queries that see it; both recompute
-//    P = exp(scale q.k - lse) and D_i = dout_i . out_i.
+//    P = exp(scale q.k - lse) and D_i = dout_i . out_i;
+//  - decode: a block per (b, head) over its ring cache, each warp an online softmax over a strided
+//    share of the keys, merged in shared memory.
 #include <stdexcept>
 #include <string>
 
@@ -41,6 +43,19 @@ __device__ inline void load_row(float (&dst)[kMaxRegs], const float* src, int hs
   }
 }
 
+// One key of an online softmax: the running max m, sum l and unnormalised output o take in the
+// key's score and value row.
+__device__ inline void online_softmax_add(float& m, float& l, float (&o)[kMaxRegs], float score,
+                                          const float (&v)[kMaxRegs]) {
+  float mnew = fmaxf(m, score);
+  float alpha = expf(m - mnew);  // 0 on the first key (m = -inf)
+  float p = expf(score - mnew);
+  l = l * alpha + p;
+  m = mnew;
+#pragma unroll
+  for (int r = 0; r < kMaxRegs; r++) o[r] = o[r] * alpha + p * v[r];
+}
+
 // Row (b,h,t) -> pointers into qkv (row stride 3C) and out/dout (row stride C).
 __device__ inline size_t qkv_off(const Geometry& g, int b, int h, int t) {
   return ((size_t)b * g.T + t) * 3 * g.C + (size_t)h * g.hs;
@@ -66,14 +81,7 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
     const float* kv = qkv + qkv_off(g, b, h, s);
     load_row(k, kv + g.C, g.hs, lane);
     load_row(v, kv + 2 * g.C, g.hs, lane);
-    float score = g.scale * warp_dot(q, k);
-    float mnew = fmaxf(m, score);
-    float alpha = expf(m - mnew);  // 0 on the first key (m = -inf)
-    float p = expf(score - mnew);
-    l = l * alpha + p;
-    m = mnew;
-#pragma unroll
-    for (int r = 0; r < kMaxRegs; r++) o[r] = o[r] * alpha + p * v[r];
+    online_softmax_add(m, l, o, g.scale * warp_dot(q, k), v);
   }
   float inv = 1.0f / l;
   float* dst = out + out_off(g, b, h, t);
@@ -162,6 +170,47 @@ __global__ void attention_backward_dkv_kernel(float* dqkv, const float* dout, co
   }
 }
 
+// One block per (b, head) of attention_decode: the block writes the token's k and v into slot
+// pos % cap, then warp w keeps an online softmax over keys first+w, first+w+kWarpsPerBlock, ...;
+// the warps' (m, l, o) meet in shared memory and merge in warp order (deterministic).
+__global__ void attention_decode_kernel(float* out, float* k_cache, float* v_cache, const float* qkv, Geometry g,
+                                        int pos, int cap, int first) {
+  int b = blockIdx.x / g.NH, h = blockIdx.x % g.NH;
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float* qrow = qkv + (size_t)b * 3 * g.C + (size_t)h * g.hs;  // q; k and v at +C, +2C
+  float* kc = k_cache + (size_t)b * cap * g.C + (size_t)h * g.hs;   // (cap,hs), row stride C
+  float* vc = v_cache + (size_t)b * cap * g.C + (size_t)h * g.hs;
+  size_t slot = (size_t)(pos % cap) * g.C;
+  for (int d = threadIdx.x; d < g.hs; d += blockDim.x) {
+    kc[slot + d] = qrow[g.C + d];
+    vc[slot + d] = qrow[2 * g.C + d];
+  }
+  __syncthreads();  // the new key is read back by another warp
+  float q[kMaxRegs], k[kMaxRegs], v[kMaxRegs], o[kMaxRegs];
+  load_row(q, qrow, g.hs, lane);
+#pragma unroll
+  for (int r = 0; r < kMaxRegs; r++) o[r] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int j = first + warp; j <= pos; j += kWarpsPerBlock) {
+    load_row(k, kc + (size_t)(j % cap) * g.C, g.hs, lane);
+    load_row(v, vc + (size_t)(j % cap) * g.C, g.hs, lane);
+    online_softmax_add(m, l, o, g.scale * warp_dot(q, k), v);
+  }
+  __shared__ float wm[kWarpsPerBlock], wl[kWarpsPerBlock], wo[kWarpsPerBlock][32 * kMaxRegs];
+  if (lane == 0) wm[warp] = m, wl[warp] = l;
+#pragma unroll
+  for (int r = 0; r < kMaxRegs; r++) wo[warp][lane + 32 * r] = o[r];
+  __syncthreads();
+  float mx = -INFINITY, sum = 0.0f;  // a warp without keys has m = -inf, l = 0, o = 0
+  for (int w = 0; w < kWarpsPerBlock; w++) mx = fmaxf(mx, wm[w]);
+  for (int w = 0; w < kWarpsPerBlock; w++) sum += wl[w] * expf(wm[w] - mx);
+  for (int d = threadIdx.x; d < g.hs; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; w++) acc += wo[w][d] * expf(wm[w] - mx);
+    out[(size_t)b * g.C + (size_t)h * g.hs + d] = acc / sum;
+  }
+}
+
 Geometry geometry(int T, int C, int NH, int window) {
   if (NH <= 0 || C % NH != 0) throw std::invalid_argument("attention (cuda): C must be a multiple of NH");
   int hs = C / NH;
@@ -191,6 +240,16 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   attention_backward_dq_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(dqkv, dout, qkv, out, lse, B, g);
   cuda_check(cudaGetLastError());
   attention_backward_dkv_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(dqkv, dout, qkv, out, lse, B, g);
+  cuda_check(cudaGetLastError());
+}
+
+void attention_decode(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int C, int NH, int pos,
+                      int cap, int window) {
+  // out (B,C); k_cache, v_cache (B,cap,C), slot pos % cap written; qkv (B,3C); device
+  int first = attention_decode_first_key(C, NH, pos, cap, window);
+  Geometry g = geometry(1, C, NH, window);
+  if (B * NH == 0) return;
+  attention_decode_kernel<<<B * NH, kThreads>>>(out, k_cache, v_cache, qkv, g, pos, cap, first);
   cuda_check(cudaGetLastError());
 }
 

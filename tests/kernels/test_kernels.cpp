@@ -15,6 +15,7 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -291,6 +292,60 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Attention,
                                            AttentionShape{1, 258, 16, 2, 131},
                                            AttentionShape{2, 20, 16, 1, 1},
                                            AttentionShape{1, 140, 128, 2, 0}));  // hs 64, GPT-2's
+
+// Decode against prefill: attention_forward over T tokens, then the same qkv rows one position at
+// a time through attention_decode's ring cache, row by row within 1e-5 (1 + |prefill|). Full
+// attention (cap T, and a roomier cap), and sliding windows whose ring is exactly the window (slots
+// reused from position `window` on) or wider. The caches start NaN: a read of a slot no key was
+// written to would show. After the last token, slot s holds the last key j < T with j % cap == s.
+TEST(AttentionDecode, MatchesPrefillRowByRow) {
+  const int B = 2, T = 23, C = 32, NH = 4;
+  Vec qkv = randn((size_t)B * T * 3 * C, 36);
+  for (auto [window, cap] : {std::pair{0, T}, std::pair{0, T + 3}, std::pair{5, 5}, std::pair{5, 8},
+                             std::pair{1, 1}}) {
+    SCOPED_TRACE("window " + std::to_string(window) + ", cap " + std::to_string(cap));
+    Vec prefill((size_t)B * T * C), lse((size_t)B * NH * T);
+    cpu::attention_forward(prefill.data(), lse.data(), qkv.data(), B, T, C, NH, window);
+    Vec k_cache((size_t)B * cap * C, NAN), v_cache((size_t)B * cap * C, NAN);
+    for (int pos = 0; pos < T; pos++) {
+      SCOPED_TRACE("position " + std::to_string(pos));
+      Vec row((size_t)B * 3 * C), out((size_t)B * C, NAN), want((size_t)B * C);
+      for (int b = 0; b < B; b++) {
+        std::copy_n(&qkv[((size_t)b * T + pos) * 3 * C], 3 * C, &row[(size_t)b * 3 * C]);
+        std::copy_n(&prefill[((size_t)b * T + pos) * C], C, &want[(size_t)b * C]);
+      }
+      cpu::attention_decode(out.data(), k_cache.data(), v_cache.data(), row.data(), B, C, NH, pos, cap, window);
+      expect_close(out, want, kFwdTol, "out");
+      if (HasFatalFailure()) return;
+    }
+    for (int b = 0; b < B; b++)
+      for (int s = 0; s < cap && s < T; s++) {
+        const int j = (T - 1 - s) / cap * cap + s;  // the last position with j % cap == s
+        const float* key = &qkv[((size_t)b * T + j) * 3 * C];
+        for (int c = 0; c < C; c++) {
+          ASSERT_EQ(k_cache[((size_t)b * cap + s) * C + c], key[C + c]) << "k of b " << b << " slot " << s;
+          ASSERT_EQ(v_cache[((size_t)b * cap + s) * C + c], key[2 * C + c]) << "v of b " << b << " slot " << s;
+        }
+      }
+  }
+}
+
+// The keys a position sees must fit in the ring: pos+1 of them for full attention, window for a
+// sliding window (fewer before the window has filled); a bad head split is refused too.
+TEST(AttentionDecode, RefusesACacheTooSmall) {
+  const int B = 1, C = 8, NH = 2;
+  Vec out(C), k((size_t)4 * C), v((size_t)4 * C), row(3 * C);
+  auto decode = [&](int nh, int pos, int cap, int window) {
+    cpu::attention_decode(out.data(), k.data(), v.data(), row.data(), B, C, nh, pos, cap, window);
+  };
+  EXPECT_NO_THROW(decode(NH, 3, 4, 0));
+  EXPECT_THROW(decode(NH, 4, 4, 0), std::invalid_argument);
+  EXPECT_NO_THROW(decode(NH, 9, 4, 4));
+  EXPECT_THROW(decode(NH, 9, 3, 4), std::invalid_argument);
+  EXPECT_NO_THROW(decode(NH, 2, 3, 4));  // 3 keys so far
+  EXPECT_THROW(decode(3, 0, 4, 0), std::invalid_argument);
+  EXPECT_THROW(decode(NH, -1, 4, 0), std::invalid_argument);
+}
 
 TEST(Gelu, ForwardBackward) {
   const int N = 1000;
