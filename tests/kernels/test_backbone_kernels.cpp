@@ -147,7 +147,7 @@ TEST(EluGate, ForwardBackward) {
   expect_grad(dx, g0, xd, [&] { return dot(ref(), w); }, "elu gate dinp");
 }
 
-TEST(ScaledResidual, ForwardBackward) {
+TEST(ScaledResidual, Forward) {
   const int N = 50;
   const float s = 0.5f;
   Vec a = randn(N, 10), b = randn(N, 11), out(N);
@@ -159,10 +159,6 @@ TEST(ScaledResidual, ForwardBackward) {
     return o;
   };
   test_util::expect_close(out, ref(), kFwdTol, "scaled residual out");
-  Vec w = randn(N, 12), g0a = randn(N, 13), g0b = randn(N, 14), da = g0a, db = g0b;
-  cpu::scaled_residual_backward(da.data(), db.data(), w.data(), s, N);
-  expect_grad(da, g0a, ad, [&] { return dot(ref(), w); }, "dinp1");
-  expect_grad(db, g0b, bd, [&] { return dot(ref(), w); }, "dinp2");
 }
 
 TEST(TokenShift, ForwardBackward) {

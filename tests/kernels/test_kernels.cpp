@@ -371,26 +371,6 @@ TEST(Gelu, ForwardBackward) {
   expect_grad(dinp, g0, x, loss, "dinp");
 }
 
-TEST(Residual, ForwardBackward) {
-  const int N = 77;
-  Vec a = randn(N, 50), b = randn(N, 51), out(N);
-  cpu::residual_forward(out.data(), a.data(), b.data(), N);
-  DVec want(N);
-  for (int i = 0; i < N; i++) want[i] = (double)a[i] + b[i];
-  expect_close(out, want, 1e-7, "out");
-
-  Vec w = randn(N, 52), g0a = randn(N, 53), g0b = randn(N, 54), da = g0a, db = g0b;
-  cpu::residual_backward(da.data(), db.data(), w.data(), N);
-  DVec xa = to_double(a), xb = to_double(b);
-  auto loss = [&] {
-    double s = 0.0;
-    for (int i = 0; i < N; i++) s += w[i] * (xa[i] + xb[i]);
-    return s;
-  };
-  expect_grad(da, g0a, xa, loss, "dinp1");
-  expect_grad(db, g0b, xb, loss, "dinp2");
-}
-
 struct CrossEntropyShape {
   int N, V, Vp;
   float spread;  // logits ~ N(0, spread) plus a ramp, so later chunks raise the running max
