@@ -28,10 +28,6 @@
   X(void, gelu_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                       \
   X(void, gelu_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,      \
                           const float* dout /*(N)*/, int N))                                         \
-  X(void, residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/, const float* inp2 /*(N)*/, \
-                             int N))                                                                 \
-  X(void, residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/, const float* dout /*(N)*/, \
-                              int N))                                                                \
   /* out = wte[inp] + wpe[t]; wpe nullptr: no learned positions. wte holds the vocabulary rows       \
      [v0, v0+Vl) (all of it: v0 = 0, Vl = Vp); under tensor parallelism a token of another shard     \
      gives a zero row, positions included, so the sum over the shards is its owner's row + wpe[t].   \
@@ -121,11 +117,10 @@
   X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
                           int R, float base, int pos0))                                              \
   /* ---- the paper's backbone (docs/kvm.md section 12) ---- */                                      \
-  /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream) */                  \
+  /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream). No backward:    \
+     the stream's gradient passes through, and the model scales the sub-block's with axpby_rows. */ \
   X(void, scaled_residual_forward, (float* out /*(N)*/, const float* inp1 /*(N)*/,                   \
                                     const float* inp2 /*(N)*/, float scale, int N))                  \
-  X(void, scaled_residual_backward, (float* dinp1 /*(N)*/, float* dinp2 /*(N)*/,                     \
-                                     const float* dout /*(N)*/, float scale, int N))                 \
   /* merge gate 1 + elu(x) > 0 */                                                                    \
   X(void, elu_gate_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                   \
   X(void, elu_gate_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/,                         \

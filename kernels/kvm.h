@@ -116,9 +116,9 @@ KVM_CORE_KERNELS(KVM_DECLARE_CORE_KERNEL)
 }  // namespace cpu
 
 // The CUDA twins (kernels/cuda/kvm_*.cu): the same semantics, launched on the default stream. The
-// schedule, the budget and the routing decisions are the CPU's; only the floating-point summation
-// order differs. They share one process-wide scratch, so they must not run from several host
-// threads at once.
+// schedule, the budget and the gating rules are one code for both backends (kernels/kvm_rules.h),
+// and the routing decisions come out the same; only the floating-point summation order differs.
+// They share one process-wide scratch, so they must not run from several host threads at once.
 namespace cuda {
 KVM_CORE_KERNELS(KVM_DECLARE_CORE_KERNEL)
 

@@ -13,7 +13,7 @@ struct KvmCache::Impl {
   int n = 0;   // tokens consumed
   int w0 = 0;  // position of the first window row
   struct Head {
-    cpu::kvm::State st;
+    kvm::State st;
     cpu::kvm::Prepared ps;    // of st, refreshed when st changes
     bool stale = true;        // ps no longer matches st
     std::vector<float> k, v;  // (n - w0, D) window rows
@@ -26,7 +26,7 @@ struct KvmCache::Impl {
 };
 
 KvmCache::KvmCache(int H, int D, const KvmParams& p) : impl(std::make_unique<Impl>()) {
-  cpu::kvm::check_params(p, D);
+  kvm::check_params(p, D);
   impl->H = H, impl->D = D;
   impl->heads.resize(H);
   impl->kind.resize(p.C);

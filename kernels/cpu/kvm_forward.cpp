@@ -4,32 +4,7 @@
 // the state. The tape keeps the routing and the final state (plus, on request, every state read).
 #include "kernels/cpu/kvm_internal.h"
 
-namespace kernels {
-
-KvmTape::KvmTape() : impl(std::make_unique<Impl>()) {}
-KvmTape::~KvmTape() = default;
-KvmTape::KvmTape(KvmTape&&) noexcept = default;
-KvmTape& KvmTape::operator=(KvmTape&&) noexcept = default;
-
-int KvmTape::final_slots(int b, int h) const { return impl->heads[b * impl->H + h].final_state.M; }
-const float* KvmTape::final_s_k(int b, int h) const { return impl->heads[b * impl->H + h].final_k.data(); }
-const float* KvmTape::final_s_v(int b, int h) const { return impl->heads[b * impl->H + h].final_v.data(); }
-const float* KvmTape::final_s_len(int b, int h) const {
-  return impl->heads[b * impl->H + h].final_state.s_len.data();
-}
-const std::vector<int>& KvmTape::slots_after_update() const { return impl->m_after; }
-int KvmTape::routing_kind(int b, int h, int t) const { return impl->heads[b * impl->H + h].kind[t]; }
-int KvmTape::routing_slot(int b, int h, int t) const { return impl->heads[b * impl->H + h].slot[t]; }
-size_t KvmTape::bytes() const {
-  size_t n = impl->m_after.size() * sizeof(int);
-  for (const auto& hd : impl->heads) {
-    n += hd.final_state.bytes() + (hd.final_k.size() + hd.final_v.size()) * sizeof(float) + hd.kind.size() * sizeof(int8_t) + hd.slot.size() * sizeof(int);
-    for (const auto& st : hd.states) n += st.bytes();
-  }
-  return n;
-}
-
-namespace cpu {
+namespace kernels::cpu {
 
 void kvm_forward(float* out, KvmTape& tape, const float* q, const float* k, const float* v, const float* g,
                  const float* ln_s_weight, const float* ln_s_bias, const float* tau_front, const float* tau_state,
@@ -84,5 +59,4 @@ void kvm_forward(float* out, KvmTape& tape, const float* q, const float* k, cons
   }
 }
 
-}  // namespace cpu
-}  // namespace kernels
+}  // namespace kernels::cpu

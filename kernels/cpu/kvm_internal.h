@@ -1,88 +1,21 @@
 #pragma once
 // The pieces of KVM attention (docs/kvm.md) that prefill (kvm_forward.cpp), its backward
-// (kvm_backward.cpp) and decode (kvm_decode.cpp) share: the state of one (batch, head), ln_s on
-// rows, the state update of doc section 8 and the joint read-out of doc section 6. Each exists
-// once, so decode reproduces prefill by construction (same update code, same inputs, same state).
-// Everything here works on ONE (batch, head): rows are D floats apart.
+// (kvm_backward.cpp) and decode (kvm_decode.cpp) share: ln_s on rows, the state update of doc
+// section 8 and the joint read-out of doc section 6, over the State and the schedule that the CUDA
+// twin shares too (kernels/kvm_rules.h). Each exists once, so decode reproduces prefill by
+// construction (same update code, same inputs, same state). Everything here works on ONE
+// (batch, head): rows are D floats apart.
 #include "kernels/cpu/serial_gemm.h"
 
-#include <algorithm>
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "kernels/kvm.h"
+#include "kernels/kvm_rules.h"
 
 namespace kernels::cpu::kvm {
 
-// What happened to a token (values match KvmTape::routing_kind and the fixtures' routing/kind).
-enum Kind : int8_t { kWindow = 0, kInitial = 1, kAppend = 2, kMerge = 3 };
-
-// first token of the window of a query chunk ending at n: the state covers exactly [0, bswa_begin)
-inline int bswa_begin(int n, const KvmParams& p) {
-  int ceil_n = (n + p.C - 1) / p.C * p.C;
-  return std::max(0, ceil_n - p.W * p.C);
-}
-
-// One state read-out of the training schedule (doc section 7): queries [qb,qe) over the state
-// (covering [0,wb)) and the window [wb,qe); then the update folds [wb,nwb) in (nwb == wb: none,
-// always so after the last read-out, which nothing reads).
-struct Step {
-  int qb, qe, wb, nwb;
-};
-// Queries [0, F) before the steps use plain causal attention; chunk 0 ([0, m0)) is the initial state.
-inline int causal_end(int T, const KvmParams& p) { return std::min(T, p.W * p.C); }
-inline int initial_len(int T, const KvmParams& p) { return std::min(T, p.C); }
-inline std::vector<Step> schedule(int T, const KvmParams& p) {
-  std::vector<Step> steps;
-  for (int qb = causal_end(T, p); qb < T; qb += p.C) {
-    int qe = std::min(T, qb + p.C), wb = bswa_begin(qe, p);
-    int nwb = qe == T ? wb : bswa_begin(std::min(T, qe + p.C), p);
-    steps.push_back({qb, qe, wb, nwb});
-  }
-  return steps;
-}
-
-// Slots an update of n tokens appends (doc section 8: n_app = clamp(M* - M, 0, n)).
-inline int n_appends(const KvmParams& p, int ctx_len, int avail, int M, int n) {
-  return std::clamp(kvm_budget(p, ctx_len, avail, M) - M, 0, n);
-}
-
-inline void check_params(const KvmParams& p, int D) {
-  if (p.C < 1 || p.W < 1) throw std::runtime_error("kvm: expected C >= 1 and W >= 1");
-  if (p.R < 0 || p.R > D) throw std::runtime_error("kvm: expected 0 <= R <= D=" + std::to_string(D));
-  if (p.S < 0) throw std::runtime_error("kvm: expected S >= 0 sink slots");
-}
-
-// Whether g multiplies a token's prepared key / value when it enters the state as `kind`.
-// Appends and the initial chunk take "the gated key/value" of a merge, so the merge flags apply too.
-inline bool gates_key(const KvmParams& p, Kind kind) {
-  bool entry = kind == kMerge || (kind == kAppend && p.gate_appends) || (kind == kInitial && p.gate_initial_state);
-  return entry && p.merge_gate_keys;
-}
-inline bool gates_value(const KvmParams& p, Kind kind) {
-  bool entry = kind == kMerge || (kind == kAppend && p.gate_appends) || (kind == kInitial && p.gate_initial_state);
-  return entry && p.merge_gate_values;
-}
-
-// The state of one (batch, head). The sums are double: the reversible backward subtracts again
-// what the forward added, and in double that round trip loses ~1e-16, so it reproduces the
-// forward's states to fp32 rounding (with fp32 sums d_tau_state differed by 3.7e-5 relative).
-// Everything read from them (ln_s(s_k), the read values) is fp32.
-struct State {
-  int M = 0;
-  std::vector<double> s_k;   // (M,D) sums of the (gated) prepared keys routed to each slot
-  std::vector<double> s_v;   // (M,D) sums of the (gated) values
-  std::vector<float> s_len;  // (M) vlens: norm of the founding value; otherwise the token count
-  void resize(int m, int D) {
-    M = m;
-    s_k.resize((size_t)m * D);
-    s_v.resize((size_t)m * D);
-    s_len.resize(m);
-  }
-  size_t bytes() const { return (s_k.size() + s_v.size()) * sizeof(double) + s_len.size() * sizeof(float); }
-};
+using namespace kernels::kvm;  // the schedule, budget, gating and State both twins share
 
 // What the read-out and the routing need from a state: ks = ln_s(s_k) (no temperature) and the
 // read value vs, with the statistics their backward needs.
@@ -141,20 +74,4 @@ void readout_backward(float* dq, float* dk, float* dv, float* dks, float* dvs, f
                       const float* dout, const float* q, int nq, int q0, const float* k, const float* v, int w0,
                       int nw, const Prepared& ps, float tf, float ts, int D, ReadoutScratch& sc);
 
-
 }  // namespace kernels::cpu::kvm
-
-// The tape's contents (kvm_forward writes, kvm_backward reads).
-struct kernels::KvmTape::Impl {
-  int B = 0, H = 0, T = 0, D = 0;
-  bool snapshots = false;   // copy of KvmTape::snapshots at forward time
-  std::vector<int> m_after;  // (U) slots after each update
-  struct Head {
-    cpu::kvm::State final_state;
-    std::vector<float> final_k, final_v;   // (M,D) fp32 copies of final_state's sums, to read back
-    std::vector<int8_t> kind;              // (T)
-    std::vector<int> slot;                 // (T)
-    std::vector<cpu::kvm::State> states;   // snapshots only: the state each state read-out saw
-  };
-  std::vector<Head> heads;  // (B*H)
-};

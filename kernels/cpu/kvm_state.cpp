@@ -1,31 +1,13 @@
 // The KVM state of one (batch, head) and everything that changes it (docs/kvm.md sections 4, 5,
-// 8, 9): prepared keys, the initial chunk, the budgeted update with its novelty-ranked appends and
-// argmax routing, the undo the reversible backward needs, and the gradients of the state sums
-// back to the tokens that built them.
+// 8): prepared keys, the initial chunk, the budgeted update (its budget, section 9, is
+// kernels/kvm_rules.cpp's) with its novelty-ranked appends and argmax routing, the undo the
+// reversible backward needs, and the gradients of the state sums back to the tokens that built
+// them.
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
 
 #include "kernels/cpu/kvm_internal.h"
-
-namespace kernels {
-
-int kvm_budget(const KvmParams& p, int ctx_len, int avail, int M) {
-  long long target = p.min_len;
-  switch (p.budget) {
-    case KvmBudget::fixed: break;
-    case KvmBudget::power_law:
-      target = std::max((long long)std::floor(p.power_f * std::pow((double)ctx_len, p.power_e)), target);
-      break;
-    case KvmBudget::saturating:
-      target = std::max((long long)p.sat_n * ctx_len / ((long long)p.sat_n + ctx_len), target);  // floor: all >= 0
-      break;
-  }
-  long long capped = std::min({target, (long long)avail, (long long)p.max_slots});
-  return (int)std::max(capped, (long long)M);
-}
-
-}  // namespace kernels
 
 namespace kernels::cpu::kvm {
 

@@ -9,13 +9,4 @@ void scaled_residual_forward(float* out, const float* inp1, const float* inp2, f
   for (int i = 0; i < N; i++) out[i] = inp1[i] + scale * inp2[i];
 }
 
-void scaled_residual_backward(float* dinp1, float* dinp2, const float* dout, float scale, int N) {
-  // dinp1, dinp2 (accumulated), dout: (N)
-#pragma omp parallel for simd schedule(static)
-  for (int i = 0; i < N; i++) {
-    dinp1[i] += dout[i];
-    dinp2[i] += scale * dout[i];
-  }
-}
-
 }  // namespace kernels::cpu

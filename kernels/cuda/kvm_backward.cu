@@ -70,7 +70,7 @@ void kvm_backward(float* dq, float* dk, float* dv, float* dg, float* d_ln_s_weig
 
   int M = pl.cap, u = (int)pl.m_after.size();  // slots now; updates not yet walked back
   for (int i = (int)pl.steps.size() - 1; i >= 0; i--) {
-    const cpu::kvm::Step& s = pl.steps[i];
+    const kvm::Step& s = pl.steps[i];
     size_t qo = (size_t)s.qb * D, wo = (size_t)s.wb * D;
     if (s.nwb > s.wb) {  // the update after this read-out: its tokens take the gradient of what came later
       int n = s.nwb - s.wb;

@@ -60,7 +60,7 @@ void kvm_decode_step(float* out, KvmCache& cache, const float* q, const float* k
   if (!cache.device) throw std::runtime_error("kvm_decode_step (cuda): expected a cache set up by kvm_decode_init");
   KvmCache::Device& c = *cache.device;
   int H = c.H, D = c.D, n = c.n;
-  int wb = cpu::kvm::bswa_begin(n / p.C * p.C + p.C, p);  // window of the chunk that holds n
+  int wb = kvm::bswa_begin(n / p.C * p.C + p.C, p);  // window of the chunk that holds n
   size_t wcap = (size_t)p.W * p.C + 1, pitch = wcap * D * sizeof(float);
   for (int i = 0; i < 2; i++) c.k[i].reserve(H * wcap * D), c.v[i].reserve(H * wcap * D), c.g[i].reserve(H * wcap);
   grow_state(c, c.M + p.C, p);  // an update adds at most C slots

@@ -1,14 +1,11 @@
 // KVM prefill / training forward on the GPU (docs/kvm.md section 7), the CUDA twin of
-// kernels/cpu/kvm_forward.cpp. The host walks the CPU's chunk schedule once for all B*H heads:
-// chunk 0 is copied into the states, queries [0, F) get plain causal attention, then each query
-// chunk is read out over [state; window] and the chunk that leaves the window is folded in. Every
-// shape is known on the host (the budget depends on positions only), so each step is a few
-// launches over all heads. The tape's device part keeps the routing, the final states and, on
-// request, every state read; its host part only the slot counts until kvm_tape_to_host.
-//
-// The budget comes from kernels::kvm_budget (kernels/cpu/kvm_state.cpp, in kvmtrain_core): any
-// caller of these functions has built a KvmTape or KvmCache, whose constructors pull that object
-// file into the link ahead of this library.
+// kernels/cpu/kvm_forward.cpp. The host walks the chunk schedule both twins follow
+// (kernels/kvm_rules.h) once for all B*H heads: chunk 0 is copied into the states, queries [0, F)
+// get plain causal attention, then each query chunk is read out over [state; window] and the chunk
+// that leaves the window is folded in. Every shape is known on the host (the budget depends on
+// positions only), so each step is a few launches over all heads. The tape's device part keeps the
+// routing, the final states and, on request, every state read; its host part only the slot counts
+// until kvm_tape_to_host.
 #include <stdexcept>
 #include <vector>
 
@@ -20,17 +17,17 @@ namespace kvm {
 
 Plan plan(int T, const KvmParams& p) {
   Plan pl;
-  pl.steps = cpu::kvm::schedule(T, p);
-  pl.F = cpu::kvm::causal_end(T, p), pl.m0 = cpu::kvm::initial_len(T, p);
+  pl.steps = schedule(T, p);
+  pl.F = causal_end(T, p), pl.m0 = initial_len(T, p);
   pl.rows = pl.F, pl.scores = (size_t)pl.F * pl.F;
   int M = pl.m0;
-  for (const cpu::kvm::Step& s : pl.steps) {
+  for (const Step& s : pl.steps) {
     size_t N = (size_t)M + s.qe - s.wb;
     pl.rows = std::max(pl.rows, N);
     pl.scores = std::max(pl.scores, (size_t)(s.qe - s.qb) * N);
     if (s.nwb == s.wb) continue;
     int n = s.nwb - s.wb;
-    M += cpu::kvm::n_appends(p, s.qe, s.nwb, M, n);
+    M += n_appends(p, s.qe, s.nwb, M, n);
     pl.m_after.push_back(M);
     pl.scores = std::max(pl.scores, (size_t)n * M);  // the routing's scores against the grown state
   }
@@ -44,7 +41,7 @@ void kvm_forward(float* out, KvmTape& tape, const float* q, const float* k, cons
                  const float* ln_s_weight, const float* ln_s_bias, const float* tau_front, const float* tau_state,
                  int B, int H, int T, int D, const KvmParams& p) {
   using namespace kvm;
-  cpu::kvm::check_params(p, D);
+  kvm::check_params(p, D);
   const Plan pl = plan(T, p);
   // the host part: the slot counts; B = H = T = D = 0 until kvm_tape_to_host, so that
   // cpu::kvm_backward refuses it instead of reading stale routing
@@ -76,7 +73,7 @@ void kvm_forward(float* out, KvmTape& tape, const float* q, const float* k, cons
                    .nw = pl.F, .kv_ld = (size_t)T, .ps = ps, .M = 0, .tau_front = tf, .tau_state = ts});
   int M = pl.m0;
   for (size_t i = 0; i < pl.steps.size(); i++) {
-    const cpu::kvm::Step& s = pl.steps[i];
+    const kvm::Step& s = pl.steps[i];
     size_t qo = (size_t)s.qb * D, wo = (size_t)s.wb * D;
     prepare_state(ps, st, BH, 0, M, D, ln_s_weight, ln_s_bias, p, false);
     if (td.snapshots) copy_state(td.snapshot((int)i), st, BH, M, D);
@@ -115,7 +112,7 @@ void kvm_tape_to_host(KvmTape& tape) {
     hd.kind.assign(kind.begin() + bh * T, kind.begin() + (bh + 1) * T);
     hd.slot.assign(slot.begin() + bh * T, slot.begin() + (bh + 1) * T);
     hd.states.clear();
-    cpu::kvm::State& st = hd.final_state;
+    kvm::State& st = hd.final_state;
     st.resize((int)cap, (int)D);
     std::copy_n(s_k.begin() + bh * cap * D, cap * D, st.s_k.begin());
     std::copy_n(s_v.begin() + bh * cap * D, cap * D, st.s_v.begin());

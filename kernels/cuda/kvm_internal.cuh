@@ -1,11 +1,12 @@
 #pragma once
 // The pieces of KVM attention on the GPU (docs/kvm.md) that prefill (kvm_forward.cu), its backward
 // (kvm_backward.cu) and decode (kvm_decode.cu) share: the CUDA twin of kernels/cpu/kvm_internal.h.
-// The host-side schedule (Step, schedule, bswa_begin, n_appends, check_params, gates_key/value)
-// is the CPU's own, so both backends walk the same chunks with the same budget. The state sizes
-// depend only on (ctx_len, avail, M), the same for every (batch, head), so the host knows every
-// shape and each launcher below works on BH = B*H heads at once: the kernels put one warp or
-// block per (head, row), the read-out GEMMs are cuBLAS strided-batched over the heads.
+// The host-side rules (Step, schedule, bswa_begin, n_appends, check_params, gates_key/value) are
+// kernels/kvm_rules.h's, which the CPU twin follows too, so both backends walk the same chunks
+// with the same budget. The state sizes depend only on (ctx_len, avail, M), the same for every
+// (batch, head), so the host knows every shape and each launcher below works on BH = B*H heads at
+// once: the kernels put one warp or block per (head, row), the read-out GEMMs are cuBLAS
+// strided-batched over the heads.
 //
 // Layout convention of the views: rows of D floats; head bh's row t of a token tensor is at
 // x + (bh*ld + t)*D (its gate g + bh*ld + t, its routing kind/slot + bh*ld + t), where ld is the
@@ -16,17 +17,13 @@
 #include <utility>
 #include <vector>
 
-#include "kernels/cpu/kvm_internal.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/kvm.h"
+#include "kernels/kvm_rules.h"
 
 namespace kernels::cuda::kvm {
 
-using cpu::kvm::Kind;
-using cpu::kvm::kAppend;
-using cpu::kvm::kInitial;
-using cpu::kvm::kMerge;
-using cpu::kvm::kWindow;
+using namespace kernels::kvm;  // the schedule, budget, gating and Kind both twins share
 
 // A device array that grows on request and never shrinks; growing drops the contents. Owned by a
 // tape, a cache or the workspace.
@@ -150,11 +147,11 @@ struct Workspace {
 };
 Workspace& workspace();
 
-// The chunk schedule of T tokens (cpu::kvm::schedule) with the slot counts it leads to (the same
+// The chunk schedule of T tokens (kvm::schedule) with the slot counts it leads to (the same
 // for every head) and the largest read-out and routing it computes, to size the workspace once
 // (kvm_forward.cu).
 struct Plan {
-  std::vector<cpu::kvm::Step> steps;
+  std::vector<Step> steps;
   std::vector<int> m_after;  // (updates) slots after each update, as KvmTape::slots_after_update
   int F, m0, cap;            // causal queries [0,F), initial chunk [0,m0), final slot count
   size_t rows;               // per head: most rows M+nw of a read-out's K and V

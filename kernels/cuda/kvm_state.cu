@@ -335,8 +335,8 @@ __global__ void tokens_backward_params_kernel(float* part_w, float* part_b, cons
 Flags flags(const KvmParams& p) {
   Flags f{p.R, p.S, p.ln_eps, p.vlens, {}, {}};
   for (Kind kd : {kWindow, kInitial, kAppend, kMerge}) {
-    f.gate_key[kd] = cpu::kvm::gates_key(p, kd);
-    f.gate_value[kd] = cpu::kvm::gates_value(p, kd);
+    f.gate_key[kd] = gates_key(p, kd);
+    f.gate_value[kd] = gates_value(p, kd);
   }
   return f;
 }
@@ -377,7 +377,7 @@ void add_initial(StateView st, const Routing& r, const Tokens& x, int BH, int n,
 
 int update(StateView st, PreparedView ps, const Routing& r, const Tokens& x, int BH, int n, int M, int ctx_len,
            int avail, int D, const float* w, const float* b, const KvmParams& p) {
-  int n_app = cpu::kvm::n_appends(p, ctx_len, avail, M, n), Mn = M + n_app, n_mrg = n - n_app;
+  int n_app = kvm::n_appends(p, ctx_len, avail, M, n), Mn = M + n_app, n_mrg = n - n_app;
   if (n_mrg > 0 && Mn <= p.S) throw std::runtime_error("kvm update: expected a non-sink slot to merge into (M > S)");
   if ((size_t)BH * n == 0) return Mn;
   Workspace& ws = workspace();

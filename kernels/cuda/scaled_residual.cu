@@ -12,28 +12,12 @@ __global__ void scaled_residual_forward_kernel(float* out, const float* inp1, co
   if (i < N) out[i] = inp1[i] + scale * inp2[i];
 }
 
-__global__ void scaled_residual_backward_kernel(float* dinp1, float* dinp2, const float* dout, float scale, int N) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < N) {
-    float d = dout[i];
-    dinp1[i] += d;
-    dinp2[i] += scale * d;
-  }
-}
-
 }  // namespace
 
 void scaled_residual_forward(float* out, const float* inp1, const float* inp2, float scale, int N) {
   // out, inp1, inp2: (N); out may equal inp1 or inp2; device
   if (N == 0) return;
   scaled_residual_forward_kernel<<<blocks_for(N), kThreads>>>(out, inp1, inp2, scale, N);
-  cuda_check(cudaGetLastError());
-}
-
-void scaled_residual_backward(float* dinp1, float* dinp2, const float* dout, float scale, int N) {
-  // dinp1, dinp2 (accumulated), dout: (N); device
-  if (N == 0) return;
-  scaled_residual_backward_kernel<<<blocks_for(N), kThreads>>>(dinp1, dinp2, dout, scale, N);
   cuda_check(cudaGetLastError());
 }
 

@@ -1,4 +1,4 @@
-// The CPU kernels against naive double-precision references written here, one loop per formula.
+// The CPU kernels against naive double-precision references (references.h), one loop per formula.
 // Every kernel gets (a) its forward compared with the reference, (b) its backward compared with
 // central differences of the reference (in double, so the differences themselves are accurate to
 // ~1e-9) of a random linear functional L = sum_k w_k out_k, with dout = w, and (c) accumulation:
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/kernels.h"
+#include "tests/kernels/references.h"
 
 namespace cpu = kernels::cpu;
 using Vec = std::vector<float>;
@@ -33,6 +34,12 @@ using test_util::randn;
 using test_util::to_double;
 
 using test_util::expect_close;
+using test_util::ref_attention;
+using test_util::ref_crossentropy;
+using test_util::ref_encoder;
+using test_util::ref_gelu;
+using test_util::ref_layernorm;
+using test_util::ref_matmul;
 
 constexpr double kFwdTol = 1e-5;
 constexpr double kFwdTolTranscendental = 2e-5;
@@ -42,95 +49,6 @@ constexpr double kGradTol = 2e-4;
 void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<double()>& loss, const char* what,
                  size_t samples = SIZE_MAX) {
   test_util::expect_fd_grad(got, g0, x, loss, kGradTol, what, samples);
-}
-
-// ---- references -------------------------------------------------------------------------------
-
-// wte: the vocabulary rows [v0, v0+Vl); another shard's token gives a zero row
-DVec ref_encoder(const std::vector<int>& inp, const DVec& wte, const DVec* wpe, int B, int T, int C, int v0, int Vl) {
-  DVec out((size_t)B * T * C, 0.0);
-  for (int bt = 0; bt < B * T; bt++) {
-    const int row = inp[bt] - v0;
-    if (row < 0 || row >= Vl) continue;
-    for (int c = 0; c < C; c++)
-      out[(size_t)bt * C + c] = wte[(size_t)row * C + c] + (wpe ? (*wpe)[(size_t)(bt % T) * C + c] : 0.0);
-  }
-  return out;
-}
-
-DVec ref_layernorm(const DVec& inp, const DVec& w, const DVec& b, int N, int C, DVec* mean = nullptr,
-                   DVec* rstd = nullptr) {
-  DVec out((size_t)N * C);
-  for (int i = 0; i < N; i++) {
-    const double* x = &inp[(size_t)i * C];
-    double m = 0.0, var = 0.0;
-    for (int c = 0; c < C; c++) m += x[c] / C;
-    for (int c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m) / C;
-    double s = 1.0 / std::sqrt(var + 1e-5);
-    for (int c = 0; c < C; c++) out[(size_t)i * C + c] = (x[c] - m) * s * w[c] + b[c];
-    if (mean) (*mean)[i] = m, (*rstd)[i] = s;
-  }
-  return out;
-}
-
-DVec ref_matmul(const DVec& inp, const DVec& w, const DVec* bias, int N, int IC, int OC) {
-  DVec out((size_t)N * OC);
-  for (int i = 0; i < N; i++)
-    for (int o = 0; o < OC; o++) {
-      double s = bias ? (*bias)[o] : 0.0;
-      for (int k = 0; k < IC; k++) s += inp[(size_t)i * IC + k] * w[(size_t)o * IC + k];
-      out[(size_t)i * OC + o] = s;
-    }
-  return out;
-}
-
-// The plain T x T softmax: every score of a row, then its softmax, then the weighted sum of values.
-DVec ref_attention(const DVec& qkv, int B, int T, int C, int NH, int window, DVec* lse = nullptr) {
-  int hs = C / NH;
-  double scale = 1.0 / std::sqrt((double)hs);
-  DVec out((size_t)B * T * C, 0.0), att(T);
-  for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
-      for (int t = 0; t < T; t++) {
-        const double* q = &qkv[((size_t)b * T + t) * 3 * C + h * hs];
-        double mx = -INFINITY;
-        for (int s = 0; s < T; s++) {
-          bool visible = s <= t && (window == 0 || s > t - window);
-          att[s] = -INFINITY;
-          if (!visible) continue;
-          const double* k = &qkv[((size_t)b * T + s) * 3 * C + C + h * hs];
-          double dotqk = 0.0;
-          for (int d = 0; d < hs; d++) dotqk += q[d] * k[d];
-          att[s] = dotqk * scale;
-          mx = std::max(mx, att[s]);
-        }
-        double sum = 0.0;
-        for (int s = 0; s < T; s++) sum += std::exp(att[s] - mx);
-        double* o = &out[((size_t)b * T + t) * C + h * hs];
-        for (int s = 0; s < T; s++) {
-          double p = std::exp(att[s] - mx) / sum;
-          const double* v = &qkv[((size_t)b * T + s) * 3 * C + 2 * C + h * hs];
-          for (int d = 0; d < hs; d++) o[d] += p * v[d];
-        }
-        if (lse) (*lse)[((size_t)b * NH + h) * T + t] = mx + std::log(sum);
-      }
-  return out;
-}
-
-double ref_gelu(double x) {
-  return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
-}
-
-DVec ref_crossentropy(const DVec& logits, const std::vector<int>& targets, int N, int V, int Vp, int ignore) {
-  DVec losses(N, 0.0);
-  for (int i = 0; i < N; i++) {
-    if (targets[i] == ignore) continue;
-    const double* row = &logits[(size_t)i * Vp];
-    double mx = *std::max_element(row, row + V), sum = 0.0;
-    for (int c = 0; c < V; c++) sum += std::exp(row[c] - mx);
-    losses[i] = mx + std::log(sum) - row[targets[i]];
-  }
-  return losses;
 }
 
 // ---- tests ------------------------------------------------------------------------------------
@@ -369,26 +287,6 @@ TEST(Gelu, ForwardBackward) {
     return s;
   };
   expect_grad(dinp, g0, x, loss, "dinp");
-}
-
-TEST(Residual, ForwardBackward) {
-  const int N = 77;
-  Vec a = randn(N, 50), b = randn(N, 51), out(N);
-  cpu::residual_forward(out.data(), a.data(), b.data(), N);
-  DVec want(N);
-  for (int i = 0; i < N; i++) want[i] = (double)a[i] + b[i];
-  expect_close(out, want, 1e-7, "out");
-
-  Vec w = randn(N, 52), g0a = randn(N, 53), g0b = randn(N, 54), da = g0a, db = g0b;
-  cpu::residual_backward(da.data(), db.data(), w.data(), N);
-  DVec xa = to_double(a), xb = to_double(b);
-  auto loss = [&] {
-    double s = 0.0;
-    for (int i = 0; i < N; i++) s += w[i] * (xa[i] + xb[i]);
-    return s;
-  };
-  expect_grad(da, g0a, xa, loss, "dinp1");
-  expect_grad(db, g0b, xb, loss, "dinp2");
 }
 
 struct CrossEntropyShape {

@@ -6,7 +6,7 @@
 //  - layout kernels (split_heads, merge_heads, axpby_rows): 1e-6 (the same float operations up to
 //    FMA contraction);
 //  - fp32: 1e-4 for logits, loss and every parameter gradient (cuBLASLt without TF32, attention
-//    and the KVM core sum in another order; test_cuda_kernels allows 1e-4 per kernel);
+//    and the KVM core sum in another order; test_backend_ops allows 1e-4 per kernel);
 //  - bf16: 2e-2 (a GEMM operand rounded to bf16 flips to the neighbouring value, 2^-8 relative,
 //    wherever the fp32 result before it differs in its last bits, and that compounds over the
 //    layers); the bf16 weight copies themselves are bit-identical (stochastic rounding is keyed by
