@@ -90,6 +90,67 @@ std::string overrides_text(const Overrides& o) {
   return s;
 }
 
+// grid: the cartesian product of its axes, the last varying fastest; runs named by key-value.
+std::vector<Run> grid_runs(const YAML::Node& g, const std::string& path) {
+  std::vector<Run> runs;
+  if (!g.IsMap() || g.size() == 0)
+    throw UsageError(at_line(path, g) + ": grid: expected a map of config keys to lists of values");
+  std::vector<std::pair<std::string, std::vector<std::string>>> axes;
+  for (auto it = g.begin(); it != g.end(); ++it) {
+    const std::string k = it->first.as<std::string>();
+    if (!it->second.IsSequence() || it->second.size() == 0)
+      throw UsageError(at_line(path, it->second) + ": grid: " + k + ": expected a non-empty list of values");
+    std::vector<std::string> vals;
+    for (const auto& v : it->second) vals.push_back(flow(v));
+    axes.emplace_back(k, vals);
+  }
+  size_t total = 1;
+  for (const auto& ax : axes) total *= ax.second.size();
+  for (size_t i = 0; i < total; i++) {  // the last axis varies fastest
+    Run r;
+    std::vector<size_t> idx(axes.size());
+    size_t rest = i;
+    for (size_t a = axes.size(); a-- > 0;) {
+      idx[a] = rest % axes[a].second.size();
+      rest /= axes[a].second.size();
+    }
+    for (size_t a = 0; a < axes.size(); a++) {
+      const std::string& k = axes[a].first;
+      const std::string& v = axes[a].second[idx[a]];
+      r.overrides.emplace_back(k, v);
+      const size_t dot = k.rfind('.');
+      if (!r.name.empty()) r.name += '_';
+      r.name += sanitize(dot == std::string::npos ? k : k.substr(dot + 1)) + "-" + sanitize(v);
+    }
+    runs.push_back(r);
+  }
+  return runs;
+}
+
+// runs: a list of {name, set}.
+std::vector<Run> listed_runs(const YAML::Node& list, const std::string& path) {
+  std::vector<Run> runs;
+  if (!list.IsSequence() || list.size() == 0)
+    throw UsageError(at_line(path, list) + ": runs: expected a list of {name, set}");
+  for (const auto& item : list) {
+    if (!item.IsMap() || !item["name"] || !item["name"].IsScalar())
+      throw UsageError(at_line(path, item) + ": runs: each entry needs name: (and set: {key: value})");
+    for (auto it = item.begin(); it != item.end(); ++it) {
+      const std::string k = it->first.as<std::string>();
+      if (k != "name" && k != "set")
+        throw UsageError(at_line(path, it->first) + ": runs: unknown key '" + k + "' (expected name, set)");
+    }
+    Run r;
+    r.name = item["name"].Scalar();
+    if (r.name.empty() || sanitize(r.name) != r.name)
+      throw UsageError(at_line(path, item["name"]) + ": runs: name '" + r.name +
+                            "' must be a directory name (letters, digits, '.', '-', '_')");
+    if (item["set"]) r.overrides = read_set(item["set"], path, "runs: " + r.name + ": set");
+    runs.push_back(r);
+  }
+  return runs;
+}
+
 }  // namespace
 
 Sweep load(const std::string& path, const std::string& out) {
@@ -131,60 +192,7 @@ Sweep load(const std::string& path, const std::string& out) {
   const bool has_grid = bool(root["grid"]), has_runs = bool(root["runs"]);
   if (has_grid == has_runs)
     throw UsageError(path + ": expected exactly one of grid: (a cartesian product) or runs: (a list)");
-  if (has_grid) {
-    const YAML::Node g = root["grid"];
-    if (!g.IsMap() || g.size() == 0)
-      throw UsageError(at_line(path, g) + ": grid: expected a map of config keys to lists of values");
-    std::vector<std::pair<std::string, std::vector<std::string>>> axes;
-    for (auto it = g.begin(); it != g.end(); ++it) {
-      const std::string k = it->first.as<std::string>();
-      if (!it->second.IsSequence() || it->second.size() == 0)
-        throw UsageError(at_line(path, it->second) + ": grid: " + k + ": expected a non-empty list of values");
-      std::vector<std::string> vals;
-      for (const auto& v : it->second) vals.push_back(flow(v));
-      axes.emplace_back(k, vals);
-    }
-    size_t total = 1;
-    for (const auto& ax : axes) total *= ax.second.size();
-    for (size_t i = 0; i < total; i++) {  // the last axis varies fastest
-      Run r;
-      std::vector<size_t> idx(axes.size());
-      size_t rest = i;
-      for (size_t a = axes.size(); a-- > 0;) {
-        idx[a] = rest % axes[a].second.size();
-        rest /= axes[a].second.size();
-      }
-      for (size_t a = 0; a < axes.size(); a++) {
-        const std::string& k = axes[a].first;
-        const std::string& v = axes[a].second[idx[a]];
-        r.overrides.emplace_back(k, v);
-        const size_t dot = k.rfind('.');
-        r.name += (r.name.empty() ? "" : "_") + sanitize(dot == std::string::npos ? k : k.substr(dot + 1)) + "-" +
-                  sanitize(v);
-      }
-      s.runs.push_back(r);
-    }
-  } else {
-    const YAML::Node list = root["runs"];
-    if (!list.IsSequence() || list.size() == 0)
-      throw UsageError(at_line(path, list) + ": runs: expected a list of {name, set}");
-    for (const auto& item : list) {
-      if (!item.IsMap() || !item["name"] || !item["name"].IsScalar())
-        throw UsageError(at_line(path, item) + ": runs: each entry needs name: (and set: {key: value})");
-      for (auto it = item.begin(); it != item.end(); ++it) {
-        const std::string k = it->first.as<std::string>();
-        if (k != "name" && k != "set")
-          throw UsageError(at_line(path, it->first) + ": runs: unknown key '" + k + "' (expected name, set)");
-      }
-      Run r;
-      r.name = item["name"].Scalar();
-      if (r.name.empty() || sanitize(r.name) != r.name)
-        throw UsageError(at_line(path, item["name"]) + ": runs: name '" + r.name +
-                              "' must be a directory name (letters, digits, '.', '-', '_')");
-      if (item["set"]) r.overrides = read_set(item["set"], path, "runs: " + r.name + ": set");
-      s.runs.push_back(r);
-    }
-  }
+  s.runs = has_grid ? grid_runs(root["grid"], path) : listed_runs(root["runs"], path);
   std::set<std::string> names;
   for (const auto& r : s.runs)
     if (!names.insert(r.name).second) throw UsageError(path + ": two runs are named '" + r.name + "'");
@@ -335,6 +343,53 @@ void write_summary(const Sweep& s, const std::vector<std::string>& failed) {
   eval::plot({"sweep", out + "/summary.json", out + "/loss_curves.png"});
 }
 
+namespace {
+
+// The command line that trains one run: kvmtrain train (under mpiexec with mpirun_np).
+std::vector<std::string> train_argv(const Sweep& s, const Run& run, const std::string& self) {
+  std::vector<std::string> argv;
+  if (s.mpirun_np > 0) {
+    const char* mpi = std::getenv("KVMTRAIN_MPIEXEC");
+    argv = {mpi && *mpi ? mpi : "mpiexec", "-n", std::to_string(s.mpirun_np)};
+  }
+  argv.insert(argv.end(), {self, "train", s.base});
+  for (const auto& o : train_overrides(s, run)) argv.insert(argv.end(), {"--set", o});
+  if (s.mpirun_np == 0) argv.insert(argv.end(), {"--resume", "auto"});
+  return argv;
+}
+
+// Runs argv as a child with stdout and stderr appended to `log` (a signal to the sweep reaches it
+// through g_child) and returns its exit status (128 + the signal that killed it).
+int run_child(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("sweep: fork failed: " + std::string(std::strerror(errno)));
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+      close(fd);
+    }
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
+    std::vector<char*> cargv;
+    for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
+    cargv.push_back(nullptr);
+    execvp(cargv[0], cargv.data());
+    std::fprintf(stderr, "kvmtrain: error: sweep: cannot run %s: %s\n", cargv[0], std::strerror(errno));
+    _exit(127);
+  }
+  g_child = pid;
+  int ws = 0;
+  while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+}
+
+}  // namespace
+
 int run(const Sweep& s, bool dry_run) {
   fs::create_directories(s.out);
   const std::string self = fs::read_symlink("/proc/self/exe").string();
@@ -357,14 +412,7 @@ int run(const Sweep& s, bool dry_run) {
       std::printf("%s: done (%lld steps logged), skipped\n", tag.c_str(), (long long)before.steps_done);
       continue;
     }
-    std::vector<std::string> argv;
-    if (s.mpirun_np > 0) {
-      const char* mpi = std::getenv("KVMTRAIN_MPIEXEC");
-      argv = {mpi && *mpi ? mpi : "mpiexec", "-n", std::to_string(s.mpirun_np)};
-    }
-    argv.insert(argv.end(), {self, "train", s.base});
-    for (const auto& o : train_overrides(s, run)) argv.insert(argv.end(), {"--set", o});
-    if (s.mpirun_np == 0) argv.insert(argv.end(), {"--resume", "auto"});
+    const std::vector<std::string> argv = train_argv(s, run, self);
     std::string shown;
     for (const auto& a : argv) shown += (shown.empty() ? "" : " ") + a;
     std::printf("%s: %s -> %s/train.out\n  %s\n", tag.c_str(),
@@ -376,32 +424,7 @@ int run(const Sweep& s, bool dry_run) {
     fs::create_directories(cfg.log.dir);
     if (s.mpirun_np > 0 && before.steps_done > 0) fs::remove(cfg.log.dir + "/log.jsonl");  // no multi-rank resume
     const auto t0 = std::chrono::steady_clock::now();
-    pid_t pid = fork();
-    if (pid < 0) throw std::runtime_error("sweep: fork failed: " + std::string(std::strerror(errno)));
-    if (pid == 0) {
-      const std::string log = cfg.log.dir + "/train.out";
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-      }
-      signal(SIGINT, SIG_DFL);
-      signal(SIGTERM, SIG_DFL);
-      signal(SIGUSR1, SIG_DFL);
-      std::vector<char*> cargv;
-      for (auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-      cargv.push_back(nullptr);
-      execvp(cargv[0], cargv.data());
-      std::fprintf(stderr, "kvmtrain: error: sweep: cannot run %s: %s\n", cargv[0], std::strerror(errno));
-      _exit(127);
-    }
-    g_child = pid;
-    int ws = 0;
-    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
-    }
-    g_child = 0;
-    const int code = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    const int code = run_child(argv, cfg.log.dir + "/train.out");
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const Result after = summarize(cfg.log.dir, cfg);
     if (code == 0 && after.status == "done") {

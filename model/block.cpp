@@ -104,13 +104,56 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
   be_.scaled_residual_forward(x.residual3, x.residual2, x.residual3, s, BT * C);
 }
 
+// Back through the q/k/v preparation (value residual, qk-LayerNorm, RoPE) of layer l: from dqkvp,
+// the gradient of the prepared rows, to that of the projection's rows (dqkvp itself when nothing
+// applies); v_0's share goes to s_.dv0.
+const float* Model::qkv_prep_backward(int l, float* dqkvp) {
+  const int BT = B_ * T_, C = cfg_.d_model, hs = C / cfg_.n_head, Ca = Ca_, NHl = NHl_;
+  const size_t na = size_t(BT) * Ca;
+  const float base = float(cfg_.rope_base);
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = acts_.layers[l];
+  auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
+  float* dqkv = dqkvp;
+  if (qkv_processed(l)) {
+    dqkv = s_.dqkv.data();
+    zero(dqkv, na * 3);
+    // q and k: back through RoPE, then through qk-LayerNorm
+    const float* dqk = dqkvp;
+    if (w.rope_dims) {
+      float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
+      if (cfg_.qk_norm) zero(target, na * 3);
+      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      dqk = target;
+    }
+    if (cfg_.qk_norm) {
+      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, x.qkv,
+                                  P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, 3 * Ca);
+      be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
+                                  x.qkv + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
+    } else if (!w.rope_dims) {  // q and k columns pass through
+      const size_t f = sizeof(float);
+      be_.copy_rows(dqkv, 3 * Ca * f, dqkvp, 3 * Ca * f, 2 * Ca * f, size_t(BT));
+    }
+    // v: through the value residual v_l = (v_l + v_0) / 2
+    const bool vres = cfg_.value_residual && l > 0;
+    const float half = vres ? 0.5f : 1.0f;
+    be_.axpby_rows(dqkv + 2 * Ca, dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(3 * Ca), size_t(3 * Ca));
+    if (vres) be_.axpby_rows(s_.dv0.data(), dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(Ca), size_t(3 * Ca));
+  }
+  if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
+    be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
+  return dqkv;
+}
+
 // dres: d(residual3) on entry, d(residual) on exit (the residual adds pass it through unchanged).
 void Model::block_backward(int l, const float* residual, float* dres) {
-  const int B = B_, T = T_, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
-  const int Ca = Ca_, NHl = NHl_, F = Fl_;
+  const int B = B_, T = T_, C = cfg_.d_model, BT = B * T;
+  const int Ca = Ca_, F = Fl_;
   const size_t n = size_t(BT) * C, na = size_t(BT) * Ca;
   const bool tp = tp_size_ > 1;
-  const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
+  const float s = float(cfg_.residual_scale);
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = acts_.layers[l];
   // d(LayerNorm output): with TP > 1 it sits in tpred_ after the partial-gradient slots
@@ -156,36 +199,7 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   else if (gate || cfg_.token_shift) zero(dln, n);
   linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, x.atty, BT, Ca, C);
   mixer_backward(l, datty, dqkvp, dln);
-  float* dqkv = dqkvp;
-  if (qkv_processed(l)) {
-    dqkv = s_.dqkv.data();
-    zero(dqkv, na * 3);
-    // q and k: back through RoPE, then through qk-LayerNorm
-    const float* dqk = dqkvp;
-    if (w.rope_dims) {
-      float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
-      if (cfg_.qk_norm) zero(target, na * 3);
-      be_.rope_backward(target, dqkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      be_.rope_backward(target + Ca, dqkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      dqk = target;
-    }
-    if (cfg_.qk_norm) {
-      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, x.qkv,
-                                  P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, 3 * Ca);
-      be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
-                                  x.qkv + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
-    } else if (!w.rope_dims) {  // q and k columns pass through
-      const size_t f = sizeof(float);
-      be_.copy_rows(dqkv, 3 * Ca * f, dqkvp, 3 * Ca * f, 2 * Ca * f, size_t(BT));
-    }
-    // v: through the value residual v_l = (v_l + v_0) / 2
-    const bool vres = cfg_.value_residual && l > 0;
-    const float half = vres ? 0.5f : 1.0f;
-    be_.axpby_rows(dqkv + 2 * Ca, dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(3 * Ca), size_t(3 * Ca));
-    if (vres) be_.axpby_rows(s_.dv0.data(), dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(Ca), size_t(3 * Ca));
-  }
-  if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
-    be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
+  const float* dqkv = qkv_prep_backward(l, dqkvp);
   float* dx_in = cfg_.token_shift ? dxa : dln;
   linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, x.xa, BT,
                   C, 3 * Ca);

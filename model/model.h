@@ -182,6 +182,7 @@ class Model {
   void block_backward(int l, const float* residual, float* dres);
   void mixer_forward(int l, const Pass& p);
   void mixer_backward(int l, float* datty, float* dqkvp, float* dln1);
+  const float* qkv_prep_backward(int l, float* dqkvp);
   // out = the token shift of inp by mix; prev (decode): the previous token's row, then this one's
   void token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev);
   // mixer_kvm.cpp

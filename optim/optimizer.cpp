@@ -27,7 +27,6 @@ void AdamW::step(float* params, const float* grads, float lr, float grad_scale) 
   }
 }
 
-float grad_norm(const float* grads, size_t n, const Backend& be) { return std::sqrt(be.global_norm_squared(grads, n)); }
 
 float clip_scale(float norm, float max_norm) {
   if (max_norm <= 0) return 1.0f;

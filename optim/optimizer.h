@@ -37,10 +37,8 @@ class AdamW {
   int t_ = 0;
 };
 
-// The L2 norm of all gradients, and the factor that clips it to `max_norm` (PyTorch's
-// clip_grad_norm_: max_norm / (norm + 1e-6), at most 1; 1 when max_norm is 0). grads (n) are in
-// the memory of `be`.
-float grad_norm(const float* grads, size_t n, const Backend& be = cpu_backend());
+// The factor that clips a gradient norm to `max_norm` (PyTorch's clip_grad_norm_:
+// max_norm / (norm + 1e-6), at most 1; 1 when max_norm is 0).
 float clip_scale(float norm, float max_norm);
 
 // Learning rate at 0-based `step`: linear warm-up (lr * (step+1) / warmup_steps), then cosine,
