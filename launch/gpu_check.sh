@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# The one command for a lent GPU machine: detects the GPU, builds for exactly that GPU, runs the
+# GPU tests and short training/benchmark runs, each under its own time budget, and writes a JSON
+# report plus one log per step.
+#
+#   launch/gpu_check.sh            run every step (needs a GPU; without one it stops in < 5 s)
+#   launch/gpu_check.sh --plan     print the steps, their budgets and the total, then exit 0
+#   launch/gpu_check.sh --dry-run  walk the steps, print what each would run, run none of them
+#
+# Output folder: ${GPU_CHECK_OUT:-gpu_check_out} (on a lent device: GPU_CHECK_OUT=$OUT), holding
+# gpu_check.json (the report) and <step>.log for each step that ran.
+#
+# Exit codes: 0 every step passed (or was skipped by design), 1 some step failed or timed out,
+#             2 bad usage, 3 no GPU (nvidia-smi missing, failing or listing none).
+set -euo pipefail
+
+# ---- steps and their time budgets (seconds); the total must stay <= 480 (8 minutes) ----------
+STEPS=(build ctest gpt2 kvm120m kvmbench)
+declare -A BUDGET=([build]=150 [ctest]=120 [gpt2]=70 [kvm120m]=90 [kvmbench]=30)
+declare -A TITLE=(
+  [build]="setup + configure build-gpu/ for this GPU + build targets + KJV corpus"
+  [ctest]="ctest -L gpu (kernel table cuda vs cpu, model cuda, cuDNN attention, NCCL)"
+  [gpt2]="GPT-2 124M bf16 training on cuda, a few steps"
+  [kvm120m]="120M paper KVM model (sqrt16 budget) bf16 on cuda, a few steps"
+  [kvmbench]="KVM prefill/backward/decode vs cuDNN attention (B 8, H 32, D 128)"
+)
+TOTAL_BUDGET=480
+
+# ---- what the steps run ----------------------------------------------------------------------
+BUILD_DIR=build-gpu
+TARGETS=(kvmtrain test_backend_ops test_cuda_check test_cuda_kvm test_cuda_attention_cudnn
+         test_comm_nccl test_model_cuda test_tensor_parallel_cuda kvm_bench train_bench)
+GPT2_CONFIG=configs/gpt2-124m.yaml
+GPT2_STEPS=10
+KVM_CONFIG=configs/paper/120m_kvm_sqrt16.yaml
+KVM_STEPS=6
+DATA_DIR=$BUILD_DIR/kjv   # tokenized KJV shards (train/, val/)
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+
+cd "$(dirname "$0")/.."
+SELF=launch/gpu_check.sh
+
+# ---- internal: one step's body, run by the parent under `timeout` ----------------------------
+if [ "${1:-}" = "--internal-step" ]; then
+  step=$2
+  case "$step" in
+    build)
+      bash launch/setup.sh
+      [ -x /usr/local/cuda/bin/nvcc ] && export CUDACXX=/usr/local/cuda/bin/nvcc
+      cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON \
+        -DCMAKE_CUDA_ARCHITECTURES="$GPU_ARCH"
+      cmake --build "$BUILD_DIR" -j "$(nproc)" --target "${TARGETS[@]}"
+      if [ ! -f "$DATA_DIR/manifest.json" ]; then
+        bash launch/corpus.sh "$BUILD_DIR/kjv_text" kjv
+        "./$BUILD_DIR/kvmtrain" prepare --input "$BUILD_DIR/kjv_text" --output "$DATA_DIR" --tokenizer gpt2 --quiet
+      fi ;;
+    ctest)
+      cd "$BUILD_DIR" && ctest -L gpu --output-on-failure ;;
+    gpt2)
+      rm -rf "$BUILD_DIR/runs/gpt2"
+      "./$BUILD_DIR/kvmtrain" train "$GPT2_CONFIG" --set train.device=cuda --set train.precision=bf16 \
+        --set train.steps=$GPT2_STEPS --set train.warmup_steps=2 --set train.eval_every=0 --set train.eval_steps=1 \
+        --set train.sample_tokens=0 --set checkpoint.every=0 --set "data.train=$DATA_DIR/train" \
+        --set "data.val=$DATA_DIR/val" --set "log.dir=$BUILD_DIR/runs/gpt2" ;;
+    kvm120m)
+      rm -rf "$BUILD_DIR/runs/kvm120m"
+      "./$BUILD_DIR/kvmtrain" train "$KVM_CONFIG" --set train.device=cuda --set train.precision=bf16 \
+        --set train.batch_size=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS --set train.warmup_steps=2 \
+        --set train.eval_every=0 --set train.eval_steps=1 --set train.sample_tokens=0 --set checkpoint.every=0 \
+        --set "data.train=$DATA_DIR/train" --set "data.val=$DATA_DIR/val" --set "log.dir=$BUILD_DIR/runs/kvm120m" ;;
+    *) echo "gpu_check: error: unknown internal step '$step'" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
+
+# ---- arguments -------------------------------------------------------------------------------
+mode=run
+for a in "$@"; do
+  case "$a" in
+    --plan) mode=plan ;;
+    --dry-run) mode=dry_run ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check: error: unknown argument '$a' (expected --plan, --dry-run or --help)" >&2; exit 2 ;;
+  esac
+done
+
+total=0
+for s in "${STEPS[@]}"; do total=$((total + BUDGET[$s])); done
+
+if [ "$mode" = plan ]; then
+  printf '%-10s %8s  %s\n' step budget_s what
+  for s in "${STEPS[@]}"; do printf '%-10s %8d  %s\n' "$s" "${BUDGET[$s]}" "${TITLE[$s]}"; done
+  printf '%-10s %8d  (limit %d)\n' total "$total" "$TOTAL_BUDGET"
+  exit 0
+fi
+
+OUT_DIR=${GPU_CHECK_OUT:-gpu_check_out}
+mkdir -p "$OUT_DIR"
+REPORT=$OUT_DIR/gpu_check.json
+t_start=$(date +%s)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+# JSON string escape (backslash, quote, control characters as spaces)
+jstr() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; s=${s//$'\t'/ }; s=${s//$'\n'/ }; s=${s//$'\r'/ }; printf '"%s"' "$s"; }
+# a number, or null when empty/not numeric
+jnum() { if [[ ${1:-} =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; then printf '%s' "$1"; else printf null; fi; }
+
+# ---- 1. GPU detection: nothing installed or built before this, < 5 s -------------------------
+gpu_json=null gpu_name="" gpu_cap="" GPU_ARCH=""
+if command -v nvidia-smi >/dev/null 2>&1 && gpus=$(timeout 4 nvidia-smi -L 2>/dev/null) && grep -q '^GPU [0-9]' <<<"$gpus"; then
+  gpu_count=$(grep -c '^GPU [0-9]' <<<"$gpus")
+  gpu_name=$(timeout 4 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  gpu_cap=$(timeout 4 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ' || true)
+  driver=$(timeout 4 nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 | tr -d ' ' || true)
+  mem=$(timeout 4 nvidia-smi --query-gpu=memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
+  GPU_ARCH=${gpu_cap//./}
+  gpu_json="{\"name\": $(jstr "$gpu_name"), \"count\": $gpu_count, \"compute_cap\": $(jstr "$gpu_cap"), \"arch\": $(jstr "$GPU_ARCH"), \"driver\": $(jstr "$driver"), \"memory\": $(jstr "$mem")}"
+fi
+export GPU_ARCH
+
+write_report() {  # $1: overall status, $2: steps JSON array body
+  local now; now=$(date +%s)
+  printf '{\n  "status": %s,\n  "gpu": %s,\n  "started": %s,\n  "seconds": %d,\n  "total_budget_s": %d,\n  "steps": [%s\n  ]\n}\n' \
+    "$(jstr "$1")" "$gpu_json" "$(jstr "$started")" $((now - t_start)) "$TOTAL_BUDGET" "${2:-}" > "$REPORT"
+}
+
+if [ "$gpu_json" = null ] && [ "$mode" = run ]; then
+  write_report no_gpu ""
+  echo "gpu_check: no GPU (nvidia-smi found none): nothing to check"
+  exit 3
+fi
+if [ "$gpu_json" = null ]; then echo "gpu_check: no GPU (nvidia-smi found none); dry run only"
+else echo "gpu_check: $gpu_name (compute capability $gpu_cap, sm_$GPU_ARCH)"; fi
+
+# ---- step descriptions (what --dry-run prints) and their figure parsers ----------------------
+describe() {
+  case "$1" in
+    build) echo "bash launch/setup.sh; cmake -S . -B $BUILD_DIR -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=${GPU_ARCH:-<compute_cap>}; cmake --build $BUILD_DIR -j $(nproc) --target ${TARGETS[*]}; launch/corpus.sh + kvmtrain prepare into $DATA_DIR" ;;
+    ctest) echo "cd $BUILD_DIR && ctest -L gpu --output-on-failure" ;;
+    gpt2) echo "$BUILD_DIR/kvmtrain train $GPT2_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.steps=$GPT2_STEPS ... (log.dir $BUILD_DIR/runs/gpt2)" ;;
+    kvm120m) echo "$BUILD_DIR/kvmtrain train $KVM_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.batch_size=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS ... (log.dir $BUILD_DIR/runs/kvm120m)" ;;
+    kvmbench) echo "none: kvm_bench has no cuda mode (CPU only: B 1, H 1, D 64)" ;;
+  esac
+}
+
+# figures from a kvmtrain log.jsonl: steps, final loss, median tokens/s and MFU over steps after the first
+log_figures() {
+  local f=$1 n tps mfu loss
+  [ -f "$f" ] || { printf '{}'; return; }
+  n=$(grep -c '"step"' "$f" || true)
+  field() { grep -o "\"$1\": *[-0-9.eE+]*" "$f" | sed 's/.*: *//'; }
+  med() { tail -n +2 | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
+  tps=$(field tokens_per_s | med); mfu=$(field mfu | med); loss=$(field loss | tail -1)
+  printf '{"steps": %s, "final_loss": %s, "tokens_per_s": %s, "mfu": %s}' "$(jnum "$n")" "$(jnum "$loss")" "$(jnum "$tps")" "$(jnum "$mfu")"
+}
+
+figures() {  # $1 step, $2 log file
+  case "$1" in
+    ctest)
+      local line passed failed tot skipped
+      line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$2" | tail -1 || true)
+      failed=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+      tot=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+      skipped=$(grep -c '(Skipped)' "$2" || true)
+      passed=""; [ -n "$line" ] && passed=$((tot - failed - skipped))
+      printf '{"passed": %s, "failed": %s, "skipped": %s, "total": %s}' "$(jnum "$passed")" "$(jnum "$failed")" "$(jnum "$skipped")" "$(jnum "$tot")" ;;
+    gpt2) log_figures "$BUILD_DIR/runs/gpt2/log.jsonl" ;;
+    kvm120m) log_figures "$BUILD_DIR/runs/kvm120m/log.jsonl" ;;
+    *) printf '{}' ;;
+  esac
+}
+
+# ---- the step runner: a failing step never stops the script ----------------------------------
+steps_json="" sep="" any_fail=0
+declare -A RES_STATUS RES_SECS RES_FIGS
+for s in "${STEPS[@]}"; do
+  budget=${BUDGET[$s]} log=$OUT_DIR/$s.log cmd=$(describe "$s") note="" figs="{}" secs=0
+  elapsed=$(( $(date +%s) - t_start ))
+  if [ "$mode" = dry_run ]; then
+    status=dry_run; echo "[$s] budget ${budget}s: would run: $cmd"
+  elif [ "$s" = kvmbench ]; then
+    status=skipped; note="skipped: kvm_bench has no cuda mode"
+  elif [ $((elapsed + budget)) -gt "$TOTAL_BUDGET" ]; then
+    status=skipped; note="skipped: ${elapsed}s elapsed leaves less than its ${budget}s budget of ${TOTAL_BUDGET}s"
+  elif [ "$s" != build ] && [ "${RES_STATUS[build]:-}" != pass ]; then
+    status=skipped; note="skipped: the build step did not pass"
+  else
+    echo "[$s] budget ${budget}s: $cmd"
+    t0=$(date +%s)
+    rc=0
+    timeout -k 10 "$budget" bash "$SELF" --internal-step "$s" >"$log" 2>&1 || rc=$?
+    secs=$(( $(date +%s) - t0 ))
+    case $rc in
+      0) status=pass ;;
+      124|137) status=timeout; note="stopped at its ${budget}s budget" ;;
+      *) status=fail; note="exit code $rc" ;;
+    esac
+    figs=$(figures "$s" "$log")
+  fi
+  if [ "$status" = fail ] || [ "$status" = timeout ]; then any_fail=1; fi
+  RES_STATUS[$s]=$status RES_SECS[$s]=$secs RES_FIGS[$s]=$figs
+  logname=null; [ -f "$log" ] && [ "$mode" = run ] && logname=$(jstr "$s.log")
+  steps_json+="$sep
+    {\"name\": $(jstr "$s"), \"what\": $(jstr "${TITLE[$s]}"), \"budget_s\": $budget, \"status\": $(jstr "$status"), \"seconds\": $secs, \"command\": $(jstr "$cmd"), \"log\": $logname, \"figures\": $figs, \"note\": $(jstr "$note")}"
+  sep=,
+  if [ "$mode" = run ]; then echo "[$s] $status in ${secs}s${note:+ ($note)}"; fi
+done
+
+if [ "$mode" = dry_run ]; then overall=dry_run; elif [ $any_fail = 1 ]; then overall=failed; else overall=passed; fi
+write_report "$overall" "$steps_json"
+
+echo
+printf '%-10s %-8s %7s %8s  %s\n' step status seconds budget figures
+for s in "${STEPS[@]}"; do
+  printf '%-10s %-8s %7s %8s  %s\n' "$s" "${RES_STATUS[$s]}" "${RES_SECS[$s]}" "${BUDGET[$s]}" "${RES_FIGS[$s]}"
+done
+echo "gpu_check: $overall in $(( $(date +%s) - t_start ))s; report $REPORT"
+[ "$overall" = failed ] && exit 1
+exit 0
