@@ -21,7 +21,8 @@ namespace {
 
 #define KVM_BACKEND_ENTRY(ret, fn, params) , NS::fn
 #define KVM_BACKEND_TABLE(NAME, HOST)                                                                    \
-  NAME, HOST KVM_KERNELS_ALL_BACKENDS(KVM_BACKEND_ENTRY), NS::kvm_forward, NS::kvm_backward, NS::kvm_decode_step
+  NAME, HOST KVM_KERNELS_ALL_BACKENDS(KVM_BACKEND_ENTRY), NS::kvm_forward, NS::kvm_backward, NS::kvm_decode_step, \
+      NS::kvm_decode_init
 
 // Large buffers (weights, gradients, moments, activations) sit on 2 MiB transparent huge pages:
 // with 4 KiB pages the GEMMs' strided walks over a 150 MB weight miss the TLB, which cost 4-6% of a

@@ -24,6 +24,7 @@ struct Backend {
   decltype(&kernels::cpu::kvm_forward) kvm_forward;
   decltype(&kernels::cpu::kvm_backward) kvm_backward;
   decltype(&kernels::cpu::kvm_decode_step) kvm_decode_step;
+  decltype(&kernels::cpu::kvm_decode_init) kvm_decode_init;  // once per new KvmCache, before its first step
   // memory: zero-initialised allocations (64-byte aligned on the host), byte counts everywhere
   void* (*alloc)(size_t bytes);
   void (*free)(void* p);

@@ -113,6 +113,8 @@ struct KvmCache {
 
 namespace cpu {
 KVM_CORE_KERNELS(KVM_DECLARE_CORE_KERNEL)
+// cuda::kvm_decode_init's twin: nothing to do, the constructor made the host part.
+void kvm_decode_init(KvmCache& cache, int H, int D);
 }  // namespace cpu
 
 // The CUDA twins (kernels/cuda/kvm_*.cu): the same semantics, launched on the default stream. The

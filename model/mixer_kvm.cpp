@@ -62,7 +62,10 @@ void Model::kvm_forward(int l, const Pass& p) {
   // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T) (elementwise, so after the permutation)
   linear_forward(x.gpre, x.ln1, w.gatew, Param{}, BT, C, NH);
   if (p.decode) {  // one token: (1,1,NH) rows are already (H,D) and (H)
-    if (!kv.cache || p.pos0 == 0) kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
+    if (!kv.cache || p.pos0 == 0) {
+      kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
+      be_.kvm_decode_init(*kv.cache, NH, hs);
+    }
     be_.elu_gate_forward(x.g, x.gpre, NH);
     be_.kvm_decode_step(x.atty, *kv.cache, qkvp, qkvp + Ca, qkvp + 2 * Ca, x.g, P(w.lnsw), P(w.lnsb), P(w.tau_front),
                         P(w.tau_state), kv.params);

@@ -27,9 +27,7 @@
 // and every buffer (parameters, gradients, activations, scratch, the bf16 copy) lives in that
 // backend's memory: device memory on cuda, so params(), grads() and logits() are device pointers
 // there; params_host / params_from_host and logits_host give the host what it reads. Forward,
-// loss, backward, bf16 and tensor parallelism (its collectives over NCCL) work on cuda; decode
-// (step) is refused there for now: its code is the backend-neutral block, but a KVM layer's cache
-// needs cuda::kvm_decode_init, and the path has not yet run on a GPU.
+// loss, backward, bf16, tensor parallelism (its collectives over NCCL) and decode work on cuda.
 //
 // Decode runs the training blocks themselves (block_forward) in a one-token pass: the attention
 // mixers read their KV caches through the attention_decode kernel, KVM its decode cache, and the
@@ -106,7 +104,7 @@ class Model {
 
   // Decode, one sequence: reset_decode() starts it, step(token) feeds the next token and returns
   // the logits (Vp) of the token after it, equal to forward()'s logits at that position. Under
-  // tensor parallelism every rank steps together and gets the full (Vp) logits, in host memory. cpu only (above).
+  // tensor parallelism every rank steps together and gets the full (Vp) logits, in host memory.
   void reset_decode();
   const float* step(int token);
   int decode_position() const { return pos_; }

@@ -45,6 +45,8 @@ size_t KvmCache::bytes() const {
 
 namespace cpu {
 
+void kvm_decode_init(KvmCache&, int, int) {}
+
 void kvm_decode_step(float* out, KvmCache& cache, const float* q, const float* k, const float* v, const float* g,
                      const float* ln_s_weight, const float* ln_s_bias, const float* tau_front, const float* tau_state,
                      const KvmParams& p) {
