@@ -22,6 +22,7 @@
 #include "train/checkpointing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/model_device.h"
 #include "train/evaluate.h"
 #include "model/model.h"
 #include "common/rng.h"
@@ -110,7 +111,7 @@ int task_loss(const cli::Args& args, const config::Config& cfg, const std::strin
   eval::Validation validation(cfg, sources, B, T);  // the windows the training loop's validation reads
   int64_t batches = args.integer("batches");
   if (batches <= 0) batches = std::max<int64_t>(1, int64_t(validation.windows_per_epoch() / uint64_t(B)));
-  Model model(cfg.model, B, T);
+  Model model(cfg.model, B, T, false, nullptr, device_backend(args, cfg));
   load_weights(ckpt, model);
   const double loss = validation.loss(model, batches);
   json::Object o{{"task", "loss"}, {"checkpoint", ckpt}, {"seq_len", T}, {"batch_size", B},
@@ -139,13 +140,15 @@ int task_position_loss(const cli::Args& args, const config::Config& cfg, const s
   if (docs.empty())
     throw UsageError("eval: position-loss: no document of the validation data has " + std::to_string(T + 1) +
                           " tokens (the longest has " + std::to_string(longest) + "); lower --seq-len");
-  Model model(cfg.model, 1, T);
+  Model model(cfg.model, 1, T, false, nullptr, device_backend(args, cfg));
   load_weights(ckpt, model);
   const int V = cfg.model.vocab_size, Vp = model.logits_width();
   std::vector<double> sum(T, 0.0);
+  std::vector<float> copy;  // the logits on the host, where the backend's are not
   for (const auto& d : docs) {
     model.forward(d.data(), 1, T);
-    for (int t = 0; t < T; t++) sum[t] += nll_at(model.logits() + size_t(t) * Vp, V, d[t + 1]);
+    const float* rows = model.logits_host(0, size_t(T), copy);
+    for (int t = 0; t < T; t++) sum[t] += nll_at(rows + size_t(t) * Vp, V, d[t + 1]);
   }
   json::Array blocks;
   std::printf("eval position-loss: %zu documents, %d tokens each (trained at %d), blocks of %d\n", docs.size(), T,
@@ -235,12 +238,12 @@ std::vector<int> haystack(const std::vector<int>& filler, size_t start, int F, i
 
 // The n tokens greedy decoding appends to `seq` (a forward over the whole sequence per token).
 std::vector<uint32_t> greedy_continuation(Model& model, std::vector<int>& seq, int n_tokens, int V) {
-  const int Vp = model.logits_width();
   std::vector<uint32_t> out;
+  std::vector<float> copy;  // the last row on the host, where the backend's logits are not
   for (int j = 0; j < n_tokens; j++) {
     const int n = int(seq.size());
     model.forward(seq.data(), 1, n);
-    const float* row = model.logits() + size_t(n - 1) * Vp;
+    const float* row = model.logits_host(size_t(n - 1), 1, copy);
     const int next = int(std::max_element(row, row + V) - row);
     seq.push_back(next);
     out.push_back(uint32_t(next));
@@ -288,7 +291,7 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
   const int longest = *std::max_element(lengths.begin(), lengths.end());
   check_length(cfg.model, longest + n_answer, "--lengths " + std::to_string(longest) + " (plus " +
                                                    std::to_string(n_answer) + " answer tokens)");
-  Model model(cfg.model, 1, longest + n_answer);
+  Model model(cfg.model, 1, longest + n_answer, false, nullptr, device_backend(args, cfg));
   load_weights(ckpt, model);
   Rng rng(uint64_t(args.integer("seed")));
 
@@ -364,6 +367,7 @@ int cmd_eval(int argc, char** argv) {
   args.option("filler", "val|fixed", "passkey: filler from the validation text, or fixed public-domain sentences", "val");
   args.option("seed", "S", "passkey: seed of keys and filler offsets", "1337");
   args.flag("best", "with a run directory: the checkpoint with the best validation loss (best.json)");
+  add_device_option(args);
   args.parse(argc, argv, 2);
   const std::string task = args.str("task");
   if (task != "loss" && task != "passkey" && task != "position-loss")

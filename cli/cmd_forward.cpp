@@ -11,6 +11,7 @@
 #include "train/checkpointing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/model_device.h"
 
 namespace {
 
@@ -57,6 +58,7 @@ int cmd_forward(int argc, char** argv) {
   args.option("tokens", "FILE", "token ids, whitespace-separated, one sequence per line, all of one length T");
   args.option("output", "OUT", "the safetensors file to write (logits, loss)");
   args.flag("best", "with a run directory: the checkpoint with the best validation loss (best.json)");
+  add_device_option(args);
   args.parse(argc, argv, 2);
   if (!args.has("tokens")) throw UsageError("forward: missing --tokens FILE");
   if (!args.has("output")) throw UsageError("forward: missing --output OUT");
@@ -70,15 +72,17 @@ int cmd_forward(int argc, char** argv) {
     throw std::runtime_error(args.str("tokens") + ": sequences of " + std::to_string(T) +
                              " tokens exceed model.max_seq_len " + std::to_string(cfg.model.max_seq_len));
 
-  Model model(cfg.model, 1, T);
+  Model model(cfg.model, 1, T, false, nullptr, device_backend(args, cfg));
   load_weights(dir, model);
+  std::vector<float> copy;  // the logits on the host, where the backend's are not
   ckpt::NamedTensor logits{"logits", {N, T, V}, std::vector<float>(size_t(N) * T * V)};
   // cross-entropy in double from the logits themselves: log-sum-exp minus the target's logit
   double nll = 0;
   for (int n = 0; n < N; n++) {
     model.forward(seqs[n].data(), 1, T);
+    const float* rows = model.logits_host(0, size_t(T), copy);
     for (int t = 0; t < T; t++) {
-      const float* row = model.logits() + size_t(t) * Vp;
+      const float* row = rows + size_t(t) * Vp;
       std::copy(row, row + V, logits.data.begin() + (size_t(n) * T + t) * V);
       if (t + 1 == T) continue;
       double maxv = row[0], sum = 0;

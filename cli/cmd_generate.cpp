@@ -9,6 +9,7 @@
 #include "train/checkpointing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/model_device.h"
 #include "model/sample.h"
 
 int cmd_generate(int argc, char** argv) {
@@ -23,6 +24,7 @@ int cmd_generate(int argc, char** argv) {
   args.option("decode", "recompute|cache",
               "recompute: re-run the context for every token; cache: the model's decode caches", "cache");
   args.flag("best", "with a run directory: the checkpoint with the best validation loss (best.json)");
+  add_device_option(args);
   // `-n N` as the issue spells it: the parser knows only --long options
   std::vector<char*> av(argv, argv + argc);
   static char long_n[] = "--n";
@@ -45,7 +47,7 @@ int cmd_generate(int argc, char** argv) {
   const config::Config cfg = checkpoint_config(dir);
   auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
   const int T = cfg.model.max_seq_len;
-  Model model(cfg.model, 1, T);
+  Model model(cfg.model, 1, T, false, nullptr, device_backend(args, cfg));
   load_weights(dir, model);
 
   std::vector<int> tokens;

@@ -15,31 +15,15 @@
 
 #include "checkpoints/checkpoint.h"
 #include "common/rng.h"
-#include "common/unreachable.h"
 #include "data/corpus_stats.h"
 #include "model/flops.h"
 #include "model/sample.h"
 #include "optim/optimizer.h"
+#include "train/backend_choice.h"
 #include "train/checkpointing.h"
 #include "version.h"
 
 namespace {
-
-// train.device and train.attention_backend in the backend table's terms (kernels never see configs).
-Backend::Device to_backend(config::Device device) {
-  switch (device) {
-    case config::Device::cpu: return Backend::Device::cpu;
-    case config::Device::cuda: return Backend::Device::cuda;
-  }
-  unreachable();
-}
-Backend::Attention to_backend(config::AttentionBackend attention) {
-  switch (attention) {
-    case config::AttentionBackend::native: return Backend::Attention::native;
-    case config::AttentionBackend::cudnn: return Backend::Attention::cudnn;
-  }
-  unreachable();
-}
 
 std::atomic<int> g_interrupts{0};
 std::atomic<int> g_save_signal{0};
@@ -156,7 +140,7 @@ void Trainer::set_up_mesh() {
   const auto& tc = cfg_.train;
   auto world = make_world_communicator();
   // with cuda, a rank takes the GPU of its index on its node
-  backend_ = &backend_for(to_backend(tc.device), node_local_rank(world->rank()), to_backend(tc.attention_backend));
+  backend_ = &backend_of(tc.device, tc.attention_backend, node_local_rank(world->rank()));
   mesh_ = std::make_unique<Mesh>(std::move(world), cfg_.parallel, *backend_, resolved_);
   leader_ = mesh_->rank() == 0;
   if (!leader_ && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");

@@ -79,6 +79,32 @@ TEST_F(EvalCli, LossEqualsTheTrainingLoopsValidation) {
   EXPECT_TRUE(fs::exists(dir / "o/loss.json"));
 }
 
+// --device: cpu is the run's own device here (the same numbers as without the flag); an unknown
+// device, and cuda where no GPU is visible, are one error line with status 2, for every command
+// that loads a model.
+TEST_F(EvalCli, DeviceFlag) {
+  const std::string run = (dir / "rope").string();
+  auto r = kvmtrain("eval " + run + " --task loss --batches 2 --out " + (dir / "dev_default").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = kvmtrain("eval " + run + " --task loss --batches 2 --device cpu --out " + (dir / "dev_cpu").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(json::parse(test_util::slurp(dir / "dev_cpu/loss.json")).at("loss").number(),
+            json::parse(test_util::slurp(dir / "dev_default/loss.json")).at("loss").number());
+  const std::string tokens = (dir / "tokens.txt").string();
+  std::ofstream(tokens) << "1 2 3 4 5 6\n";
+  for (const std::string& cmd : {"eval " + run + " --task loss", "generate " + run + " -n 2",
+                                 "forward " + run + " --tokens " + tokens + " --output " + (dir / "f.st").string()}) {
+    r = kvmtrain(cmd + " --device tpu", dir);
+    EXPECT_EQ(r.status, 2) << cmd;
+    EXPECT_EQ(r.err, "kvmtrain: error: --device tpu: expected cpu or cuda\n") << cmd;
+    r = kvmtrain(cmd + " --device cuda", dir);
+    if (r.status == 0) continue;  // a machine with a GPU
+    EXPECT_EQ(r.status, 2) << cmd;
+    EXPECT_NE(r.err.find("kvmtrain: error: "), std::string::npos) << cmd;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << cmd << ": " << r.err;
+  }
+}
+
 TEST_F(EvalCli, PositionLossPastTheTrainingLength) {
   auto r = kvmtrain("eval " + (dir / "rope").string() + " --task position-loss --seq-len 128 --block 32", dir);
   ASSERT_EQ(r.status, 0) << r.err;
