@@ -1,5 +1,8 @@
 #include "cli/args.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -96,11 +99,17 @@ std::string Args::str(const std::string& name) const {
   return it->second.back();
 }
 
-int64_t Args::integer(const std::string& name) const {
+int64_t Args::integer(const std::string& name, int64_t lo, int64_t hi) const {
   std::string v = str(name);
   char* end = nullptr;
+  errno = 0;
   long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0') throw UsageError(command_ + ": --" + name + " expects an integer, got '" + v + "'");
+  if (v.empty() || *end != '\0' || errno == ERANGE || x < lo || x > hi) {
+    const bool ranged = lo != INT64_MIN || hi != INT64_MAX;
+    throw UsageError(command_ + ": --" + name + " expects an integer" +
+                     (ranged ? " in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]" : "") + ", got '" + v +
+                     "'");
+  }
   return x;
 }
 
@@ -108,7 +117,8 @@ double Args::number(const std::string& name) const {
   std::string v = str(name);
   char* end = nullptr;
   double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0') throw UsageError(command_ + ": --" + name + " expects a number, got '" + v + "'");
+  if (v.empty() || *end != '\0' || !std::isfinite(x))
+    throw UsageError(command_ + ": --" + name + " expects a number, got '" + v + "'");
   return x;
 }
 

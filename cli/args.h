@@ -30,8 +30,9 @@ class Args {
 
   bool has(const std::string& name) const;  // given on the command line (or a flag set)
   std::string str(const std::string& name) const;
-  int64_t integer(const std::string& name) const;
-  double number(const std::string& name) const;
+  // An integer in [lo, hi] (the whole int64 range by default); out of range is a UsageError.
+  int64_t integer(const std::string& name, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX) const;
+  double number(const std::string& name) const;  // finite: nan and inf are UsageErrors
   std::vector<std::string> list(const std::string& name) const;
   std::string help() const;
 

@@ -68,6 +68,9 @@ int cmd_forward(int argc, char** argv) {
   const int V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
   const auto seqs = read_token_file(args.str("tokens"), V);
   const int N = int(seqs.size()), T = int(seqs[0].size());
+  if (T < 2)
+    throw UsageError(args.str("tokens") + ": sequences of " + std::to_string(T) +
+                     " token have no next token to score (expected at least 2 per line)");
   if (T > cfg.model.max_seq_len)
     throw std::runtime_error(args.str("tokens") + ": sequences of " + std::to_string(T) +
                              " tokens exceed model.max_seq_len " + std::to_string(cfg.model.max_seq_len));
@@ -91,7 +94,7 @@ int cmd_forward(int argc, char** argv) {
       nll += maxv + std::log(sum) - double(row[seqs[n][t + 1]]);
     }
   }
-  const float loss = T > 1 ? float(nll / (double(N) * (T - 1))) : NAN;
+  const float loss = float(nll / (double(N) * (T - 1)));
   ckpt::NamedTensor loss_t{"loss", {1}, {loss}};
   ckpt::write_file_synced(args.str("output"), ckpt::safetensors_bytes({logits, loss_t}, ckpt::DType::F32,
                                                                       {{"checkpoint", dir}}));

@@ -1,5 +1,6 @@
 // kvmtrain generate: stream text from a checkpoint's model.
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -34,9 +35,9 @@ int cmd_generate(int argc, char** argv) {
 
   SampleOptions o;
   o.temperature = float(args.number("temperature"));
-  o.top_k = int(args.integer("top-k"));
+  o.top_k = int(args.integer("top-k", 0, INT32_MAX));
   o.top_p = float(args.number("top-p"));
-  const int n = int(args.integer("n"));
+  const int n = int(args.integer("n", 0, INT32_MAX));
   const std::string decode = args.str("decode");
   if (o.temperature < 0 || o.top_k < 0 || !(o.top_p > 0 && o.top_p <= 1) || n < 0)
     throw UsageError("generate: expected --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1, -n >= 0");
@@ -54,6 +55,12 @@ int cmd_generate(int argc, char** argv) {
   for (uint32_t id : tok->encode(args.str("prompt"))) tokens.push_back(int(id));
   if (tokens.empty()) tokens.push_back(tok->eot());
   const size_t prompt_len = tokens.size();
+  // the decode caches hold at most max_seq_len positions: refuse before streaming, not midway
+  if (decode == "cache" && n > 0 && prompt_len + size_t(n) - 1 > size_t(T))
+    throw UsageError("generate: a prompt of " + std::to_string(prompt_len) + " tokens and -n " + std::to_string(n) +
+                     " need " + std::to_string(prompt_len + size_t(n) - 1) +
+                     " positions in the decode cache, model.max_seq_len is " + std::to_string(T) +
+                     " (--decode recompute slides the context instead)");
   std::fputs(args.str("prompt").c_str(), stdout);
   std::fflush(stdout);
 

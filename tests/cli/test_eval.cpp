@@ -105,6 +105,33 @@ TEST_F(EvalCli, DeviceFlag) {
   }
 }
 
+// Bad numbers are refused before anything runs: a NaN temperature (it sampled end-of-text), an -n
+// past int (it wrapped), a decode cache too short for the prompt and -n (it failed midway after
+// streaming), and one-token lines for forward (a NaN loss with status 0).
+TEST_F(EvalCli, GenerateAndForwardRefuseBadNumbersUpFront) {
+  const std::string run = (dir / "rope").string();  // max_seq_len 32
+  auto r = kvmtrain("generate " + run + " --temperature nan", dir);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "kvmtrain: error: generate: --temperature expects a number, got 'nan'\n");
+  r = kvmtrain("generate " + run + " -n 4294967298", dir);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "kvmtrain: error: generate: --n expects an integer in [0, 2147483647], got '4294967298'\n");
+  r = kvmtrain("generate " + run + " -n 40 --decode cache", dir);  // <|endoftext|> + 39 more: 40 > 32
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("need 40 positions in the decode cache, model.max_seq_len is 32"), std::string::npos) << r.err;
+  r = kvmtrain("generate " + run + " -n 32 --decode cache", dir);  // exactly fills the cache
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = kvmtrain("generate " + run + " -n 40 --decode recompute", dir);
+  EXPECT_EQ(r.status, 0) << r.err;
+  const std::string tokens = (dir / "one_token.txt").string();
+  std::ofstream(tokens) << "5\n7\n";
+  r = kvmtrain("forward " + run + " --tokens " + tokens + " --output " + (dir / "f1.st").string(), dir);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("expected at least 2 per line"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "f1.st"));
+}
+
 TEST_F(EvalCli, PositionLossPastTheTrainingLength) {
   auto r = kvmtrain("eval " + (dir / "rope").string() + " --task position-loss --seq-len 128 --block 32", dir);
   ASSERT_EQ(r.status, 0) << r.err;
