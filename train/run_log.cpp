@@ -1,15 +1,16 @@
 #include "train/run_log.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
-RunLog::RunLog(const std::string& dir) {
-  std::string path = dir + "/log.jsonl";
-  f_ = std::fopen(path.c_str(), "a");
-  if (!f_) throw std::runtime_error("cannot open " + path + " for appending: " + std::strerror(errno));
+RunLog::RunLog(const std::string& dir) : path_(dir + "/log.jsonl") {
+  f_ = std::fopen(path_.c_str(), "a");
+  if (!f_) throw std::runtime_error("cannot open " + path_ + " for appending: " + std::strerror(errno));
 }
 
 RunLog::~RunLog() {
@@ -17,9 +18,13 @@ RunLog::~RunLog() {
 }
 
 void RunLog::write(const json::Object& row) {
-  std::string line = json::dump(row) + "\n";
-  std::fwrite(line.data(), 1, line.size(), f_);
-  std::fflush(f_);
+  const std::string line = json::dump(row) + "\n";
+  const long before = std::ftell(f_);
+  if (std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0) return;
+  const int err = errno;
+  std::clearerr(f_);
+  if (before >= 0 && ftruncate(fileno(f_), before) == 0) std::fseek(f_, 0, SEEK_END);  // drop the cut row
+  throw std::runtime_error("cannot append to " + path_ + ": " + std::strerror(err));
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

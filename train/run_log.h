@@ -11,9 +11,13 @@ class RunLog {
  public:
   explicit RunLog(const std::string& dir);
   ~RunLog();
+  // Appends one row and flushes it. A row that cannot be written whole (a full disk) is cut off
+  // again and throws std::runtime_error naming the file: log.jsonl never ends mid-line, and the
+  // run stops instead of going on without its log.
   void write(const json::Object& row);
 
  private:
+  std::string path_;
   FILE* f_ = nullptr;
 };
 
