@@ -21,13 +21,13 @@
 
 #include "bench/gpt2_bench_flags.h"
 #include "common/json.h"
-#include "parallel/communicator.h"
-#include "config/config.h"
-#include "parallel/data_parallel.h"
-#include "model/model.h"
-#include "optim/optimizer.h"
+#include "trainer/parallel/communicator.h"
+#include "trainer/config/config.h"
+#include "trainer/parallel/data_parallel.h"
+#include "trainer/model/model.h"
+#include "trainer/optim/optimizer.h"
 #include "common/rng.h"
-#include "cli/runtime_env.h"
+#include "trainer/cli/runtime_env.h"
 
 namespace {
 

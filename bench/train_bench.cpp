@@ -25,12 +25,12 @@
 #include "bench/timed_backend.h"
 #include "common/json.h"
 #include "kernels/backend.h"
-#include "config/config.h"
-#include "model/flops.h"
-#include "model/model.h"
-#include "optim/optimizer.h"
+#include "trainer/config/config.h"
+#include "trainer/model/flops.h"
+#include "trainer/model/model.h"
+#include "trainer/optim/optimizer.h"
 #include "common/rng.h"
-#include "cli/runtime_env.h"
+#include "trainer/cli/runtime_env.h"
 
 constexpr const char* kUsage =
     "usage: train_bench [--config configs/gpt2-124m.yaml] [--B 4] [--T 64] [--steps 4] [--precision fp32|bf16]\n"

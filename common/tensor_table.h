@@ -12,7 +12,7 @@ struct TensorView {
   size_t offset = 0;  // in floats, from the start of the allocation
   size_t size = 0;    // number of floats
   bool decay = false; // AdamW weight decay applies (matrices and embeddings; not biases, norms)
-  // Tensor parallel (parallel/tensor_parallel.h): shard_dim -1, the tensor is whole here
+  // Tensor parallel (trainer/parallel/tensor_parallel.h): shard_dim -1, the tensor is whole here
   // (replicated on every tensor rank). Otherwise this is rank shard_rank's part of a tensor whose
   // dimension shard_dim is shard_count times longer: that dimension is made of shard_blocks equal
   // blocks (3 for the q|k|v rows of attn.qkv, else 1) and this rank holds part shard_rank of each

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "config/config.h"
+#include "trainer/config/config.h"
 
 struct UnigramEntropy {
   double nats = 0;      // per token

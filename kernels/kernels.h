@@ -9,7 +9,7 @@
 //    matmul_backward's gradients when told to overwrite (accumulate_dinp, accumulate_dweight
 //    false): the first micro-step writes the weight gradients rather than add them to zeros,
 //    which spares a step the pass that zeroes 0.5 GB of GPT-2 124M gradients and the GEMMs' read
-//    of those zeros (model/model.h), and a block's backward writes the activation gradients
+//    of those zeros (trainer/model/model.h), and a block's backward writes the activation gradients
 //    that have one producer instead of zeroing them first; and gelu_backward and relu2_backward,
 //    which write dinp (in place when dinp == dout), as the activation gradient they produce has
 //    no other contributor.

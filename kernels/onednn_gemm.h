@@ -1,6 +1,6 @@
 #pragma once
 // Row-major GEMM through oneDNN's matmul, the CPU backend's GEMM library (kernels/cpu/matmul.cpp,
-// the MFU peak in model/flops.cpp). oneDNN picks its kernels from the CPU it runs on (its
+// the MFU peak in trainer/model/flops.cpp). oneDNN picks its kernels from the CPU it runs on (its
 // AVX-512 and AVX-512 BF16 brgemm here), where OpenBLAS is pinned to Haswell's AVX2 by the
 // environment's OPENBLAS_CORETYPE; docs/perf-notebook.md has the measurements. Host code shared by
 // several kernels, not a kernel.

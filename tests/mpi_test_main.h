@@ -3,6 +3,6 @@
 // around RUN_ALL_TESTS and gives every test the job's communicator.
 #include <memory>
 
-#include "parallel/communicator.h"
+#include "trainer/parallel/communicator.h"
 
 extern std::unique_ptr<Communicator> world;

@@ -4,7 +4,7 @@
 #include <random>
 
 #include "checkpoints/safetensors.h"
-#include "config/config.h"
+#include "trainer/config/config.h"
 #include "tests/checkpoints/run_fixture.h"
 
 namespace {

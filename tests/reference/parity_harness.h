@@ -16,9 +16,9 @@
 
 #include "common/json.h"
 #include "tests/test_util.h"
-#include "config/config.h"
-#include "model/model.h"
-#include "optim/optimizer.h"
+#include "trainer/config/config.h"
+#include "trainer/model/model.h"
+#include "trainer/optim/optimizer.h"
 #include "common/rng.h"
 
 namespace parity {

@@ -32,7 +32,7 @@
 #include "kernels/kvm.h"
 #include "tests/reference/parity_harness.h"
 #include "tests/test_util.h"
-#include "model/model.h"
+#include "trainer/model/model.h"
 
 namespace fs = std::filesystem;
 using config::Mixer;

@@ -1,0 +1,111 @@
+#include "trainer/model/activations.h"
+
+namespace {
+
+// Places named pointers in one allocation: each request is noted, then bind() points them all
+// into the buffer once its size is known. Every tensor starts on a 64-byte boundary.
+class Arena {
+ public:
+  void operator()(float*& p, size_t n) {
+    slots_.push_back({&p, total_});
+    total_ += (n + 15) / 16 * 16;
+  }
+  size_t total() const { return total_; }
+  void bind(float* base) const {
+    for (const auto& [p, off] : slots_) *p = base + off;
+  }
+
+ private:
+  std::vector<std::pair<float**, size_t>> slots_;
+  size_t total_ = 0;
+};
+
+// One block's activations for BT tokens.
+void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, const LayerParams& y, bool processed,
+                size_t BT, int tp_size) {
+  const size_t C = size_t(cfg.d_model), Ca = C / tp_size, NHl = size_t(cfg.n_head / tp_size), F = 4 * C / tp_size;
+  alloc(a.ln1, BT * C);
+  alloc(a.ln1_mean, BT);
+  alloc(a.ln1_rstd, BT);
+  if (cfg.token_shift) alloc(a.xa, BT * C);
+  alloc(a.qkv, BT * 3 * Ca);
+  if (processed) alloc(a.qkvp, BT * 3 * Ca);
+  if (cfg.qk_norm) {
+    alloc(a.qn_mean, BT * NHl);
+    alloc(a.qn_rstd, BT * NHl);
+    alloc(a.kn_mean, BT * NHl);
+    alloc(a.kn_rstd, BT * NHl);
+  }
+  alloc(a.atty, BT * Ca);
+  if (y.mixer == Mixer::kvm) {
+    alloc(a.qh, BT * Ca);
+    alloc(a.kh, BT * Ca);
+    alloc(a.vh, BT * Ca);
+    alloc(a.gpre, BT * NHl);
+    alloc(a.g, BT * NHl);
+    alloc(a.outh, BT * Ca);
+  }
+  alloc(a.lse, BT * NHl);
+  alloc(a.residual2, BT * C);
+  alloc(a.ln2, BT * C);
+  alloc(a.ln2_mean, BT);
+  alloc(a.ln2_rstd, BT);
+  if (cfg.token_shift) alloc(a.xm, BT * C);
+  alloc(a.fch, BT * F);
+  alloc(a.fch_act, BT * F);
+  alloc(a.residual3, BT * C);
+}
+
+// The tensors that are another's when an option is off.
+void alias_absent(LayerActs& a, bool processed) {
+  if (!a.xa) a.xa = a.ln1;
+  if (!a.xm) a.xm = a.ln2;
+  if (!processed) a.qkvp = a.qkv;
+}
+
+}  // namespace
+
+Activations::Activations(const Backend& be, const config::ModelConfig& cfg, const ModelLayout& layout, int tp_size,
+                         int B, int T, bool shared_blocks, const std::vector<bool>& qkv_processed) {
+  const size_t BT = size_t(B) * T, C = size_t(cfg.d_model), Ca = C / tp_size;
+  const size_t Vl = size_t(cfg.padded_vocab_size / tp_size);
+  const int L = int(layout.layers.size());
+  Arena alloc;
+  alloc(encoded, BT * C);
+  if (cfg.emb_norm) {
+    alloc(emb_mean, BT);
+    alloc(emb_rstd, BT);
+    alloc(stream0, BT * C);
+  }
+  if (cfg.value_residual) alloc(v0, BT * Ca);
+  layers.resize(size_t(L));
+  LayerActs shared;
+  std::vector<float*> outputs(static_cast<size_t>(L));  // shared_blocks: each block's own residual3
+  if (shared_blocks && L > 0) {
+    // the shared set must hold the largest block: a KVM one if any layer is KVM, with q/k/v
+    // processing (a layer > 0 has it whenever any layer does, the value residual included)
+    int big = 0;
+    for (int l = 0; l < L; l++)
+      if (layout.layers[l].mixer == Mixer::kvm) big = l;
+    plan_block(alloc, shared, cfg, layout.layers[big], qkv_processed[L > 1 ? 1 : 0], BT, tp_size);
+    for (int l = 0; l < L; l++) alloc(outputs[l], BT * C);
+  } else {
+    for (int l = 0; l < L; l++) plan_block(alloc, layers[l], cfg, layout.layers[l], qkv_processed[l], BT, tp_size);
+  }
+  alloc(lnf, BT * C);
+  alloc(lnf_mean, BT);
+  alloc(lnf_rstd, BT);
+  alloc(logits, BT * Vl);
+  alloc(losses, BT);
+
+  buf = DeviceBuffer(be, alloc.total());
+  alloc.bind(buf.data());
+  if (!stream0) stream0 = encoded;
+  for (int l = 0; l < L; l++) {
+    if (shared_blocks) {
+      layers[l] = shared;
+      layers[l].residual3 = outputs[l];
+    }
+    alias_absent(layers[l], qkv_processed[l]);
+  }
+}

@@ -1,0 +1,417 @@
+#include "trainer/train/trainer.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <unistd.h>
+
+#include "checkpoints/checkpoint.h"
+#include "common/rng.h"
+#include "data/corpus_stats.h"
+#include "trainer/model/flops.h"
+#include "trainer/model/sample.h"
+#include "trainer/optim/optimizer.h"
+#include "trainer/train/backend_choice.h"
+#include "trainer/train/checkpointing.h"
+#include "version.h"
+
+namespace {
+
+std::atomic<int> g_interrupts{0};
+std::atomic<int> g_save_signal{0};
+
+// First Ctrl-C: finish the current step and stop cleanly. Second: leave at once.
+void on_sigint(int) {
+  if (g_interrupts.fetch_add(1) >= 1) _exit(130);
+}
+
+// SIGTERM, SIGUSR1 (what Slurm sends before preemption): finish the current step, save a
+// checkpoint and exit with status 0.
+void on_save_signal(int sig) { g_save_signal = sig; }
+
+const char* signal_name(int sig) { return sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal"; }
+
+// A resumed run re-logs the steps after its checkpoint: rows of later steps (written before a
+// crash) are dropped so that log.jsonl stays one row per step, in order.
+void truncate_log(const std::string& dir, int64_t step) {
+  const std::string path = dir + "/log.jsonl";
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  size_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    int64_t row_step = -1;
+    try {
+      row_step = json::parse(line).at("step").integer();
+    } catch (const std::exception&) {
+      // a line cut by a crash mid-write: drop it with the rows after the checkpoint
+    }
+    if (row_step >= 1 && row_step <= step) kept += line + "\n";
+    else dropped++;
+  }
+  in.close();
+  if (dropped) {
+    write_file_atomic(path, kept);
+    std::printf("log: dropped %zu rows of %s after step %lld (they are recomputed)\n", dropped, path.c_str(),
+                (long long)step);
+  }
+}
+
+// The first line where two resolved configs differ, or "".
+std::string first_difference(const std::string& a, const std::string& b) {
+  std::istringstream sa(a), sb(b);
+  std::string la, lb;
+  while (true) {
+    bool ha = bool(std::getline(sa, la)), hb = bool(std::getline(sb, lb));
+    if (!ha && !hb) return "";
+    if (ha && hb && la == lb) continue;
+    std::string out = "'";
+    out += ha ? la : "(end)";
+    out += "' vs the checkpoint's '";
+    out += hb ? lb : "(end)";
+    return out + "'";
+  }
+}
+
+// A signal reaches ranks at different moments: they agree after every step, so that all stop
+// at the same one and none waits in a collective for a rank that left.
+bool stop_requested(Communicator& world) {
+  float flags[2] = {float(g_interrupts.load() > 0), float(g_save_signal.load() != 0)};
+  world.all_reduce_sum(flags, 2);
+  if (flags[0] > 0 && g_interrupts == 0) g_interrupts = 1;
+  if (flags[1] > 0 && g_save_signal == 0) g_save_signal = SIGTERM;
+  return flags[0] > 0 || flags[1] > 0;
+}
+
+// Rank 0's string, on every rank (collective).
+std::string broadcast_string(Communicator& world, std::string s) {
+  uint64_t n = s.size();
+  world.broadcast(&n, sizeof n, 0);
+  s.resize(size_t(n));
+  if (n) world.broadcast(s.data(), size_t(n), 0);
+  return s;
+}
+
+// Rank 0's decision, on every rank (collective; one rank: the value itself).
+bool agree(Communicator& world, bool leaders) {
+  if (world.size() == 1) return leaders;
+  unsigned char b = leaders ? 1 : 0;
+  world.broadcast(&b, 1, 0);
+  return b != 0;
+}
+
+// Several non-finite steps in a row mean the run has diverged: stop instead of spinning.
+constexpr int kMaxBadStepsInARow = 3;
+
+std::vector<data::Source> to_sources(const std::vector<config::DataSource>& in) {
+  std::vector<data::Source> out;
+  for (const auto& s : in) out.push_back({s.path, s.weight});
+  return out;
+}
+
+}  // namespace
+
+Trainer::Trainer(const config::Config& cfg, const std::string& resume)
+    : cfg_(cfg),
+      resolved_(config::to_yaml(cfg)),
+      ckpt_root_(cfg.log.dir + "/checkpoints"),
+      batch_(cfg.train.batch_size, cfg.train.seq_len) {
+  if (cfg_.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
+  set_up_mesh();
+  record_run();
+  set_up_data();
+  set_up_model();
+  restore(resume);
+  measure();
+  if (leader_) log_ = std::make_unique<RunLog>(cfg_.log.dir);
+  tty_ = isatty(fileno(stdout));
+}
+
+void Trainer::set_up_mesh() {
+  const auto& tc = cfg_.train;
+  auto world = make_world_communicator();
+  // with cuda, a rank takes the GPU of its index on its node
+  backend_ = &backend_of(tc.device, tc.attention_backend, node_local_rank(world->rank()));
+  mesh_ = std::make_unique<Mesh>(std::move(world), cfg_.parallel, *backend_, resolved_);
+  leader_ = mesh_->rank() == 0;
+  if (!leader_ && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
+}
+
+// The resolved config on stdout; config.yaml and run.json in the run directory.
+void Trainer::record_run() {
+  const auto& tc = cfg_.train;
+  std::printf("kvmtrain %s (commit %s): resolved config\n%s", KVMTRAIN_VERSION, KVMTRAIN_GIT_COMMIT, resolved_.c_str());
+  json::Object info{{"git_commit", KVMTRAIN_GIT_COMMIT}, {"version", KVMTRAIN_VERSION}, {"world_size", mesh_->world_size()},
+                    {"data_parallel", mesh_->data_size()}, {"tensor_parallel", mesh_->tensor_size()},
+                    {"device", config::to_string(tc.device)}, {"precision", config::to_string(tc.precision)},
+                    {"threads", omp_get_max_threads()}};
+  if (leader_) write_run_files(cfg_.log.dir, resolved_, info);
+}
+
+void Trainer::set_up_data() {
+  const auto& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  data::LoaderOptions lo{to_sources(cfg_.data.train), B, T, uint64_t(tc.seed), mesh_->data_rank(), mesh_->data_size(),
+                         true, config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size};
+  train_ = std::make_unique<data::Loader>(lo);
+  if (!cfg_.data.val.empty()) val_ = std::make_unique<eval::Validation>(cfg_, to_sources(cfg_.data.val), B, T);
+  tokenizer_ = data::make_tokenizer(config::to_string(cfg_.data.tokenizer));
+}
+
+void Trainer::set_up_model() {
+  const auto& tc = cfg_.train;
+  model_ = std::make_unique<Model>(cfg_.model, tc.batch_size, tc.seq_len, tc.recompute == config::Recompute::block, mesh_->tensor(),
+                                   *backend_, mesh_->tensor_device());
+  Model& model = *model_;
+  model.init(uint64_t(tc.seed));
+  switch (tc.precision) {
+    case config::Precision::fp32: break;
+    case config::Precision::bf16: model.use_bf16(); break;
+  }
+  // ZeRO-1 AdamW (this rank's range of the moments); gradient buckets reduced during the backward
+  dp_ = std::make_unique<DataParallel>(mesh_->data(), model.table(), tc,
+                                       size_t(cfg_.parallel.bucket_mb * 1048576 / sizeof(float)), true, *backend_);
+  model.on_grads_ready([dp = dp_.get()](size_t begin, size_t end) { dp->gradients_ready(begin, end); });
+}
+
+// Rank 0 picks (and verifies) the checkpoint `resume` means, "" for none; every rank then reads
+// that one.
+std::string Trainer::checkpoint_to_resume(const std::string& resume) {
+  std::string resume_dir;
+  if (leader_) {
+    if (resume == "auto") {
+      std::vector<std::string> warnings;
+      resume_dir = ckpt::newest_complete(ckpt_root_, warnings);
+      for (const auto& w : warnings) std::fprintf(stderr, "kvmtrain: warning: %s\n", w.c_str());
+      if (resume_dir.empty())
+        std::printf("resume auto: no complete checkpoint in %s; starting fresh\n", ckpt_root_.c_str());
+    } else if (!resume.empty()) {
+      resume_dir = resolve_checkpoint(resume, false);
+    }
+  }
+  if (mesh_->world_size() > 1 && !resume.empty()) resume_dir = broadcast_string(mesh_->world(), resume_dir);
+  return resume_dir;
+}
+
+// --resume: every piece of state the loop carries comes back, so the steps after it are
+// bit-identical to an uninterrupted run (docs/checkpoint-format.md). Checkpoints are unsharded:
+// one written by any data x tensor layout resumes on any other (the same global batch gives
+// the same losses within reduction-order tolerance).
+void Trainer::restore(const std::string& resume) {
+  const auto& tc = cfg_.train;
+  Model& model = *model_;
+  LoopState st;
+  st.sample_rng = uint64_t(tc.seed) ^ 0x5A5A5A5Aull;
+  const std::string resume_dir = checkpoint_to_resume(resume);
+  if (!resume_dir.empty()) {
+    st = restore_run_checkpoint(resume_dir, model, *dp_);
+    train_->set_position(st.loader_position);  // global windows: right for any data-parallel size
+    std::string diff = first_difference(resolved_, ckpt::read(resume_dir, "config.yaml"));
+    if (!diff.empty() && leader_)
+      std::fprintf(stderr, "kvmtrain: warning: the config differs from the checkpoint's (%s); the resumed run is not "
+                           "an exact continuation\n", diff.c_str());
+    std::printf("resumed from %s (step %lld, %llu tokens seen)\n", resume_dir.c_str(), (long long)st.step,
+                (unsigned long long)st.tokens_seen);
+    // a best.json from steps after this checkpoint belongs to a discarded future
+    if (auto best = ckpt::read_best(ckpt_root_); leader_ && best && best->step > st.step) ckpt::remove_best(ckpt_root_);
+  } else if (!tc.init_from.empty()) {
+    load_weights(tc.init_from, model);
+    std::printf("initialised the weights from %s (optimizer, data position and step start fresh)\n",
+                tc.init_from.c_str());
+  }
+  if (!resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step);
+  step_ = int(st.step);
+  sample_rng_ = st.sample_rng;
+  bad_in_a_row_ = st.bad_in_a_row;
+  total_time_ = st.time_s;
+  // the bf16 copy is a function of the masters and the step, so a resumed run remakes it exactly
+  if (model.bf16()) model.refresh_bf16(uint64_t(tc.seed), uint64_t(st.step));
+}
+
+// MFU's denominator and numerator, and the loss a model that ignores context reaches.
+void Trainer::measure() {
+  const auto& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  Model& model = *model_;
+  // one reference shape for every model (GPT-2 124M's MLP), so MFU compares across configs
+  peak_ = measure_gemm_peak(*backend_, model.bf16(), std::max(256, std::min(B * T, 1024)), 3072, 768, 0.3);
+  flops_per_step_ = 3.0 * model.flops_per_token(T) * B * T * tc.grad_accum;  // forward + 2x backward
+  std::printf("model: %zu parameters, activations %.1f MiB; train windows per epoch %llu; %s GEMM peak %.1f GFLOP/s\n",
+              model.num_params(), model.activation_bytes() / 1048576.0,
+              (unsigned long long)train_->windows_per_epoch(), config::to_string(tc.precision).c_str(), peak_ / 1e9);
+
+  const UnigramEntropy unigram = unigram_entropy(cfg_.data.train, config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size,
+                                                 50000000);
+  std::printf("unigram entropy of the training data: %.4f nats/token (over %llu tokens)\n", unigram.nats,
+              (unsigned long long)unigram.tokens);
+  unigram_nats_ = unigram.nats;
+}
+
+int Trainer::run() {
+  const auto& tc = cfg_.train;
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_save_signal);
+  std::signal(SIGUSR1, on_save_signal);
+  for (; step_ < tc.steps && !stop_requested(mesh_->world()); step_++) {
+    const StepStats stats = step();
+    const bool last = step_ + 1 == tc.steps;
+    std::optional<float> val_loss;
+    if (val_ && ((tc.eval_every > 0 && (step_ + 1) % tc.eval_every == 0) || last)) val_loss = evaluate();
+    log(stats, val_loss);
+    const int every = cfg_.checkpoint.every;
+    if (every > 0 && ((step_ + 1) % every == 0 || last))
+      save(step_ + 1, val_loss ? std::optional<double>(*val_loss) : std::nullopt);
+    if (bad_in_a_row_ >= kMaxBadStepsInARow)
+      throw std::runtime_error("training diverged: loss or gradient not finite for " +
+                               std::to_string(kMaxBadStepsInARow) + " steps in a row (step " +
+                               std::to_string(step_ + 1) + "); lower train.lr or raise train.warmup_steps");
+  }
+  return finish();
+}
+
+Trainer::StepStats Trainer::step() {
+  const auto& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  Model& model = *model_;
+  const auto t0 = std::chrono::steady_clock::now();
+  model.zero_grad();
+  const float dloss = 1.0f / float(B * T * tc.grad_accum);
+  double loss_sum = 0;
+  for (int micro = 0; micro < tc.grad_accum; micro++) {
+    batch_.load(*train_);
+    model.forward(batch_.inputs.data(), B, T);
+    loss_sum += model.loss(batch_.targets.data(), dloss);
+    if (micro + 1 == tc.grad_accum) dp_->start_gradients(model.grads());  // the step's gradients are final
+    model.backward();
+  }
+  dp_->finish_gradients();
+  StepStats s;
+  s.loss = dp_->mean(float(loss_sum / tc.grad_accum));
+  s.grad_norm = float(std::sqrt(dp_->grad_norm_squared(model.grads(), model.tensor_comm())));
+  s.lr = lr_at(tc, step_);
+  s.finite = std::isfinite(s.loss) && std::isfinite(s.grad_norm);
+  if (s.finite) {
+    dp_->step(model.params(), model.grads(), s.lr, clip_scale(s.grad_norm, float(tc.grad_clip)));
+    bad_in_a_row_ = 0;
+  } else {
+    bad_in_a_row_++;
+  }
+  if (model.bf16()) model.refresh_bf16(uint64_t(tc.seed), uint64_t(step_ + 1));
+  s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  total_time_ += s.seconds;
+  return s;
+}
+
+float Trainer::evaluate() {
+  last_val_ = float(val_->loss(*model_, cfg_.train.eval_steps));
+  return last_val_;
+}
+
+void Trainer::log(const StepStats& s, std::optional<float> val_loss) {
+  const auto& tc = cfg_.train;
+  const int B = tc.batch_size, T = tc.seq_len;
+  const double tokens_per_s = double(B) * T * tc.grad_accum * mesh_->data_size() / s.seconds;
+  // per rank: each holds 1/TP of the model
+  const double mfu = flops_per_step_ / s.seconds / peak_ / mesh_->tensor_size();
+  json::Object row{{"step", step_ + 1},      {"loss", double(s.loss)},     {"lr", double(s.lr)},
+                   {"tokens_per_s", tokens_per_s}, {"grad_norm", double(s.grad_norm)}, {"mfu", mfu},
+                   {"mem_bytes", int64_t(peak_rss_bytes())}, {"time_s", total_time_}};
+  if (val_loss) row["val_loss"] = double(*val_loss);
+  if (!s.finite) row["skipped"] = true;
+  if (log_) log_->write(row);
+
+  const double eta = total_time_ / (step_ + 1) * (tc.steps - step_ - 1);
+  char line[256];
+  std::snprintf(line, sizeof line, "step %6d/%d | loss %.4f | lr %.2e | norm %.3f | %s tok/s | mfu %.0f%% | ETA %s",
+                step_ + 1, tc.steps, s.loss, s.lr, s.grad_norm, format_count(tokens_per_s).c_str(), 100 * mfu,
+                format_duration(eta).c_str());
+  const bool last = step_ + 1 == tc.steps;
+  const bool keep = (step_ + 1) % cfg_.log.print_every == 0 || last || val_loss || !s.finite;
+  if (keep || tty_) std::printf(tty_ ? "\r%s\033[K" : "%s", line);
+  if (keep) {
+    if (val_loss) std::printf(" | val %.4f", *val_loss);
+    if (!s.finite) std::printf(" | non-finite: update skipped");
+    std::printf("\n");
+  }
+  std::fflush(stdout);
+}
+
+// Saves the checkpoint of `steps_done` steps, records the best and prunes old ones. Collective:
+// every rank gathers, rank 0 writes, best and prunes, and the others wait for it at a barrier.
+std::string Trainer::save(int64_t steps_done, std::optional<double> val_loss) {
+  const auto& tc = cfg_.train;
+  LoopState now;
+  now.step = steps_done;
+  now.tokens_seen = uint64_t(steps_done) * uint64_t(tc.batch_size) * tc.seq_len * tc.grad_accum * mesh_->data_size();
+  now.loader_position = train_->position();
+  now.sample_rng = sample_rng_;
+  now.bad_in_a_row = bad_in_a_row_;
+  now.time_s = total_time_;
+  now.val_loss = val_loss;
+  std::string dir = save_run_checkpoint(cfg_, resolved_, *model_, *dp_, now, leader_);
+  if (leader_) {
+    auto best = ckpt::read_best(ckpt_root_);
+    if (val_loss && (!best || *val_loss < best->val_loss))
+      ckpt::write_best(ckpt_root_, best.emplace(ckpt::Best{steps_done, *val_loss}));
+    ckpt::prune(ckpt_root_, cfg_.checkpoint.keep_last, steps_done,
+                best ? std::optional<int64_t>(best->step) : std::nullopt);
+  }
+  if (mesh_->world_size() > 1) mesh_->world().barrier();
+  saved_step_ = steps_done;
+  return dir;
+}
+
+// After the loop: the final checkpoint, what stopped the run, the final validation loss and the
+// sample. Returns the exit status.
+int Trainer::finish() {
+  const auto& tc = cfg_.train;
+  Communicator& world = mesh_->world();
+  const int step = step_;
+  // The loop's last check is skipped when it ran all steps: agree once more, so that a signal
+  // that reached some ranks during the last step makes every rank take part in the save.
+  if (world.size() > 1) stop_requested(world);
+  // the end of a run always has a checkpoint (with train.steps: 0, that of the initial weights);
+  // rank 0 decides (the directory may be visible on its node only)
+  if (cfg_.checkpoint.every > 0 && step == tc.steps && saved_step_ != step && g_interrupts == 0 &&
+      agree(world, leader_ && !std::filesystem::exists(ckpt_root_ + "/" + ckpt::step_dir_name(step))))
+    save(step, std::nullopt);
+  if (g_interrupts) std::printf("\ninterrupted: stopped cleanly after the current step\n");
+  std::signal(SIGINT, SIG_DFL);
+  if (const int sig = g_save_signal) {
+    std::string dir = saved_step_ == step ? ckpt_root_ + "/" + ckpt::step_dir_name(step) : save(step, std::nullopt);
+    std::printf("\n%s: stopped after step %d; checkpoint %s (continue with --resume auto)\n", signal_name(sig), step,
+                dir.c_str());
+    std::fflush(stdout);
+    return 0;
+  }
+  if (std::isfinite(last_val_))
+    std::printf("final val loss %.4f nats/token; unigram entropy of the training data %.4f nats/token\n", last_val_,
+                unigram_nats_);
+  // the sampler reads whole-vocabulary logits
+  if (tc.sample_tokens > 0 && mesh_->tensor_size() == 1 && leader_) sample();
+  std::printf("log: %s/log.jsonl\n", cfg_.log.dir.c_str());
+  return g_interrupts ? 130 : 0;
+}
+
+void Trainer::sample() {
+  const auto& tc = cfg_.train;
+  Rng rng(sample_rng_);
+  std::vector<int> tokens{tokenizer_->eot()};
+  sample_tokens(*model_, tokens, tc.sample_tokens, tc.seq_len, 0.8f, rng);
+  std::vector<uint32_t> ids(tokens.begin() + 1, tokens.end());
+  std::printf("sample (temperature 0.8):\n%s\n", tokenizer_->decode(ids).c_str());
+}
+
+int run_training(const config::Config& cfg, const std::string& resume) {
+  Trainer trainer(cfg, resume);
+  return trainer.run();
+}

@@ -1,0 +1,91 @@
+#pragma once
+// The training loop: data -> forward -> loss -> backward -> gradient average -> clip -> AdamW ->
+// log, with validation every train.eval_every steps, checkpoints every checkpoint.every steps and
+// a sample at the end. One Trainer is one run, in phases:
+//   the constructor  the rank mesh, the run files, the loaders, the model and its data-parallel
+//                    optimizer, and with --resume the state of all of them
+//   step()           one optimizer step
+//   evaluate()       the validation loss (trainer/train/evaluate.h, the code `kvmtrain eval` runs)
+//   log()            the log.jsonl row and the progress line
+//   save()           a checkpoint, best.json, pruning
+//   run()            the loop over them, stopped by train.steps, a signal or divergence
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "trainer/config/config.h"
+#include "data/batch.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "trainer/model/model.h"
+#include "trainer/parallel/data_parallel.h"
+#include "trainer/parallel/mesh.h"
+#include "trainer/train/evaluate.h"
+#include "trainer/train/run_log.h"
+
+class Trainer {
+ public:
+  // Sets up the run `cfg` describes. `resume`: "" (a fresh run), "auto" (the newest complete
+  // checkpoint in <log.dir>/checkpoints, fresh when none) or a checkpoint or run directory.
+  Trainer(const config::Config& cfg, const std::string& resume);
+  // Trains up to train.steps; returns the process exit status: 0, or 130 after Ctrl-C. SIGTERM and
+  // SIGUSR1 save a checkpoint and stop with 0; divergence throws.
+  int run();
+
+ private:
+  // What one optimizer step measured.
+  struct StepStats {
+    float loss;       // mean over the data-parallel ranks
+    float grad_norm;  // before clipping
+    float lr;
+    bool finite;      // false: the update was skipped
+    double seconds;
+  };
+
+  void set_up_mesh();
+  void record_run();
+  void set_up_data();
+  void set_up_model();
+  std::string checkpoint_to_resume(const std::string& resume);
+  void restore(const std::string& resume);
+  void measure();
+
+  StepStats step();
+  float evaluate();
+  void log(const StepStats& stats, std::optional<float> val_loss);
+  std::string save(int64_t steps_done, std::optional<double> val_loss);
+  int finish();
+  void sample();
+
+  const config::Config cfg_;
+  const std::string resolved_;   // the resolved config as YAML
+  const std::string ckpt_root_;  // <log.dir>/checkpoints
+  const Backend* backend_ = nullptr;
+  std::unique_ptr<Mesh> mesh_;
+  bool leader_ = false;  // world rank 0: prints, writes the log, the run files and checkpoints
+  std::unique_ptr<data::Loader> train_;
+  std::unique_ptr<eval::Validation> val_;  // null without data.val
+  std::unique_ptr<data::Tokenizer> tokenizer_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<DataParallel> dp_;  // ZeRO-1 AdamW over the data group
+  std::unique_ptr<RunLog> log_;       // rank 0's
+  bool tty_ = false;                  // stdout is a terminal: the progress line redraws in place
+  data::Batch batch_;
+
+  // the loop's state; a checkpoint holds it (LoopState)
+  int step_ = 0;  // optimizer steps done
+  uint64_t sample_rng_ = 0;
+  int bad_in_a_row_ = 0;
+  double total_time_ = 0;
+
+  double peak_ = 0;            // the GEMM peak MFU divides by, FLOP/s
+  double flops_per_step_ = 0;  // forward and backward, all micro-steps
+  double unigram_nats_ = 0;
+  float last_val_ = NAN;
+  int64_t saved_step_ = -1;  // the step of the last checkpoint this run saved
+};
+
+// Runs the whole training `cfg` describes (a Trainer); returns the process exit status.
+int run_training(const config::Config& cfg, const std::string& resume = "");
