@@ -66,7 +66,7 @@ void alias_absent(LayerActs& a, bool processed) {
 }  // namespace
 
 Activations::Activations(const Backend& be, const config::ModelConfig& cfg, const ModelLayout& layout, int tp_size,
-                         int B, int T, bool shared_blocks, const std::vector<bool>& qkv_processed) {
+                         int B, int T, bool shared_blocks) {
   const size_t BT = size_t(B) * T, C = size_t(cfg.d_model), Ca = C / tp_size;
   const size_t Vl = size_t(cfg.padded_vocab_size / tp_size);
   const int L = int(layout.layers.size());
@@ -87,10 +87,10 @@ Activations::Activations(const Backend& be, const config::ModelConfig& cfg, cons
     int big = 0;
     for (int l = 0; l < L; l++)
       if (layout.layers[l].mixer == Mixer::kvm) big = l;
-    plan_block(alloc, shared, cfg, layout.layers[big], qkv_processed[L > 1 ? 1 : 0], BT, tp_size);
+    plan_block(alloc, shared, cfg, layout.layers[big], qkv_processed(cfg, L > 1 ? 1 : 0), BT, tp_size);
     for (int l = 0; l < L; l++) alloc(outputs[l], BT * C);
   } else {
-    for (int l = 0; l < L; l++) plan_block(alloc, layers[l], cfg, layout.layers[l], qkv_processed[l], BT, tp_size);
+    for (int l = 0; l < L; l++) plan_block(alloc, layers[l], cfg, layout.layers[l], qkv_processed(cfg, l), BT, tp_size);
   }
   alloc(lnf, BT * C);
   alloc(lnf_mean, BT);
@@ -106,6 +106,6 @@ Activations::Activations(const Backend& be, const config::ModelConfig& cfg, cons
       layers[l] = shared;
       layers[l].residual3 = outputs[l];
     }
-    alias_absent(layers[l], qkv_processed[l]);
+    alias_absent(layers[l], qkv_processed(cfg, l));
   }
 }

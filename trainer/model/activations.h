@@ -43,9 +43,8 @@ struct LayerActs {
 struct Activations {
   Activations() = default;
   // shared_blocks: one set for every block but each its own residual3 (recompute; decode).
-  // qkv_processed(l): whether layer l's q/k/v pass through qk-norm, RoPE or the value residual.
   Activations(const Backend& be, const config::ModelConfig& cfg, const ModelLayout& layout, int tp_size, int B, int T,
-              bool shared_blocks, const std::vector<bool>& qkv_processed);
+              bool shared_blocks);
   size_t bytes() const { return buf.bytes(); }
 
   DeviceBuffer buf;

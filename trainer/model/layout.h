@@ -58,6 +58,12 @@ struct ModelLayout {
   std::vector<LayerParams> layers;
 };
 
+// Whether layer l's q/k/v pass through qk-LayerNorm, RoPE or the value residual (else the
+// projection's rows are the mixer's input as they are).
+inline bool qkv_processed(const config::ModelConfig& cfg, int l) {
+  return cfg.qk_norm || cfg.pos == config::Pos::rope || (cfg.value_residual && l > 0);
+}
+
 // This rank's layout: tensors in the order of the forward pass, sharded tensors holding rank
 // tp_rank's part of tp_size. Throws std::invalid_argument naming the key when n_head,
 // padded_vocab_size or 4*d_model is not divisible by tp_size.

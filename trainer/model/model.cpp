@@ -30,7 +30,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   params_ = DeviceBuffer(be, lay_.table.total());
   grads_ = DeviceBuffer(be, lay_.table.total());
   stale_.assign(lay_.table.views().size(), 0);
-  acts_ = Activations(be, cfg, lay_, TP, B, T, recompute_, processed_layers());
+  acts_ = Activations(be, cfg, lay_, TP, B, T, recompute_);
   const size_t BT = size_t(B) * T;
   if (!be.host) tokens_ = DeviceBuffer(be, 2 * BT);
 
@@ -57,16 +57,6 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
 }
 
 Model::~Model() = default;
-
-bool Model::qkv_processed(int l) const {
-  return cfg_.qk_norm || cfg_.pos == config::Pos::rope || (cfg_.value_residual && l > 0);
-}
-
-std::vector<bool> Model::processed_layers() const {
-  std::vector<bool> out(size_t(cfg_.n_layer));
-  for (int l = 0; l < cfg_.n_layer; l++) out[l] = qkv_processed(l);
-  return out;
-}
 
 void Model::init(uint64_t seed) {
   std::vector<float> copy;

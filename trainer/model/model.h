@@ -167,8 +167,7 @@ class Model {
   bool claim_stale(Param t);
   float* zero_if_stale(size_t j);  // view j's gradient, zeroed first if stale
   void zero_stale(size_t begin, size_t end);  // zeroes the stale gradients of the views in [begin, end)
-  bool qkv_processed(int l) const;  // q/k/v pass through qk-norm, RoPE or the value residual
-  std::vector<bool> processed_layers() const;  // qkv_processed of every layer
+  bool qkv_processed(int l) const { return ::qkv_processed(cfg_, l); }
   // host tokens (n) where the backend's kernels read them: in place on cpu, else uploaded to slot
   // 0 (inputs) or 1 (targets) of tokens_
   const int* tokens_for_backend(const int* host, int slot, size_t n);

@@ -47,7 +47,7 @@ void Model::reset_decode() {
       c.prev_mlp = DeviceBuffer(be_, size_t(C));
     }
   }
-  d->acts = Activations(be_, cfg_, lay_, tp_size_, 1, 1, true, processed_layers());
+  d->acts = Activations(be_, cfg_, lay_, tp_size_, 1, 1, true);
   if (tp_size_ > 1) d->full_logits = DeviceBuffer(be_, size_t(cfg_.padded_vocab_size));
   d->logits.resize(size_t(cfg_.padded_vocab_size));
   dec_.reset(d);
