@@ -142,7 +142,7 @@ int task_position_loss(const cli::Args& args, const config::Config& cfg, const s
                           " tokens (the longest has " + std::to_string(longest) + "); lower --seq-len");
   Model model(cfg.model, 1, T, false, nullptr, device_backend(args, cfg));
   load_weights(ckpt, model);
-  const int V = cfg.model.vocab_size, Vp = model.logits_width();
+  const int V = model.softmax_width(), Vp = model.logits_width();
   std::vector<double> sum(T, 0.0);
   std::vector<float> copy;  // the logits on the host, where the backend's are not
   for (const auto& d : docs) {

@@ -247,6 +247,7 @@ std::string state_slots(const config::ModelConfig& m, int T) {
     switch (kind) {
       case config::Mixer::attn: break;  // every token
       case config::Mixer::swa: slots = std::min(m.swa_window, T); break;
+      case config::Mixer::bswa: slots = std::min(m.kvm.chunk * m.kvm.window_chunks, T); break;
       case config::Mixer::kvm: {
         kernels::KvmParams p;
         p.C = m.kvm.chunk, p.W = m.kvm.window_chunks, p.S = m.kvm.sink;

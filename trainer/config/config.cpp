@@ -208,21 +208,47 @@ const std::vector<Field>& schema() {
       integer("model.vocab_size", REF(model.vocab_size), 2, 1 << 24, "the tokenizer's vocabulary (gpt2: 50257, byte: 257)"),
       integer("model.padded_vocab_size", REF(model.padded_vocab_size), 0, 1 << 24,
               "the only vocabulary size kernels see; 0: vocab_size rounded up to a multiple of 128"),
+      boolean("model.softmax_over_padding", REF(model.softmax_over_padding),
+              "the padded ids [vocab_size, padded_vocab_size) take part in the softmax, as in the paper's models "
+              "(vocabulary 50304); false: they never do"),
       integer("model.n_layer", REF(model.n_layer), 1, 1024, "transformer blocks"),
       integer("model.n_head", REF(model.n_head), 1, 1024, "attention heads per layer"),
       integer("model.d_model", REF(model.d_model), 1, 1 << 16, "model width (a multiple of n_head)"),
       integer("model.max_seq_len", REF(model.max_seq_len), 1, 1 << 22, "longest sequence (learned position table size)"),
       boolean("model.tie_embeddings", REF(model.tie_embeddings), "share the token embedding with the output head"),
-      choice("model.pos", REF(model.pos), "positions: a learned table added to the embedding, or RoPE on q/k"),
+      choice("model.pos", REF(model.pos),
+             "positions: a learned table added to the embedding, RoPE on q/k, or none (NoPE; swa layers still "
+             "rotate model.swa_rope_dims when it is set)"),
       integer("model.rope_dims", REF(model.rope_dims), 0, 1 << 16,
               "R: RoPE rotates dims [0,R) of each q/k head in interleaved pairs (even); 0: head_dim/2"),
-      number("model.rope_base", REF(model.rope_base), 1, 1e12, false, "RoPE base: pair i turns at base^(-2i/R) per token"),
+      number("model.rope_base", REF(model.rope_base), 1, 1e12, false, "RoPE base (the paper's rope_theta)"),
+      choice("model.rope_variant", REF(model.rope_variant),
+             "kvmtrain: pair i turns by +base^(-2i/R) per token; paper: by -base^(-i/(R/2-1)) (the paper's "
+             "schedule and direction)"),
+      choice("model.init", REF(model.init),
+             "gpt2: N(0, 0.02) matrices and embedding; paper: embedding U(+-1e-4), qkv U(+-1/sqrt(d)), orthogonal "
+             "MLP input and head (gain 0.5*sqrt(V/d)), zero output projections"),
+      integer("model.mup_base_dim", REF(model.mup_base_dim), 0, 1 << 16,
+              "muP (the paper's mup_base_dim): matrix and head lr / (d_model/base), their weight decay * "
+              "(d_model/base); 0: off"),
       choice("model.mlp", REF(model.mlp), "MLP activation (4x expansion); relu2 = relu(x)^2"),
       boolean("model.qk_norm", REF(model.qk_norm), "LayerNorm over the head dim on q and k (weights shared by heads)"),
       boolean("model.emb_norm", REF(model.emb_norm), "LayerNorm after the embedding"),
       boolean("model.token_shift", REF(model.token_shift),
               "RWKV-style token shift of the q/k/v and MLP inputs: mix*x_t + (1-mix)*x_{t-1}, mix learned per channel"),
-      boolean("model.value_residual", REF(model.value_residual), "layers l > 0 use v_l = (v_l + v_0)/2, v_0 layer 0's values"),
+      boolean("model.qkv_shift", REF(model.qkv_shift),
+              "the paper's attention token shift: q, k and v after the projection each become "
+              "x_t + w*(x_{t-1} - x_t), w learned per channel, x_{-1} = x_0"),
+      boolean("model.mlp_shift", REF(model.mlp_shift),
+              "the paper's MLP token shift: x_t + w*(x_{t-1} - x_t), w learned per channel, x_{-1} = 0"),
+      boolean("model.value_residual", REF(model.value_residual),
+              "values mix with an anchor v_0 (model.value_residual_mode, model.value_residual_anchor)"),
+      choice("model.value_residual_mode", REF(model.value_residual_mode),
+             "average: v = (v + v_0)/2 (layers > 0); linear: v + lambda*(v_0 - v), lambda learned per layer; rwkv: "
+             "v + (v_0 - v)*sigmoid(g + W_up W_down x), a learned LoRA gate (the paper's default)"),
+      choice("model.value_residual_anchor", REF(model.value_residual_anchor),
+             "v_0: layer 0's values (layer0), or per mixer kind the first such layer's plain value projection of "
+             "its own ln_1 of the embedding output (per_mixer, the paper's default)"),
       number("model.residual_scale", REF(model.residual_scale), 0, 1e3, false,
              "multiplies each sub-block's output before it is added to the residual stream"),
       boolean("model.bias", REF(model.bias), "linear layers (qkv, projections, MLP) carry biases"),
@@ -232,7 +258,9 @@ const std::vector<Field>& schema() {
                   "token mixer of each layer, layer i takes entry i mod the list's length"),
       integer("model.swa_window", REF(model.swa_window), 1, 1 << 22,
               "swa layers: a query sees this many tokens, itself included (token-exact causal window)"),
-      integer("model.swa_rope_dims", REF(model.swa_rope_dims), 0, 1 << 16, "R on swa layers (even); 0: model.rope_dims"),
+      integer("model.swa_rope_dims", REF(model.swa_rope_dims), 0, 1 << 16,
+              "R on swa layers (even); 0: model.rope_dims (none with model.pos: none)"),
+      number("model.swa_rope_base", REF(model.swa_rope_base), 0, 1e12, false, "RoPE base on swa layers; 0: model.rope_base"),
       integer("model.kvm.chunk", REF(model.kvm.chunk), 1, 1 << 20, "KVM chunk length C"),
       integer("model.kvm.window_chunks", REF(model.kvm.window_chunks), 1, 1 << 10,
               "KVM window W in chunks: a query chunk sees the previous W-1 chunks and itself exactly"),
@@ -451,6 +479,20 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
   if (m.swa_rope_dims % 2 != 0 || m.swa_rope_dims > hs)
     fail("model.swa_rope_dims", "expected an even number at most the head dim (" + std::to_string(hs) + ")");
   if (m.kvm.sink >= m.kvm.chunk) fail("model.kvm.sink", "expected fewer than model.kvm.chunk slots");
+  const bool has_bswa = std::find(m.mixers.begin(), m.mixers.end(), Mixer::bswa) != m.mixers.end();
+  if (has_bswa && m.kvm.sink != 0)
+    fail("model.kvm.sink", "expected 0 with bswa layers (their window has no sink tokens)");
+  if (m.qkv_shift && m.token_shift)
+    fail("model.qkv_shift", "cannot be combined with model.token_shift, which already shifts the attention input");
+  if (m.mlp_shift && m.token_shift)
+    fail("model.mlp_shift", "cannot be combined with model.token_shift, which already shifts the MLP input");
+  if (c.parallel.tensor > 1 && m.value_residual) {
+    if (m.value_residual_mode != ValueResidualMode::average)
+      fail("model.value_residual_mode", "expected average with parallel.tensor > 1 (linear and rwkv gates are "
+                                        "not split over tensor ranks yet)");
+    if (m.value_residual_anchor != ValueResidualAnchor::layer0)
+      fail("model.value_residual_anchor", "expected layer0 with parallel.tensor > 1");
+  }
   if (c.train.seq_len > m.max_seq_len)
     fail("train.seq_len", "expected at most model.max_seq_len (" + std::to_string(m.max_seq_len) + ")");
   if (c.train.min_lr > c.train.lr) fail("train.min_lr", "expected at most train.lr");

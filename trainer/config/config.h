@@ -20,12 +20,20 @@ namespace config {
 // reference and the error messages all read them through to_string and parse. Code switches over
 // a choice with no default, and the build fails on a switch that misses an enumerator
 // (-Werror=switch), so a new one cannot fall through to another's behaviour.
-enum class Pos { learned, rope };  // model.pos
-constexpr auto names(Pos) { return std::to_array<std::string_view>({"learned", "rope"}); }
+enum class Pos { learned, rope, none };  // model.pos (none: NoPE, see model.swa_rope_dims)
+constexpr auto names(Pos) { return std::to_array<std::string_view>({"learned", "rope", "none"}); }
+enum class RopeVariant { kvmtrain, paper };  // model.rope_variant
+constexpr auto names(RopeVariant) { return std::to_array<std::string_view>({"kvmtrain", "paper"}); }
+enum class ModelInit { gpt2, paper };  // model.init
+constexpr auto names(ModelInit) { return std::to_array<std::string_view>({"gpt2", "paper"}); }
+enum class ValueResidualMode { average, linear, rwkv };  // model.value_residual_mode
+constexpr auto names(ValueResidualMode) { return std::to_array<std::string_view>({"average", "linear", "rwkv"}); }
+enum class ValueResidualAnchor { layer0, per_mixer };  // model.value_residual_anchor
+constexpr auto names(ValueResidualAnchor) { return std::to_array<std::string_view>({"layer0", "per_mixer"}); }
 enum class Mlp { gelu, relu2 };  // model.mlp
 constexpr auto names(Mlp) { return std::to_array<std::string_view>({"gelu", "relu2"}); }
-enum class Mixer { attn, swa, kvm };  // model.mixers
-constexpr auto names(Mixer) { return std::to_array<std::string_view>({"attn", "swa", "kvm"}); }
+enum class Mixer { attn, swa, kvm, bswa };  // model.mixers
+constexpr auto names(Mixer) { return std::to_array<std::string_view>({"attn", "swa", "kvm", "bswa"}); }
 enum class KvmBudget { fixed, power_law, saturating };  // model.kvm.budget
 constexpr auto names(KvmBudget) { return std::to_array<std::string_view>({"fixed", "power_law", "saturating"}); }
 enum class Tokenizer { gpt2, byte };  // data.tokenizer (data/tokenizer.h)
@@ -66,6 +74,7 @@ struct DataSource {
 struct ModelConfig {
   int vocab_size = 50257;        // the tokenizer's
   int padded_vocab_size = 0;     // 0: vocab_size rounded up to a multiple of 128 (resolved at load)
+  bool softmax_over_padding = false;  // padded ids take part in the softmax (the paper's 50304)
   int n_layer = 12;
   int n_head = 12;
   int d_model = 768;
@@ -75,17 +84,25 @@ struct ModelConfig {
   Pos pos = Pos::learned;
   int rope_dims = 0;             // R: rotated dims [0,R) of each q/k head, interleaved pairs; 0: head_dim/2
   double rope_base = 10000;
+  RopeVariant rope_variant = RopeVariant::kvmtrain;  // frequency schedule and direction of the turn
+  ModelInit init = ModelInit::gpt2;  // how the shared tensors start (layout.cpp)
+  int mup_base_dim = 0;          // muP: matrices' lr / (d_model/base), weight decay * (d_model/base); 0: off
   Mlp mlp = Mlp::gelu;
   bool qk_norm = false;          // LayerNorm over the head dim on q and k
   bool emb_norm = false;         // LayerNorm after the embedding
   bool token_shift = false;      // RWKV-style token shift on the q/k/v and MLP inputs
-  bool value_residual = false;   // v_l = (v_l + v_0) / 2 for l > 0
+  bool qkv_shift = false;        // the paper's: q, k, v each shifted per channel after the projection
+  bool mlp_shift = false;        // the paper's MLP shift: x_t + w*(x_{t-1} - x_t)
+  bool value_residual = false;   // v_l mixes with an anchor value v_0
+  ValueResidualMode value_residual_mode = ValueResidualMode::average;
+  ValueResidualAnchor value_residual_anchor = ValueResidualAnchor::layer0;
   double residual_scale = 1.0;   // multiplies each sub-block's output before the residual add
   bool bias = true;              // linear layers carry biases
   bool zero_init_out = false;    // attention/MLP output projections start at zero (the paper)
   std::vector<Mixer> mixers = {Mixer::attn};  // layer i takes entry i mod size
   int swa_window = 256;          // tokens a sliding-window query sees, itself included
   int swa_rope_dims = 0;         // R on swa layers; 0: rope_dims
+  double swa_rope_base = 0;      // RoPE base on swa layers; 0: rope_base
   struct Kvm {
     int chunk = 256;
     int window_chunks = 2;

@@ -20,8 +20,9 @@ class Arena {
   size_t total_ = 0;
 };
 
-// One block's activations for BT tokens.
-void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, const LayerParams& y, bool processed,
+// One block's activations for BT tokens: a block with `mixer`, whose q/k/v are `processed`, that
+// mixes its values with an anchor when `vres`.
+void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, Mixer mixer, bool processed, bool vres,
                 size_t BT, int tp_size) {
   const size_t C = size_t(cfg.d_model), Ca = C / tp_size, NHl = size_t(cfg.n_head / tp_size), F = 4 * C / tp_size;
   alloc(a.ln1, BT * C);
@@ -29,6 +30,12 @@ void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, cons
   alloc(a.ln1_rstd, BT);
   if (cfg.token_shift) alloc(a.xa, BT * C);
   alloc(a.qkv, BT * 3 * Ca);
+  if (vres && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
+    alloc(a.vr_h, BT * size_t(value_gate_rank(cfg.d_model)));
+    alloc(a.vr_z, BT * Ca);
+  }
+  if (vres && cfg.qkv_shift) alloc(a.qkvr, BT * 3 * Ca);
+  if (cfg.qkv_shift) alloc(a.qkvs, BT * 3 * Ca);
   if (processed) alloc(a.qkvp, BT * 3 * Ca);
   if (cfg.qk_norm) {
     alloc(a.qn_mean, BT * NHl);
@@ -37,7 +44,7 @@ void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, cons
     alloc(a.kn_rstd, BT * NHl);
   }
   alloc(a.atty, BT * Ca);
-  if (y.mixer == Mixer::kvm) {
+  if (mixer == Mixer::kvm) {
     alloc(a.qh, BT * Ca);
     alloc(a.kh, BT * Ca);
     alloc(a.vh, BT * Ca);
@@ -50,7 +57,7 @@ void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, cons
   alloc(a.ln2, BT * C);
   alloc(a.ln2_mean, BT);
   alloc(a.ln2_rstd, BT);
-  if (cfg.token_shift) alloc(a.xm, BT * C);
+  if (cfg.token_shift || cfg.mlp_shift) alloc(a.xm, BT * C);
   alloc(a.fch, BT * F);
   alloc(a.fch_act, BT * F);
   alloc(a.residual3, BT * C);
@@ -78,19 +85,34 @@ Activations::Activations(const Backend& be, const config::ModelConfig& cfg, cons
     alloc(stream0, BT * C);
   }
   if (cfg.value_residual) alloc(v0, BT * Ca);
+  anchors.resize(size_t(L));
+  for (int l = 0; l < L; l++) {
+    const int f = layout.layers[l].anchor;
+    if (f <= 0 || anchors[f].v) continue;
+    Anchor& an = anchors[f];
+    alloc(an.ln, BT * C);
+    alloc(an.mean, BT);
+    alloc(an.rstd, BT);
+    alloc(an.v, BT * Ca);
+  }
   layers.resize(size_t(L));
   LayerActs shared;
   std::vector<float*> outputs(static_cast<size_t>(L));  // shared_blocks: each block's own residual3
   if (shared_blocks && L > 0) {
     // the shared set must hold the largest block: a KVM one if any layer is KVM, with q/k/v
-    // processing (a layer > 0 has it whenever any layer does, the value residual included)
-    int big = 0;
-    for (int l = 0; l < L; l++)
-      if (layout.layers[l].mixer == Mixer::kvm) big = l;
-    plan_block(alloc, shared, cfg, layout.layers[big], qkv_processed(cfg, L > 1 ? 1 : 0), BT, tp_size);
+    // processing and a value residual if any layer has them
+    bool kvm = false, processed = false, vres = false;
+    for (int l = 0; l < L; l++) {
+      kvm = kvm || layout.layers[l].mixer == Mixer::kvm;
+      processed = processed || qkv_processed(cfg, l);
+      vres = vres || layout.layers[l].anchor >= 0;
+    }
+    plan_block(alloc, shared, cfg, kvm ? Mixer::kvm : Mixer::attn, processed, vres, BT, tp_size);
     for (int l = 0; l < L; l++) alloc(outputs[l], BT * C);
   } else {
-    for (int l = 0; l < L; l++) plan_block(alloc, layers[l], cfg, layout.layers[l], qkv_processed(cfg, l), BT, tp_size);
+    for (int l = 0; l < L; l++)
+      plan_block(alloc, layers[l], cfg, layout.layers[l].mixer, qkv_processed(cfg, l), layout.layers[l].anchor >= 0, BT,
+                 tp_size);
   }
   alloc(lnf, BT * C);
   alloc(lnf_mean, BT);

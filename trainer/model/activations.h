@@ -17,7 +17,11 @@ struct LayerActs {
   float* ln1_rstd = nullptr;  // (B,T)
   float* xa = nullptr;        // (B,T,C) after the token shift (ln1 without one)
   float* qkv = nullptr;       // (B,T,3Ca) the projection
-  float* qkvp = nullptr;      // (B,T,3Ca) after value residual, qk-norm and RoPE (qkv when none applies)
+  float* vr_h = nullptr;      // (B,T,rank) rwkv value gate: the LoRA's down-projection of ln1
+  float* vr_z = nullptr;      // (B,T,Ca) its up-projection (the gate before its bias and sigmoid)
+  float* qkvr = nullptr;      // (B,T,3Ca) with model.qkv_shift and a value residual: q, k and the mixed v
+  float* qkvs = nullptr;      // (B,T,3Ca) after model.qkv_shift
+  float* qkvp = nullptr;      // (B,T,3Ca) after value residual, shift, qk-norm and RoPE (qkv when none applies)
   float* qn_mean = nullptr;   // (B,T,NHl) qk-norm statistics
   float* qn_rstd = nullptr;
   float* kn_mean = nullptr;
@@ -53,6 +57,17 @@ struct Activations {
   float* emb_rstd = nullptr;
   float* stream0 = nullptr;   // (B,T,C) the residual stream entering block 0 (encoded without emb_norm)
   float* v0 = nullptr;        // (B,T,Ca) layer 0's values, with model.value_residual
+  // value_residual_anchor per_mixer: the anchor of the mixer whose first layer is f > 0, that
+  // layer's ln_1 of stream0 and its value projection of it (docs/paper-mapping.md)
+  struct Anchor {
+    float* ln = nullptr;  // (B,T,C)
+    float* mean = nullptr;
+    float* rstd = nullptr;
+    float* v = nullptr;  // (B,T,Ca)
+  };
+  std::vector<Anchor> anchors;  // per layer f; null pointers where f is no anchor's first layer
+  // The values layer l mixes with (its LayerParams::anchor's)
+  const float* anchor_of(int f) const { return f == 0 ? v0 : anchors[size_t(f)].v; }
   std::vector<LayerActs> layers;
   float* lnf = nullptr;       // (B,T,C)
   float* lnf_mean = nullptr;

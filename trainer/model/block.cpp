@@ -1,9 +1,10 @@
 // One pre-LayerNorm block, forward (a training pass, or one token of a decode) and backward:
 //   residual2 = residual  + s * proj(mixer(qkv_prep(W_qkv shift(ln_1(residual)))))
 //   residual3 = residual2 + s * W_out act(W_fc shift(ln_2(residual2)))
-// s = model.residual_scale; shift = the token shift (identity when off); act = GELU or ReLU^2;
-// qkv_prep = value residual on v, qk-LayerNorm and partial RoPE on q and k; mixer = causal
-// attention (window 0), sliding-window attention, or KVM (mixer_kvm.cpp).
+// s = model.residual_scale; shift = kvmtrain's token shift or the paper's MLP shift (identity when
+// off); act = GELU or ReLU^2; qkv_prep = the value residual on v, the paper's q/k/v shift, qk-LayerNorm
+// and partial RoPE on q and k, in that order; mixer = causal attention (window 0), sliding-window
+// or block-sliding-window attention, or KVM (mixer_kvm.cpp).
 //
 // Decode (a Pass with caches) runs the same forward on one token at position pos0: attention
 // reads and extends its KV cache (attention_decode), KVM its state (mixer_kvm.cpp), and the
@@ -27,11 +28,13 @@ void Model::mixer_forward(int l, const Pass& p) {
       return kvm_forward(l, p);
     case Mixer::attn:
     case Mixer::swa:
+    case Mixer::bswa:
       if (p.decode) {
         DecodeCache::Layer& c = p.decode->layers[l];
-        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window);
+        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window,
+                                    w.block);
       }
-      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window);
+      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window, w.block);
   }
 }
 
@@ -43,46 +46,92 @@ void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
       return kvm_backward(l, datty, dqkvp, dln1);
     case Mixer::attn:
     case Mixer::swa:
-      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window);
+    case Mixer::bswa:
+      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window, w.block);
   }
 }
 
-void Model::token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev) {
-  const int C = cfg_.d_model;
-  be_.token_shift_forward(out, inp, prev ? prev->data() : nullptr, P(mix), p.B, p.T, C);
-  // decode: this token's row is the next one's previous row
+void Model::token_shift(float* out, const float* inp, Param w, int C, kernels::TokenShiftForm form, const Pass& p,
+                        DeviceBuffer* prev) {
+  // decode: the previous token's row once there is one (position 0 starts as training does)
+  const float* before = prev && p.pos0 > 0 ? prev->data() : nullptr;
+  be_.token_shift_forward(out, inp, before, P(w), p.B, p.T, C, form);
   if (prev) be_.copy(prev->data(), inp + size_t(p.T - 1) * C, size_t(C) * sizeof(float));
+}
+
+kernels::TokenShiftForm Model::mlp_shift_form() const {
+  return cfg_.token_shift ? kernels::TokenShiftForm::mix_zero : kernels::TokenShiftForm::delta_zero;
+}
+
+void Model::value_residual_forward(int l, const Pass& p, float* out, const float* v, int ld) {
+  const int BT = p.B * p.T, C = cfg_.d_model, Ca = Ca_;
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = p.acts.layers[l];
+  const float* anchor = p.acts.anchor_of(w.anchor);
+  switch (cfg_.value_residual_mode) {
+    case config::ValueResidualMode::average:  // v_l = (v_l + v_0) / 2
+      if (out != v) be_.copy_rows(out, ld * sizeof(float), v, ld * sizeof(float), Ca * sizeof(float), size_t(BT));
+      return be_.axpby_rows(out, anchor, 0.5f, 0.5f, size_t(BT), Ca, size_t(ld), size_t(Ca));
+    case config::ValueResidualMode::linear:
+      return be_.value_residual_forward(out, ld, v, ld, anchor, nullptr, P(w.vr_lambda), BT, Ca,
+                                        kernels::ValueResidualMode::linear);
+    case config::ValueResidualMode::rwkv:  // gate = sigmoid(bias + W_up W_down ln1)
+      linear_forward(x.vr_h, x.ln1, w.vr_down, Param{}, BT, C, value_gate_rank(C));
+      linear_forward(x.vr_z, x.vr_h, w.vr_up, Param{}, BT, value_gate_rank(C), Ca);
+      return be_.value_residual_forward(out, ld, v, ld, anchor, x.vr_z, P(w.vr_bias), BT, Ca,
+                                        kernels::ValueResidualMode::rwkv);
+  }
+}
+
+void Model::qkv_prep_forward(int l, const Pass& p) {
+  const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T, Ca = Ca_, NHl = NHl_;
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = p.acts.layers[l];
+  DecodeCache::Layer* cache = p.decode ? &p.decode->layers[l] : nullptr;
+  const size_t f = sizeof(float), row = 3 * Ca * f;
+  if (!qkv_processed(l)) return;
+  const float* cur = x.qkv;  // the rows each stage reads
+  if (value_residual_applies(cfg_, l)) {
+    float* out = cfg_.qkv_shift ? x.qkvr : x.qkvp;
+    be_.copy_rows(out, row, x.qkv, row, 2 * Ca * f, size_t(BT));  // q and k pass
+    value_residual_forward(l, p, out + 2 * Ca, x.qkv + 2 * Ca, 3 * Ca);
+    cur = out;
+  }
+  if (cfg_.qkv_shift) {
+    token_shift(x.qkvs, cur, w.shift_qkv, 3 * Ca, kernels::TokenShiftForm::delta_first, p,
+                cache ? &cache->prev_qkv : nullptr);
+    cur = x.qkvs;
+  }
+  if (cur != x.qkvp) be_.copy(x.qkvp, cur, size_t(BT) * row);
+  if (cfg_.qk_norm) {  // q and k as they were before the value residual, which only touches v
+    const float* qk = cfg_.qkv_shift ? x.qkvs : x.qkv;
+    be_.head_layernorm_forward(x.qkvp, x.qn_mean, x.qn_rstd, qk, P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
+    be_.head_layernorm_forward(x.qkvp + Ca, x.kn_mean, x.kn_rstd, qk + Ca, P(w.knw), P(w.knb), BT, NHl, hs, 3 * Ca);
+  }
+  if (w.rope_dims) {
+    const auto variant = rope_variant();
+    be_.rope_forward(x.qkvp, x.qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, p.pos0, variant);
+    be_.rope_forward(x.qkvp + Ca, x.qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, p.pos0, variant);
+  }
 }
 
 void Model::block_forward(int l, const float* residual, const Pass& p) {
   const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
   const int Ca = Ca_, NHl = NHl_, F = Fl_;
-  const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
+  const float s = float(cfg_.residual_scale);
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
   DecodeCache::Layer* cache = p.decode ? &p.decode->layers[l] : nullptr;
 
   // ---- attention sub-block ----
   be_.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, P(w.ln1w), P(w.ln1b), BT, C);
-  if (cfg_.token_shift) token_shift(x.xa, x.ln1, w.shift_att, p, cache ? &cache->prev_att : nullptr);
+  if (cfg_.token_shift)
+    token_shift(x.xa, x.ln1, w.shift_att, C, kernels::TokenShiftForm::mix_zero, p, cache ? &cache->prev_att : nullptr);
   linear_forward(x.qkv, x.xa, w.qkvw, w.qkvb, BT, C, 3 * Ca);
   const size_t f = sizeof(float);
   if (cfg_.value_residual && l == 0)  // v_0: the v columns of layer 0's qkv rows
     be_.copy_rows(p.acts.v0, Ca * f, x.qkv + 2 * Ca, 3 * Ca * f, Ca * f, size_t(BT));
-  if (qkv_processed(l)) {
-    float* qkvp = x.qkvp;
-    be_.copy(qkvp, x.qkv, size_t(BT) * 3 * Ca * f);
-    if (cfg_.value_residual && l > 0)  // v_l = (v_l + v_0) / 2
-      be_.axpby_rows(qkvp + 2 * Ca, p.acts.v0, 0.5f, 0.5f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
-    if (cfg_.qk_norm) {
-      be_.head_layernorm_forward(qkvp, x.qn_mean, x.qn_rstd, x.qkv, P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
-      be_.head_layernorm_forward(qkvp + Ca, x.kn_mean, x.kn_rstd, x.qkv + Ca, P(w.knw), P(w.knb), BT, NHl, hs, 3 * Ca);
-    }
-    if (w.rope_dims) {
-      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
-      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
-    }
-  }
+  qkv_prep_forward(l, p);
   mixer_forward(l, p);
   // the projection lands in residual3's buffer, free until the MLP writes it
   row_parallel_forward(x.residual3, x.atty, w.projw, w.projb, BT, Ca);
@@ -90,7 +139,7 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
 
   // ---- MLP sub-block ----
   be_.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.residual2, P(w.ln2w), P(w.ln2b), BT, C);
-  if (cfg_.token_shift) token_shift(x.xm, x.ln2, w.shift_mlp, p, cache ? &cache->prev_mlp : nullptr);
+  if (w.shift_mlp) token_shift(x.xm, x.ln2, w.shift_mlp, C, mlp_shift_form(), p, cache ? &cache->prev_mlp : nullptr);
   switch (cfg_.mlp) {
     case config::Mlp::gelu:  // one fused kernel where the backend has an epilogue for it (cuBLASLt)
       linear_gelu_forward(x.fch_act, x.fch, x.xm, w.fcw, w.fcb, BT, C, F);
@@ -104,13 +153,13 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
   be_.scaled_residual_forward(x.residual3, x.residual2, x.residual3, s, BT * C);
 }
 
-// Back through the q/k/v preparation (value residual, qk-LayerNorm, RoPE) of layer l: from dqkvp,
-// the gradient of the prepared rows, to that of the projection's rows (dqkvp itself when nothing
-// applies); v_0's share goes to s_.dv0.
-const float* Model::qkv_prep_backward(int l, float* dqkvp) {
+// Back through the q/k/v preparation of layer l (value residual, the paper's shift, qk-LayerNorm,
+// RoPE): from dqkvp, the gradient of the prepared rows, to that of the projection's rows (dqkvp
+// itself when nothing applies); the anchor's share goes to its gradient (s_.dv0, s_.danchor), the
+// rwkv gate's share of d(ln1) is added to dln1.
+const float* Model::qkv_prep_backward(int l, float* dqkvp, float* dln1) {
   const int BT = B_ * T_, C = cfg_.d_model, hs = C / cfg_.n_head, Ca = Ca_, NHl = NHl_;
-  const size_t na = size_t(BT) * Ca;
-  const float base = float(cfg_.rope_base);
+  const size_t na = size_t(BT) * Ca, f = sizeof(float), row = 3 * Ca * f;
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = acts_.layers[l];
   auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
@@ -123,28 +172,59 @@ const float* Model::qkv_prep_backward(int l, float* dqkvp) {
     if (w.rope_dims) {
       float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
       if (cfg_.qk_norm) zero(target, na * 3);
-      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, 0, rope_variant());
+      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, 0, rope_variant());
       dqk = target;
     }
     if (cfg_.qk_norm) {
-      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, x.qkv,
+      const float* qk = cfg_.qkv_shift ? x.qkvs : x.qkv;
+      be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, qk,
                                   P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, 3 * Ca);
       be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
-                                  x.qkv + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
+                                  qk + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
     } else if (!w.rope_dims) {  // q and k columns pass through
-      const size_t f = sizeof(float);
-      be_.copy_rows(dqkv, 3 * Ca * f, dqkvp, 3 * Ca * f, 2 * Ca * f, size_t(BT));
+      be_.copy_rows(dqkv, row, dqkvp, row, 2 * Ca * f, size_t(BT));
     }
-    // v: through the value residual v_l = (v_l + v_0) / 2
-    const bool vres = cfg_.value_residual && l > 0;
-    const float half = vres ? 0.5f : 1.0f;
-    be_.axpby_rows(dqkv + 2 * Ca, dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(3 * Ca), size_t(3 * Ca));
-    if (vres) be_.axpby_rows(s_.dv0.data(), dqkvp + 2 * Ca, 1.0f, half, size_t(BT), Ca, size_t(Ca), size_t(3 * Ca));
+    be_.copy_rows(dqkv + 2 * Ca, row, dqkvp + 2 * Ca, row, Ca * f, size_t(BT));  // v passes
+    const bool vres = value_residual_applies(cfg_, l);
+    if (cfg_.qkv_shift) {  // the shift's sharded weights: each rank's gradient is whole
+      float* d = s_.dqkv2.data();
+      zero(d, na * 3);
+      be_.token_shift_backward(d, G(w.shift_qkv), dqkv, vres ? x.qkvr : x.qkv, P(w.shift_qkv), B_, T_, 3 * Ca,
+                               kernels::TokenShiftForm::delta_first);
+      dqkv = d;
+    }
+    if (vres) value_residual_backward(l, dqkv + 2 * Ca, dln1);
   }
   if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
     be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
   return dqkv;
+}
+
+// dv (BT rows of 3Ca floats' stride): d(mixed values) on entry, d(the layer's own values) on exit.
+void Model::value_residual_backward(int l, float* dv, float* dln1) {
+  const int BT = B_ * T_, C = cfg_.d_model, Ca = Ca_, ld = 3 * Ca, rank = value_gate_rank(C);
+  const LayerParams& w = lay_.layers[l];
+  const LayerActs& x = acts_.layers[l];
+  const float* v = x.qkv + 2 * Ca;
+  const float* anchor = acts_.anchor_of(w.anchor);
+  float* danchor = w.anchor == 0 ? s_.dv0.data() : s_.danchor[size_t(w.anchor)].data();
+  switch (cfg_.value_residual_mode) {
+    case config::ValueResidualMode::average:  // v_l = (v_l + v_0) / 2
+      be_.axpby_rows(danchor, dv, 1.0f, 0.5f, size_t(BT), Ca, size_t(Ca), size_t(ld));
+      return be_.axpby_rows(dv, dv, 0.5f, 0.0f, size_t(BT), Ca, size_t(ld), size_t(ld));
+    case config::ValueResidualMode::linear:
+      return be_.value_residual_backward(dv, ld, danchor, nullptr, G(w.vr_lambda), dv, ld, v, ld, anchor, nullptr,
+                                         P(w.vr_lambda), BT, Ca, kernels::ValueResidualMode::linear);
+    case config::ValueResidualMode::rwkv: {  // then back through the gate's LoRA into d(ln1)
+      float* dz = s_.dvr_z.data();
+      float* dh = s_.dvr_h.data();
+      be_.value_residual_backward(dv, ld, danchor, dz, G(w.vr_bias), dv, ld, v, ld, anchor, x.vr_z, P(w.vr_bias), BT,
+                                  Ca, kernels::ValueResidualMode::rwkv);
+      linear_backward(dh, Dinp::overwrite, w.vr_up, Param{}, dz, x.vr_h, BT, rank, Ca);
+      return linear_backward(dln1, Dinp::accumulate, w.vr_down, Param{}, dh, x.ln1, BT, C, rank);
+    }
+  }
 }
 
 // dres: d(residual3) on entry, d(residual) on exit (the residual adds pass it through unchanged).
@@ -170,18 +250,20 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   // Activation gradients with one producer are written, not added to zeros; dln is zeroed only
   // where a second contribution is added to it (the token shift's, KVM's gate).
   // ---- MLP sub-block: residual3 = residual2 + s * mlp(ln2(residual2)) ----
+  const bool mlp_shift = bool(w.shift_mlp);
   if (tp) red_begin(n);
-  else if (cfg_.token_shift) zero(dln, n);
+  else if (mlp_shift) zero(dln, n);
   float* dact = s_.dact.data();  // d(activation output), then in place d(fc output)
   linear_backward(dact, Dinp::overwrite, w.fcprojw, w.fcprojb, dout, x.fch_act, BT, F, C);
   switch (cfg_.mlp) {
     case config::Mlp::gelu: be_.gelu_backward(dact, x.fch, dact, BT * F); break;
     case config::Mlp::relu2: be_.relu2_backward(dact, x.fch, dact, BT * F); break;
   }
-  float* dxm = cfg_.token_shift ? dxa : dln;
+  float* dxm = mlp_shift ? dxa : dln;
   linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, x.xm, BT, C, F);
-  if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, x.ln2, P(w.shift_mlp), B, T, C);
+  if (mlp_shift)
+    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, x.ln2, P(w.shift_mlp), B, T, C,
+                             mlp_shift_form());
   if (tp) {
     const Param dst[kRedSlots] = {w.shift_mlp};
     red_finish(n, dst);
@@ -194,17 +276,20 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   float* datty = s_.datty.data();
   float* dqkvp = s_.dqkvp.data();
   zero(dqkvp, na * 3);
-  const bool gate = w.mixer == Mixer::kvm;  // KVM's gate adds its gradient to dln
+  // KVM's gate and the rwkv value gate add their gradients to dln
+  const bool gate = w.mixer == Mixer::kvm ||
+                    (value_residual_applies(cfg_, l) && cfg_.value_residual_mode == config::ValueResidualMode::rwkv);
   if (tp) red_begin(n);
   else if (gate || cfg_.token_shift) zero(dln, n);
   linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, x.atty, BT, Ca, C);
   mixer_backward(l, datty, dqkvp, dln);
-  const float* dqkv = qkv_prep_backward(l, dqkvp);
+  const float* dqkv = qkv_prep_backward(l, dqkvp, dln);
   float* dx_in = cfg_.token_shift ? dxa : dln;
   linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, x.xa, BT,
                   C, 3 * Ca);
   if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C,
+                             kernels::TokenShiftForm::mix_zero);
   if (tp) {
     const Param dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
     red_finish(n, dst);

@@ -37,8 +37,19 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = DeviceBuffer(be, BT * C);
   s_.datty = DeviceBuffer(be, BT * Ca);
   for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = DeviceBuffer(be, BT * 3 * Ca);
+  if (cfg.qkv_shift) s_.dqkv2 = DeviceBuffer(be, BT * 3 * Ca);
   s_.dact = DeviceBuffer(be, BT * Fl);
   if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ca);
+  if (cfg.value_residual && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
+    s_.dvr_z = DeviceBuffer(be, BT * Ca);
+    s_.dvr_h = DeviceBuffer(be, BT * size_t(value_gate_rank(C)));
+  }
+  s_.danchor.resize(size_t(L));
+  for (const LayerParams& y : lay_.layers) {
+    if (y.anchor <= 0 || s_.danchor[size_t(y.anchor)].size()) continue;
+    s_.danchor[size_t(y.anchor)] = DeviceBuffer(be, BT * Ca);
+    if (!s_.dx0.size()) s_.dx0 = DeviceBuffer(be, BT * C);
+  }
   if (TP > 1) {
     for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
     red_extra_ = (red_extra_ + 15) / 16 * 16;
@@ -112,7 +123,8 @@ double Model::flops_per_token(int T) const {
     const auto& kv = cfg_.kvm;
     switch (y.mixer) {
       case Mixer::attn: break;
-      case Mixer::swa: keys = std::min<double>(keys, y.window); break;
+      case Mixer::swa:
+      case Mixer::bswa: keys = std::min<double>(keys, y.window); break;
       case Mixer::kvm: keys = std::min<double>(keys, kv.window_chunks * kv.chunk + kv.min_len); break;
     }
     attention += 2 * 2 * C * keys;
@@ -232,12 +244,41 @@ void Model::head(const Pass& p, const float* residual) {
   linear_forward(a.logits, a.lnf, lay_.head, Param{}, BT, C, Vl_);
 }
 
+void Model::anchors_forward(const Pass& p) {
+  const int C = cfg_.d_model, Ca = Ca_, BT = p.B * p.T;
+  for (size_t f = 1; f < p.acts.anchors.size(); f++) {
+    const Activations::Anchor& an = p.acts.anchors[f];
+    if (!an.v) continue;
+    // layer f's plain value projection of its own ln_1 of the embedding output: the v rows of its qkv
+    const LayerParams& w = lay_.layers[f];
+    be_.layernorm_forward(an.ln, an.mean, an.rstd, p.acts.stream0, P(w.ln1w), P(w.ln1b), BT, C);
+    const float* bias = w.qkvb ? P(w.qkvb) + 2 * Ca : nullptr;
+    if (bf16()) be_.matmul_forward_bf16(an.v, an.ln, P16(w.qkvw) + size_t(2) * Ca * C, bias, BT, C, Ca);
+    else be_.matmul_forward(an.v, an.ln, P(w.qkvw) + size_t(2) * Ca * C, bias, BT, C, Ca);
+  }
+}
+
+void Model::anchor_backward(int f) {
+  const int C = cfg_.d_model, Ca = Ca_, BT = B_ * T_;
+  const Activations::Anchor& an = acts_.anchors[size_t(f)];
+  const LayerParams& w = lay_.layers[f];
+  const float* dv = s_.danchor[size_t(f)].data();
+  float* dln = s_.dln.data();
+  // block f's backward has written its qkv and ln_1 gradients: these add to them
+  float* dw = G(w.qkvw) + size_t(2) * Ca * C;
+  float* db = w.qkvb ? G(w.qkvb) + 2 * Ca : nullptr;
+  if (bf16()) be_.matmul_backward_bf16(dln, dw, db, dv, an.ln, P16(w.qkvw) + size_t(2) * Ca * C, BT, C, Ca, false, true);
+  else be_.matmul_backward(dln, dw, db, dv, an.ln, P(w.qkvw) + size_t(2) * Ca * C, BT, C, Ca, false, true);
+  be_.layernorm_backward(s_.dx0.data(), G(w.ln1w), G(w.ln1b), dln, acts_.stream0, P(w.ln1w), an.mean, an.rstd, BT, C);
+}
+
 void Model::forward(const int* inputs, int B, int T) {
   if (B > maxB_ || T > maxT_) throw std::invalid_argument("Model::forward: batch larger than allocated");
   B_ = B, T_ = T;
   inputs_be_ = tokens_for_backend(inputs, 0, size_t(B) * T);
   const Pass p = train_pass();
   embed(p, inputs_be_);
+  anchors_forward(p);
   const float* residual = acts_.stream0;
   for (int l = 0; l < int(lay_.layers.size()); l++) {
     block_forward(l, residual, p);
@@ -247,7 +288,7 @@ void Model::forward(const int* inputs, int B, int T) {
 }
 
 float Model::loss(const int* targets, float dloss) {
-  const int N = B_ * T_, V = cfg_.vocab_size;
+  const int N = B_ * T_, V = softmax_width();
   float* losses = acts_.losses;
   float* logits = acts_.logits;
   const int* targets_be = tokens_for_backend(targets, 1, size_t(N));
@@ -292,6 +333,8 @@ void Model::backward() {
   float* dln = s_.dln.data();
   be_.zero(dres, n * sizeof(float));
   if (cfg_.value_residual) s_.dv0.zero();
+  for (DeviceBuffer& d : s_.danchor) d.zero();
+  if (s_.dx0.size()) s_.dx0.zero();
   // The gradients are final from the top of the buffer down (the layout is in forward order):
   // ln_f and an untied head, then each block, then the embedding (with a tied head).
   size_t final_from = lay_.table.total();
@@ -311,8 +354,10 @@ void Model::backward() {
     // with recompute the shared activations hold the last block's: recompute every other block
     if (recompute_ && l != L - 1) block_forward(l, residual, train_pass());
     block_backward(l, residual, dres);
+    if (s_.danchor[size_t(l)].size()) anchor_backward(l);  // every layer mixing with it is behind
     grads_final_from(lay_.layers[l].ln1w.off);  // a block's first tensor
   }
+  if (s_.dx0.size()) be_.axpby_rows(dres, s_.dx0.data(), 1.0f, 1.0f, size_t(BT), C, size_t(C), size_t(C));
   float* demb = dres;
   if (cfg_.emb_norm) {
     be_.zero(dln, n * sizeof(float));

@@ -116,6 +116,8 @@ class Model {
   // cpu, else copied into `copy`.
   const float* logits_host(size_t row, size_t rows, std::vector<float>& copy) const;
   int logits_width() const { return Vl_; }  // Vp, or Vp/TP under tensor parallelism
+  // The ids the softmax covers: vocab_size, or Vp with model.softmax_over_padding
+  int softmax_width() const { return cfg_.softmax_over_padding ? cfg_.padded_vocab_size : cfg_.vocab_size; }
   int tp_size() const { return tp_size_; }
   int tp_rank() const { return tp_rank_; }
   Communicator* tensor_comm() const { return tp_; }
@@ -143,7 +145,10 @@ class Model {
 
  private:
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
-    DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dq3, dact, dv0;
+    DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dqkv2, dq3, dact, dv0;
+    DeviceBuffer dvr_z, dvr_h;          // rwkv value gate: d(up-projection output), d(down-projection output)
+    std::vector<DeviceBuffer> danchor;  // per layer f: d(the per_mixer anchor whose first layer is f)
+    DeviceBuffer dx0;                   // the anchors' share of d(stream0)
     DeviceBuffer dqh, dkh, dvh, douth, dg, dgbt, dgpre;  // KVM; dgbt: dg as (B,T,NH)
   };
   struct DecodeCache;  // model_decode.cpp
@@ -180,9 +185,23 @@ class Model {
   void block_backward(int l, const float* residual, float* dres);
   void mixer_forward(int l, const Pass& p);
   void mixer_backward(int l, float* datty, float* dqkvp, float* dln1);
-  const float* qkv_prep_backward(int l, float* dqkvp);
-  // out = the token shift of inp by mix; prev (decode): the previous token's row, then this one's
-  void token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev);
+  void qkv_prep_forward(int l, const Pass& p);
+  const float* qkv_prep_backward(int l, float* dqkvp, float* dln1);
+  // out (ld) = layer l's v (ld) mixed with its anchor; and back (block.cpp)
+  void value_residual_forward(int l, const Pass& p, float* out, const float* v, int ld);
+  void value_residual_backward(int l, float* dv, float* dln1);
+  // the per_mixer anchors of pass p from its stream0, and back through the one of first layer f,
+  // adding to s_.dx0 (model.cpp)
+  void anchors_forward(const Pass& p);
+  void anchor_backward(int f);
+  // out (B,T,C) = the token shift of inp by weights w in `form`; prev (decode): the previous
+  // token's row, then this one's
+  void token_shift(float* out, const float* inp, Param w, int C, kernels::TokenShiftForm form, const Pass& p,
+                   DeviceBuffer* prev);
+  kernels::TokenShiftForm mlp_shift_form() const;  // kvmtrain's token_shift, or the paper's mlp_shift
+  kernels::RopeVariant rope_variant() const {
+    return cfg_.rope_variant == config::RopeVariant::paper ? kernels::RopeVariant::paper : kernels::RopeVariant::kvmtrain;
+  }
   // mixer_kvm.cpp
   void kvm_forward(int l, const Pass& p);
   void kvm_backward(int l, const float* datty, float* dqkvp, float* dln1);

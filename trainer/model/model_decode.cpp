@@ -19,7 +19,7 @@ size_t Model::decode_cache_bytes() const {
   size_t bytes = 0;
   for (int l = 0; l < int(dec_->layers.size()); l++) {
     const auto& c = dec_->layers[l];
-    bytes += c.k.bytes() + c.v.bytes() + c.prev_att.bytes() + c.prev_mlp.bytes();
+    bytes += c.k.bytes() + c.v.bytes() + c.prev_att.bytes() + c.prev_mlp.bytes() + c.prev_qkv.bytes();
     bytes += kvm_cache_bytes(l);
   }
   return bytes;
@@ -35,6 +35,7 @@ void Model::reset_decode() {
     switch (w.mixer) {
       case Mixer::attn:
       case Mixer::swa:
+      case Mixer::bswa:
         c.cap = w.window ? std::min(w.window, cfg_.max_seq_len) : cfg_.max_seq_len;
         c.k = DeviceBuffer(be_, size_t(c.cap) * Ca_);
         c.v = DeviceBuffer(be_, size_t(c.cap) * Ca_);
@@ -42,10 +43,9 @@ void Model::reset_decode() {
       case Mixer::kvm:  // its kernels::KvmCache, made at position 0 (mixer_kvm.cpp)
         break;
     }
-    if (cfg_.token_shift) {
-      c.prev_att = DeviceBuffer(be_, size_t(C));
-      c.prev_mlp = DeviceBuffer(be_, size_t(C));
-    }
+    if (cfg_.token_shift) c.prev_att = DeviceBuffer(be_, size_t(C));
+    if (w.shift_mlp) c.prev_mlp = DeviceBuffer(be_, size_t(C));
+    if (cfg_.qkv_shift) c.prev_qkv = DeviceBuffer(be_, size_t(3) * Ca_);
   }
   d->acts = Activations(be_, cfg_, lay_, tp_size_, 1, 1, true);
   if (tp_size_ > 1) d->full_logits = DeviceBuffer(be_, size_t(cfg_.padded_vocab_size));
@@ -64,6 +64,7 @@ const float* Model::step(int token) {
     throw std::runtime_error("decode: past model.max_seq_len");
   const Pass p{1, 1, pos, d.acts, &d};
   embed(p, tokens_for_backend(&token, 0, 1));
+  anchors_forward(p);
   const float* residual = d.acts.stream0;
   for (int l = 0; l < int(lay_.layers.size()); l++) {
     block_forward(l, residual, p);

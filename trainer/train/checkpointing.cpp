@@ -194,5 +194,6 @@ bool is_pure_gpt2(const config::ModelConfig& m) {
   bool all_attn = true;
   for (config::Mixer x : m.mixers) all_attn = all_attn && x == config::Mixer::attn;
   return all_attn && m.pos == config::Pos::learned && m.mlp == config::Mlp::gelu && !m.qk_norm && !m.emb_norm &&
-         !m.token_shift && !m.value_residual && m.residual_scale == 1.0 && m.bias;
+         !m.token_shift && !m.qkv_shift && !m.mlp_shift && !m.value_residual && m.residual_scale == 1.0 && m.bias &&
+         !m.softmax_over_padding;
 }
