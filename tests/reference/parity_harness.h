@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -88,9 +89,12 @@ inline void run_reference(const fs::path& dir, const std::string& script, Model&
 
 // The forward's logits and loss, every parameter gradient, and the losses of tc.steps AdamW steps
 // on the same batch, against the reference's logits.bin, grads.bin and result's "losses". note is
-// appended to every failure (the backbone test's word on KVM routing).
+// appended to every failure (the backbone test's word on KVM routing). unused(name): a tensor the
+// model legitimately gives no gradient (the paper's value gate of layer 0, KVM temperatures with
+// head_temps off): both sides must then give exactly 0; every other reference gradient must be nonzero.
 inline void expect_matches_reference(Model& model, const config::Config& cfg, const Batch& batch, int B, int T,
-                                     const fs::path& dir, const json::Value& result, const std::string& note = "") {
+                                     const fs::path& dir, const json::Value& result, const std::string& note = "",
+                                     const std::function<bool(const std::string&)>& unused = {}) {
   const config::ModelConfig& m = cfg.model;
   const config::TrainConfig& tc = cfg.train;
   model.zero_grad();
@@ -106,6 +110,7 @@ inline void expect_matches_reference(Model& model, const config::Config& cfg, co
   model.backward();
   const auto& ref_losses = result.at("losses").array();
   EXPECT_NEAR(loss, ref_losses[0].number(), 1e-5) << note;
+  EXPECT_EQ(ref_losses.size(), size_t(tc.steps));
 
   const size_t P = model.table().total();
   auto ref_grads = test_util::read_raw(dir / "grads.bin", P);
@@ -114,6 +119,11 @@ inline void expect_matches_reference(Model& model, const config::Config& cfg, co
     for (size_t i = 0; i < v.size; i++) {
       max_ref = std::max(max_ref, std::fabs(ref_grads[v.offset + i]));
       max_diff = std::max(max_diff, std::fabs(model.grads()[v.offset + i] - ref_grads[v.offset + i]));
+    }
+    if (unused && unused(v.name)) {
+      EXPECT_EQ(max_ref, 0.0f) << v.name << ": expected unused, but the reference gives it a gradient";
+      EXPECT_EQ(max_diff, 0.0f) << v.name << ": expected unused, but kvmtrain gives it a gradient";
+      continue;
     }
     EXPECT_GT(max_ref, 0.0f) << v.name << ": the reference gradient is zero, the test would prove nothing";
     EXPECT_LE(max_diff, 1e-4f * max_ref + 1e-7f) << v.name << " (max |g_ref| " << max_ref << ")" << note;

@@ -31,6 +31,21 @@ inline config::ModelConfig hybrid() {
   return m;
 }
 
+// The paper's backbone with every one of its switches (docs/paper-mapping.md): its init, RoPE,
+// q/k/v and MLP shifts, rwkv value residual per mixer kind, softmax over the padded vocabulary,
+// muP; with `mixers` (bswa: chunks of 4, 3 of them).
+inline config::ModelConfig paper(std::vector<config::Mixer> mixers) {
+  config::ModelConfig m = hybrid();
+  m.mixers = std::move(mixers);
+  m.n_head = 2, m.rope_dims = 8, m.swa_rope_dims = 16, m.swa_rope_base = 500, m.residual_scale = 1.0;
+  m.init = config::ModelInit::paper, m.rope_variant = config::RopeVariant::paper, m.mup_base_dim = 16;
+  m.token_shift = false, m.qkv_shift = true, m.mlp_shift = true, m.zero_init_out = true;
+  m.value_residual = true, m.value_residual_mode = config::ValueResidualMode::rwkv;
+  m.value_residual_anchor = config::ValueResidualAnchor::per_mixer;
+  m.softmax_over_padding = true;
+  return m;
+}
+
 // GPT-2 init plus noise everywhere (biases, norms, temperatures too), padded rows left zero; the
 // model's parameters must be host memory (the cpu backend).
 inline void perturb(Model& model, uint64_t seed) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -114,15 +115,13 @@ TEST(Model, ZeroGradMakesTheNextBackwardOverwriteEveryGradient) {
 
 struct DecodeCase {
   const char* name;
-  std::vector<Mixer> mixers;
-  Pos pos;
+  std::function<config::ModelConfig()> make;
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
 
 TEST_P(Decode, StepReproducesForwardLogits) {
-  auto m = small(GetParam().mixers);
-  m.pos = GetParam().pos;
+  const auto m = GetParam().make();
   const int T = 23;  // KVM: chunks of 4, a partial last chunk, several state updates
   Model model(m, 1, T);
   perturb(model, 9);
@@ -135,7 +134,7 @@ TEST_P(Decode, StepReproducesForwardLogits) {
     for (int t = 0; t < T; t++) {
       const float* got = model.step(x[t]);
       float max_ref = 0, max_diff = 0;
-      for (int i = 0; i < m.vocab_size; i++) {
+      for (int i = 0; i < Vp; i++) {
         max_ref = std::max(max_ref, std::fabs(full[size_t(t) * Vp + i]));
         max_diff = std::max(max_diff, std::fabs(got[i] - full[size_t(t) * Vp + i]));
       }
@@ -144,13 +143,39 @@ TEST_P(Decode, StepReproducesForwardLogits) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Mixers, Decode,
-                         ::testing::Values(DecodeCase{"attn", {Mixer::attn}, Pos::rope},
-                                           DecodeCase{"swa", {Mixer::swa}, Pos::rope},
-                                           DecodeCase{"kvm", {Mixer::kvm}, Pos::rope},
-                                           DecodeCase{"hybrid", {Mixer::swa, Mixer::kvm, Mixer::attn}, Pos::rope},
-                                           DecodeCase{"learned_pos", {Mixer::attn, Mixer::swa}, Pos::learned}),
-                         [](const auto& info) { return std::string(info.param.name); });
+config::ModelConfig with_pos(std::vector<Mixer> mixers, Pos pos) {
+  auto m = small(std::move(mixers));
+  m.pos = pos;
+  return m;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Mixers, Decode,
+    ::testing::Values(DecodeCase{"attn", [] { return with_pos({Mixer::attn}, Pos::rope); }},
+                      DecodeCase{"swa", [] { return with_pos({Mixer::swa}, Pos::rope); }},
+                      DecodeCase{"kvm", [] { return with_pos({Mixer::kvm}, Pos::rope); }},
+                      DecodeCase{"hybrid", [] { return with_pos({Mixer::swa, Mixer::kvm, Mixer::attn}, Pos::rope); }},
+                      DecodeCase{"learned_pos", [] { return with_pos({Mixer::attn, Mixer::swa}, Pos::learned); }},
+                      // the paper's switches, each kind of mixer
+                      DecodeCase{"paper_attn", [] { return test_models::paper({Mixer::attn}); }},
+                      DecodeCase{"paper_swa_kvm", [] { return test_models::paper({Mixer::swa, Mixer::kvm}); }},
+                      DecodeCase{"paper_bswa", [] {
+                                   auto m = test_models::paper({Mixer::bswa});
+                                   m.kvm.window_chunks = 3, m.kvm.sink = 0;
+                                   return m;
+                                 }},
+                      DecodeCase{"paper_nope_swa", [] {
+                                   auto m = test_models::paper({Mixer::swa, Mixer::attn});
+                                   m.pos = Pos::none;
+                                   return m;
+                                 }},
+                      DecodeCase{"paper_linear_layer0", [] {
+                                   auto m = test_models::paper({Mixer::swa, Mixer::kvm});
+                                   m.value_residual_mode = config::ValueResidualMode::linear;
+                                   m.value_residual_anchor = config::ValueResidualAnchor::layer0;
+                                   return m;
+                                 }}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Model, ParameterNames) {
   auto m = small({Mixer::kvm, Mixer::swa});
@@ -249,3 +274,81 @@ TEST(ModelLayout, EveryTensorIsDeclaredOnceAndStartsByItsRule) {
 }
 
 }  // namespace
+
+namespace {
+
+// W (rows x cols) has orthonormal rows (rows <= cols) or columns, times gain: max deviation of the
+// Gram matrix of the shorter side from gain^2 I.
+double orthogonality_error(const float* w, int rows, int cols, double gain) {
+  const bool by_rows = rows <= cols;
+  const int n = by_rows ? rows : cols, len = by_rows ? cols : rows;
+  auto at = [&](int i, int k) { return double(by_rows ? w[size_t(i) * cols + k] : w[size_t(k) * cols + i]); };
+  double err = 0;
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j <= i; j++) {
+      double dot = 0;
+      for (int k = 0; k < len; k++) dot += at(i, k) * at(j, k);
+      err = std::max(err, std::fabs(dot - (i == j ? gain * gain : 0.0)));
+    }
+  return err;
+}
+
+}  // namespace
+
+// model.init: paper starts every tensor as the paper's code does (docs/paper-mapping.md), and
+// model.mup_base_dim gives the paper's optimizer groups their muP ratios.
+TEST(ModelLayout, PaperInitAndMupFollowThePapersRules) {
+  auto m = test_models::paper({Mixer::swa, Mixer::kvm});
+  m.d_model = 64;  // the MLP's fc (4C x C) and the head (Vp x C) both taller than wide
+  Model model(m, 1, 8);
+  model.init(5);
+  const int C = m.d_model, L = m.n_layer, Vp = m.padded_vocab_size, rank = value_gate_rank(C);
+  const float wide = float(C) / float(m.mup_base_dim);
+  auto max_abs = [](const float* x, size_t n) {
+    float mx = 0;
+    for (size_t i = 0; i < n; i++) mx = std::max(mx, std::fabs(x[i]));
+    return mx;
+  };
+  for (const auto& v : model.table().views()) {
+    SCOPED_TRACE(v.name);
+    const float* x = model.params() + v.offset;
+    const std::string& n = v.name;
+    const int l = n.starts_with("h.") ? n[2] - '0' : -1;
+    const double r = 1.0 - double(l) / L;
+    float mup = 1.0f;
+    if (n == "wte") {
+      EXPECT_LE(max_abs(x, v.size), 1e-4f);
+      EXPECT_GT(max_abs(x + size_t(m.vocab_size) * C, v.size - size_t(m.vocab_size) * C), 0.0f);  // padded rows too
+    } else if (n == "lm_head.weight") {
+      EXPECT_LT(orthogonality_error(x, Vp, C, 0.5 * std::sqrt(double(Vp) / C)), 1e-4);
+      mup = wide;
+    } else if (n.ends_with("mlp.fc.weight")) {
+      EXPECT_LT(orthogonality_error(x, 4 * C, C, 1.0), 1e-5);
+      mup = wide;
+    } else if (n.ends_with("attn.qkv.weight") || n.ends_with("kvm.gate.weight")) {
+      EXPECT_LE(max_abs(x, v.size), 1.0f / std::sqrt(float(C)));
+      EXPECT_GT(max_abs(x, v.size), 0.5f / std::sqrt(float(C)));
+      mup = wide;
+    } else if (n.ends_with("proj.weight") || n.ends_with("vres.gate_down")) {
+      EXPECT_EQ(max_abs(x, v.size), 0.0f);
+      mup = wide;
+    } else if (n.ends_with("vres.gate_up")) {
+      EXPECT_LT(orthogonality_error(x, C, rank, 0.1), 1e-6);
+      mup = float(rank) / float(value_gate_rank(m.mup_base_dim));
+    } else if (n.ends_with("vres.gate_bias")) {
+      for (int c = 0; c < C; c++) ASSERT_FLOAT_EQ(x[c], float(0.73 - 0.4 * (double(c) / (C - 1) - 0.5)));
+    } else if (n.ends_with("attn.qkv_shift")) {
+      const double a[3] = {0.2, 0.7, 0.7};
+      for (int j = 0; j < 3; j++)
+        for (int c = 0; c < C; c++)
+          ASSERT_FLOAT_EQ(x[j * C + c], float(1.0 - std::pow(double(c) / C, a[j] * r))) << j << " " << c;
+    } else if (n.ends_with("mlp.shift_delta")) {
+      for (int c = 0; c < C; c++) ASSERT_FLOAT_EQ(x[c], float(1.0 - std::pow(double(c) / C, std::pow(r, 4))));
+    } else {
+      ASSERT_TRUE(n.find("ln_") != std::string::npos || n.ends_with("tau_front") || n.ends_with("tau_state"))
+          << "a tensor this test does not know";
+      for (size_t i = 0; i < v.size; i++) ASSERT_EQ(x[i], n.ends_with(".bias") ? 0.0f : 1.0f);
+    }
+    EXPECT_EQ(v.mup_ratio, mup);
+  }
+}
