@@ -21,17 +21,20 @@ struct TensorView {
   int shard_count = 1;
   int shard_rank = 0;
   int shard_blocks = 1;
+  // muP: AdamW divides this tensor's learning rate by mup_ratio and multiplies its weight decay by
+  // it (their product, the decay per step, stays the group's); 1: not scaled.
+  float mup_ratio = 1.0f;
 };
 
 class TensorTable {
  public:
   // Appends a tensor; offsets are 16-float aligned so every view starts on a 64-byte boundary.
-  // shard_*: see TensorView (the shape passed is the shard's).
+  // shard_*, mup_ratio: see TensorView (the shape passed is the shard's).
   const TensorView& add(const std::string& name, std::vector<int> shape, bool decay, int shard_dim = -1,
-                        int shard_count = 1, int shard_rank = 0, int shard_blocks = 1) {
+                        int shard_count = 1, int shard_rank = 0, int shard_blocks = 1, float mup_ratio = 1.0f) {
     size_t n = 1;
     for (int d : shape) n *= size_t(d);
-    TensorView v{name, std::move(shape), total_, n, decay, shard_dim, shard_count, shard_rank, shard_blocks};
+    TensorView v{name, std::move(shape), total_, n, decay, shard_dim, shard_count, shard_rank, shard_blocks, mup_ratio};
     total_ += (n + 15) / 16 * 16;
     views_.push_back(v);
     return views_.back();
