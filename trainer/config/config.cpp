@@ -296,6 +296,8 @@ const std::vector<Field>& schema() {
       choice("train.lr_schedule", REF(train.lr_schedule), "decay after warm-up"),
       number("train.weight_decay", REF(train.weight_decay), 0, 10, false,
              "AdamW decoupled weight decay (not on biases, LayerNorms)"),
+      choice("train.weight_decay_schedule", REF(train.weight_decay_schedule),
+             "AdamW decay at a step: weight_decay, or weight_decay * lr_t / lr (follows the schedule, warm-up included)"),
       number("train.beta1", REF(train.beta1), 0, 1, false, "AdamW first-moment decay"),
       number("train.beta2", REF(train.beta2), 0, 1, false, "AdamW second-moment decay"),
       number("train.eps", REF(train.eps), 0, 1, true, "AdamW epsilon"),

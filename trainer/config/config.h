@@ -46,6 +46,8 @@ enum class AttentionBackend { native, cudnn };  // train.attention_backend
 constexpr auto names(AttentionBackend) { return std::to_array<std::string_view>({"native", "cudnn"}); }
 enum class LrSchedule { cosine, linear, constant };  // train.lr_schedule
 constexpr auto names(LrSchedule) { return std::to_array<std::string_view>({"cosine", "linear", "constant"}); }
+enum class WeightDecaySchedule { constant, lr };  // train.weight_decay_schedule
+constexpr auto names(WeightDecaySchedule) { return std::to_array<std::string_view>({"constant", "lr"}); }
 enum class Recompute { none, block };  // train.recompute
 constexpr auto names(Recompute) { return std::to_array<std::string_view>({"none", "block"}); }
 
@@ -142,6 +144,8 @@ struct TrainConfig {
   int warmup_steps = 0;
   LrSchedule lr_schedule = LrSchedule::cosine;
   double weight_decay = 0.1;
+  // lr: the decay at a step is weight_decay * lr_t / lr, following the schedule (warm-up included)
+  WeightDecaySchedule weight_decay_schedule = WeightDecaySchedule::constant;
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;

@@ -12,6 +12,8 @@ AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t be
       beta2_(float(cfg.beta2)),
       eps_(float(cfg.eps)),
       weight_decay_(float(cfg.weight_decay)),
+      peak_lr_(cfg.lr),
+      decay_schedule_(cfg.weight_decay_schedule),
       begin_(std::min(begin, table.total())),
       end_(std::min(end, table.total())),
       m_(be, end_ - begin_),
@@ -19,11 +21,14 @@ AdamW::AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t be
 
 void AdamW::step(float* params, const float* grads, float lr, float grad_scale) {
   t_++;
+  const float wd = decay_schedule_ == config::WeightDecaySchedule::lr ? float(weight_decay_ * (lr / peak_lr_))
+                                                                       : weight_decay_;
   for (const auto& view : table_.views()) {
     size_t lo = std::max(view.offset, begin_), hi = std::min(view.offset + view.size, end_);
     if (lo >= hi) continue;
-    be_.adamw_update(params + lo, grads + lo, m_.data() + (lo - begin_), v_.data() + (lo - begin_), hi - lo, lr, beta1_,
-                     beta2_, eps_, view.decay ? weight_decay_ : 0.0f, grad_scale, t_);
+    be_.adamw_update(params + lo, grads + lo, m_.data() + (lo - begin_), v_.data() + (lo - begin_), hi - lo,
+                     lr / view.mup_ratio, beta1_, beta2_, eps_, view.decay ? wd * view.mup_ratio : 0.0f, grad_scale,
+                     t_);
   }
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// AdamW over a model's parameter table (decoupled weight decay on the views marked `decay`),
-// global gradient-norm clipping, and the learning-rate schedule.
+// AdamW over a model's parameter table (decoupled weight decay on the views marked `decay`, each
+// view's lr and decay scaled by its muP ratio), global gradient-norm clipping, and the learning-rate
+// schedule.
 #include <cstdint>
 
 #include "kernels/backend.h"
@@ -15,6 +16,8 @@ class AdamW {
   AdamW(const TensorTable& table, const config::TrainConfig& cfg, size_t begin = 0, size_t end = SIZE_MAX,
         const Backend& be = cpu_backend());
   // One update with learning rate `lr`; gradients are multiplied by `grad_scale` (clipping).
+  // A view takes lr / mup_ratio and, if it decays, weight decay wd * mup_ratio, where wd is
+  // train.weight_decay, times lr / train.lr under train.weight_decay_schedule lr.
   // params and grads (table.total()) are in the backend's memory.
   void step(float* params, const float* grads, float lr, float grad_scale);
   int t() const { return t_; }
@@ -32,6 +35,8 @@ class AdamW {
   const TensorTable& table_;
   const Backend& be_;
   float beta1_, beta2_, eps_, weight_decay_;
+  double peak_lr_;  // train.lr
+  config::WeightDecaySchedule decay_schedule_;
   size_t begin_, end_;
   DeviceBuffer m_, v_;  // first and second moments of floats [begin_, end_)
   int t_ = 0;

@@ -77,6 +77,7 @@ std::vector<ChoiceKey> choice_keys() {
       choice_key("train.attention_backend", [](C c) { return c.train.attention_backend; },
                  {{"cudnn", {"train.device=cuda", "train.precision=bf16"}}}),
       choice_key("train.lr_schedule", [](C c) { return c.train.lr_schedule; }),
+      choice_key("train.weight_decay_schedule", [](C c) { return c.train.weight_decay_schedule; }),
       choice_key("train.recompute", [](C c) { return c.train.recompute; }),
   };
 }
@@ -180,6 +181,7 @@ TEST(Config, EveryChoiceNameRoundTrips) {
   expect_names_round_trip<config::Precision>();
   expect_names_round_trip<config::AttentionBackend>();
   expect_names_round_trip<config::LrSchedule>();
+  expect_names_round_trip<config::WeightDecaySchedule>();
   expect_names_round_trip<config::Recompute>();
 }
 
