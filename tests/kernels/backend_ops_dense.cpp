@@ -65,32 +65,38 @@ Case scaled_residual_forward(bool in_place) {
 
 constexpr int kShiftB = 3, kShiftT = 37, kShiftC = 100;  // C not a multiple of 32
 
-Case token_shift_forward(bool with_prev) {
+using kernels::TokenShiftForm;
+
+std::string form_name(TokenShiftForm form) {  // mix_zero, the first form, names none
+  return form == TokenShiftForm::delta_zero ? "_delta_zero" : form == TokenShiftForm::delta_first ? "_delta_first" : "";
+}
+
+Case token_shift_forward(TokenShiftForm form, bool with_prev) {
   const int B = kShiftB, T = kShiftT, C = kShiftC;
   const size_t n = (size_t)B * T * C;
-  Case c{with_prev ? "token_shift_forward_prev" : "token_shift_forward"};
+  Case c{"token_shift_forward" + form_name(form) + (with_prev ? "_prev" : "")};
   c.in("inp", randn(n, 170)).in("prev", randn((size_t)B * C, 171)).in("mix", uniform(C, 175));
   c.out("out", nans(n), 1e-6, 2e-5);
   c.run = [=](const Backend& be, const Args& a) {
-    be.token_shift_forward(a.f("out"), a.f("inp"), with_prev ? a.f("prev") : nullptr, a.f("mix"), B, T, C);
+    be.token_shift_forward(a.f("out"), a.f("inp"), with_prev ? a.f("prev") : nullptr, a.f("mix"), B, T, C, form);
   };
   c.naive = [=](Host& h) {
-    h["out"] = test_util::ref_shift(h["inp"], with_prev ? &h["prev"] : nullptr, h["mix"], B, T, C);
+    h["out"] = test_util::ref_shift(h["inp"], with_prev ? &h["prev"] : nullptr, h["mix"], B, T, C, form);
   };
   return c;
 }
 
-Case token_shift_backward() {
+Case token_shift_backward(TokenShiftForm form) {
   const int B = kShiftB, T = kShiftT, C = kShiftC;
   const size_t n = (size_t)B * T * C;
-  Case c{"token_shift_backward"};
+  Case c{"token_shift_backward" + form_name(form)};
   c.in("inp", randn(n, 170)).in("mix", uniform(C, 175)).in("dout", randn(n, 172));
   c.out("dinp", randn(n, 173), 1e-6).out("dmix", randn(C, 174), 1e-4);
   c.run = [=](const Backend& be, const Args& a) {
-    be.token_shift_backward(a.f("dinp"), a.f("dmix"), a.f("dout"), a.f("inp"), a.f("mix"), B, T, C);
+    be.token_shift_backward(a.f("dinp"), a.f("dmix"), a.f("dout"), a.f("inp"), a.f("mix"), B, T, C, form);
   };
   c.loss = [=](Host& h) {
-    return dot(test_util::ref_shift(h["inp"], nullptr, h["mix"], B, T, C), h["dout"]);
+    return dot(test_util::ref_shift(h["inp"], nullptr, h["mix"], B, T, C, form), h["dout"]);
   };
   c.grads = {{"inp", "dinp", true, 500}, {"mix", "dmix", true}};
   return c;
@@ -392,9 +398,6 @@ std::vector<Case> dense_cases() {
     unary_backward("elu_gate_backward", &Backend::elu_gate_backward, elu_gate_inputs(), elu_gate, true, 1e-5, 161),
     scaled_residual_forward(false),
     scaled_residual_forward(true),
-    token_shift_forward(false),
-    token_shift_forward(true),
-    token_shift_backward(),
     layernorm_forward(),
     layernorm_backward(),
     matmul_forward(true, 0),
@@ -410,6 +413,9 @@ std::vector<Case> dense_cases() {
     attention_decode(0, 48),
     attention_decode(17, 17),
   };
+  for (TokenShiftForm form : {TokenShiftForm::mix_zero, TokenShiftForm::delta_zero, TokenShiftForm::delta_first})
+    cs.push_back(token_shift_forward(form, false)), cs.push_back(token_shift_forward(form, true)),
+        cs.push_back(token_shift_backward(form));
   for (bool bf16 : {false, true})
     for (bool bias : {true, false})
       for (bool accumulate : {true, false}) cs.push_back(matmul_backward(bias, accumulate, bf16));

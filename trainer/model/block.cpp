@@ -49,7 +49,8 @@ void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
 
 void Model::token_shift(float* out, const float* inp, Param mix, const Pass& p, DeviceBuffer* prev) {
   const int C = cfg_.d_model;
-  be_.token_shift_forward(out, inp, prev ? prev->data() : nullptr, P(mix), p.B, p.T, C);
+  be_.token_shift_forward(out, inp, prev ? prev->data() : nullptr, P(mix), p.B, p.T, C,
+                          kernels::TokenShiftForm::mix_zero);
   // decode: this token's row is the next one's previous row
   if (prev) be_.copy(prev->data(), inp + size_t(p.T - 1) * C, size_t(C) * sizeof(float));
 }
@@ -181,7 +182,8 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   float* dxm = cfg_.token_shift ? dxa : dln;
   linear_backward(dxm, Dinp::overwrite, w.fcw, w.fcb, dact, x.xm, BT, C, F);
   if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, x.ln2, P(w.shift_mlp), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_mlp, kRedShift), dxa, x.ln2, P(w.shift_mlp), B, T, C,
+                             kernels::TokenShiftForm::mix_zero);
   if (tp) {
     const Param dst[kRedSlots] = {w.shift_mlp};
     red_finish(n, dst);
@@ -204,7 +206,8 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, x.xa, BT,
                   C, 3 * Ca);
   if (cfg_.token_shift)
-    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C);
+    be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C,
+                             kernels::TokenShiftForm::mix_zero);
   if (tp) {
     const Param dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
     red_finish(n, dst);
