@@ -138,6 +138,21 @@
                                  const float* dout /*(B,T,C)*/, const float* inp /*(B,T,C)*/,        \
                                  const float* w /*(C)*/, int B, int T, int C,                        \
                                  kernels::TokenShiftForm form))                                      \
+  /* The paper's value residual: v moves towards an anchor (layer 0's v) by a gate,                 \
+     out = v + (anchor - v)*gate, gate = w[0] (linear) or sigmoid(w[c] + z[n,c]) (rwkv, z a         \
+     per-token projection). Row n of out, v, dv, dout lies at ptr + n*ld; anchor, z, danchor, dz    \
+     are dense (N,C). out must not alias v, nor dv dout. Backward: dv and dz written (dz nullptr    \
+     for linear), danchor and dw accumulated; dw sums over every token (and channel, for linear)    \
+     in a fixed order. */                                                                            \
+  X(void, value_residual_forward, (float* out, int ld_out, const float* v, int ld_v,                 \
+                                   const float* anchor /*(N,C)*/, const float* z /*(N,C) or nullptr*/, \
+                                   const float* w /*(C) rwkv, (1) linear*/, int N, int C,            \
+                                   kernels::ValueResidualMode mode))                                 \
+  X(void, value_residual_backward, (float* dv, int ld_dv, float* danchor /*(N,C)*/,                  \
+                                    float* dz /*(N,C) or nullptr*/, float* dw /*(C) rwkv, (1) linear*/, \
+                                    const float* dout, int ld_dout, const float* v, int ld_v,        \
+                                    const float* anchor /*(N,C)*/, const float* z /*(N,C) or nullptr*/, \
+                                    const float* w, int N, int C, kernels::ValueResidualMode mode))  \
   /* LayerNorm over each head's hs dims (qk-norm), eps 1e-5, weight/bias shared by the heads. Row   \
      n (a token) holds NH heads of hs floats from inp + n*ld (out likewise); mean, rstd (N*NH).     \
      out may equal inp. */                                                                           \
@@ -188,8 +203,9 @@
 #define KVM_DECLARE_KERNEL(ret, name, params) ret name params;
 
 namespace kernels {
-// token_shift_forward/backward's forms, see there.
+// token_shift_forward/backward's forms and value_residual_forward/backward's gates, see there.
 enum class TokenShiftForm { mix_zero, delta_zero, delta_first };
+enum class ValueResidualMode { linear, rwkv };
 
 // The real columns of the vocabulary shard [v0, v0+Vl): those below V (none in a shard of padding
 // only). The crossentropy_shard_* kernels of both backends take their columns from it.

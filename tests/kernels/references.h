@@ -147,4 +147,19 @@ inline DVec ref_shift(const DVec& x, const DVec* prev, const DVec& w, int B, int
   return out;
 }
 
+// v + (anchor - v) gate, gate w[0] (linear) or sigmoid(w[c] + z[n,c]) (rwkv); v's row n from
+// v_off + n*ld_v; the result dense (N,C)
+inline DVec ref_value_residual(const DVec& v, size_t v_off, int ld_v, const DVec& anchor, const DVec* z, const DVec& w,
+                               int N, int C, kernels::ValueResidualMode mode) {
+  DVec out((size_t)N * C);
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < C; c++) {
+      size_t i = (size_t)n * C + c;
+      double vi = v[v_off + (size_t)n * ld_v + c];
+      double g = mode == kernels::ValueResidualMode::linear ? w[0] : 1.0 / (1.0 + std::exp(-(w[c] + (*z)[i])));
+      out[i] = vi + (anchor[i] - vi) * g;
+    }
+  return out;
+}
+
 }  // namespace test_util
