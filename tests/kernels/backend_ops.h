@@ -1,9 +1,9 @@
 #pragma once
 // The kernel test table's pieces (test_backend_ops.cpp runs it): a case's buffers and how to run
 // it, the deterministic inputs, and the two halves of the table, one per file by kind of kernel:
-// backend_ops_dense.cpp (elementwise, token shift, encoder, layernorm, matmul, attention) and
-// backend_ops_more.cpp (cross-entropy, optimizer and norms, RoPE, head layernorm, bf16 rounding,
-// layout, KVM).
+// backend_ops_dense.cpp (elementwise, token shift, value residual, encoder, layernorm, matmul,
+// attention) and backend_ops_more.cpp (cross-entropy, optimizer and norms, RoPE, head layernorm,
+// bf16 rounding, layout, KVM).
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -1,4 +1,5 @@
-// The kernel test table: the cases of elementwise kernels, token shift, encoder, layernorm, matmul and attention (backend_ops.h).
+// The kernel test table: the cases of elementwise kernels, token shift, value residual, encoder, layernorm, matmul and
+// attention (backend_ops.h).
 #include "tests/kernels/backend_ops.h"
 
 namespace backend_ops {
@@ -65,34 +66,117 @@ Case scaled_residual_forward(bool in_place) {
 
 constexpr int kShiftB = 3, kShiftT = 37, kShiftC = 100;  // C not a multiple of 32
 
-Case token_shift_forward(bool with_prev) {
+using kernels::TokenShiftForm;
+using kernels::ValueResidualMode;
+
+std::string form_name(TokenShiftForm form) {  // mix_zero, the first form, names none
+  return form == TokenShiftForm::delta_zero ? "_delta_zero" : form == TokenShiftForm::delta_first ? "_delta_first" : "";
+}
+
+Case token_shift_forward(TokenShiftForm form, bool with_prev) {
   const int B = kShiftB, T = kShiftT, C = kShiftC;
   const size_t n = (size_t)B * T * C;
-  Case c{with_prev ? "token_shift_forward_prev" : "token_shift_forward"};
+  Case c{"token_shift_forward" + form_name(form) + (with_prev ? "_prev" : "")};
   c.in("inp", randn(n, 170)).in("prev", randn((size_t)B * C, 171)).in("mix", uniform(C, 175));
   c.out("out", nans(n), 1e-6, 2e-5);
   c.run = [=](const Backend& be, const Args& a) {
-    be.token_shift_forward(a.f("out"), a.f("inp"), with_prev ? a.f("prev") : nullptr, a.f("mix"), B, T, C);
+    be.token_shift_forward(a.f("out"), a.f("inp"), with_prev ? a.f("prev") : nullptr, a.f("mix"), B, T, C, form);
   };
   c.naive = [=](Host& h) {
-    h["out"] = test_util::ref_shift(h["inp"], with_prev ? &h["prev"] : nullptr, h["mix"], B, T, C);
+    h["out"] = test_util::ref_shift(h["inp"], with_prev ? &h["prev"] : nullptr, h["mix"], B, T, C, form);
   };
   return c;
 }
 
-Case token_shift_backward() {
+Case token_shift_backward(TokenShiftForm form) {
   const int B = kShiftB, T = kShiftT, C = kShiftC;
   const size_t n = (size_t)B * T * C;
-  Case c{"token_shift_backward"};
+  Case c{"token_shift_backward" + form_name(form)};
   c.in("inp", randn(n, 170)).in("mix", uniform(C, 175)).in("dout", randn(n, 172));
   c.out("dinp", randn(n, 173), 1e-6).out("dmix", randn(C, 174), 1e-4);
   c.run = [=](const Backend& be, const Args& a) {
-    be.token_shift_backward(a.f("dinp"), a.f("dmix"), a.f("dout"), a.f("inp"), a.f("mix"), B, T, C);
+    be.token_shift_backward(a.f("dinp"), a.f("dmix"), a.f("dout"), a.f("inp"), a.f("mix"), B, T, C, form);
   };
   c.loss = [=](Host& h) {
-    return dot(test_util::ref_shift(h["inp"], nullptr, h["mix"], B, T, C), h["dout"]);
+    return dot(test_util::ref_shift(h["inp"], nullptr, h["mix"], B, T, C, form), h["dout"]);
   };
   c.grads = {{"inp", "dinp", true, 500}, {"mix", "dmix", true}};
+  return c;
+}
+
+// ---- value residual ---------------------------------------------------------------------------
+
+// N=111 tokens of C=100; v (and dv) the columns [C, 2C) of rows of 2C, out and dout the columns
+// [2C, 3C) of rows of 3C (qkv's v), so that a wrong stride shows
+constexpr int kVresN = 111, kVresC = 100;
+
+// a strided buffer of rows of ld: `window` in the columns [off, off+C), `rest` elsewhere
+Vec strided(const Vec& window, float rest, int ld, int off) {
+  const int N = kVresN, C = kVresC;
+  Vec v((size_t)N * ld, rest);
+  for (int r = 0; r < N; r++)
+    for (int col = 0; col < C; col++) v[(size_t)r * ld + off + col] = window[(size_t)r * C + col];
+  return v;
+}
+
+// the inputs of both directions: v, anchor, w, and z for rwkv
+Case value_residual_inputs(const std::string& name, ValueResidualMode mode) {
+  const int N = kVresN, C = kVresC;
+  const size_t n = (size_t)N * C;
+  const bool rwkv = mode == ValueResidualMode::rwkv;
+  Case c{name + (rwkv ? "_rwkv" : "_linear")};
+  c.in("v", strided(randn(n, 180), 0.0f, 2 * C, C)).in("anchor", randn(n, 181));
+  c.in("w", rwkv ? randn(C, 183) : uniform(1, 183));
+  if (rwkv) c.in("z", randn(n, 182));
+  return c;
+}
+
+DVec ref_value_residual(Host& h, ValueResidualMode mode) {
+  const DVec* z = mode == ValueResidualMode::rwkv ? &h["z"] : nullptr;
+  return test_util::ref_value_residual(h["v"], kVresC, 2 * kVresC, h["anchor"], z, h["w"], kVresN, kVresC, mode);
+}
+
+Case value_residual_forward(ValueResidualMode mode) {
+  const int N = kVresN, C = kVresC;
+  const bool rwkv = mode == ValueResidualMode::rwkv;
+  Case c = value_residual_inputs("value_residual_forward", mode);
+  c.out("out", strided(nans((size_t)N * C), 0.5f, 3 * C, 2 * C), rwkv ? 1e-5 : 1e-6, rwkv ? 2e-5 : 1e-5);
+  c.run = [=](const Backend& be, const Args& a) {
+    be.value_residual_forward(a.f("out") + 2 * C, 3 * C, a.f("v") + C, 2 * C, a.f("anchor"), rwkv ? a.f("z") : nullptr,
+                              a.f("w"), N, C, mode);
+  };
+  c.naive = [=](Host& h) {
+    const DVec y = ref_value_residual(h, mode);
+    for (int r = 0; r < N; r++)
+      for (int col = 0; col < C; col++) h["out"][(size_t)r * 3 * C + 2 * C + col] = y[(size_t)r * C + col];
+  };
+  return c;
+}
+
+Case value_residual_backward(ValueResidualMode mode) {
+  const int N = kVresN, C = kVresC;
+  const size_t n = (size_t)N * C;
+  const bool rwkv = mode == ValueResidualMode::rwkv;
+  Case c = value_residual_inputs("value_residual_backward", mode);
+  c.in("dout", strided(randn(n, 184), NAN, 3 * C, 2 * C));  // the columns around it must not be read
+  // dv is written: zero around its columns, where the finite differences of v are zero too
+  c.out("dv", strided(nans(n), 0.0f, 2 * C, C), rwkv ? 1e-5 : 1e-6).out("danchor", randn(n, 185), rwkv ? 1e-5 : 1e-6);
+  c.out("dw", randn(rwkv ? C : 1, 187), 1e-4);
+  if (rwkv) c.out("dz", nans(n), 1e-5);
+  c.run = [=](const Backend& be, const Args& a) {
+    be.value_residual_backward(a.f("dv") + C, 2 * C, a.f("danchor"), rwkv ? a.f("dz") : nullptr, a.f("dw"),
+                               a.f("dout") + 2 * C, 3 * C, a.f("v") + C, 2 * C, a.f("anchor"), rwkv ? a.f("z") : nullptr,
+                               a.f("w"), N, C, mode);
+  };
+  c.loss = [=](Host& h) {
+    const DVec y = ref_value_residual(h, mode), &d = h["dout"];
+    double s = 0.0;
+    for (int r = 0; r < N; r++)
+      for (int col = 0; col < C; col++) s += y[(size_t)r * C + col] * d[(size_t)r * 3 * C + 2 * C + col];
+    return s;
+  };
+  c.grads = {{"v", "dv", false, 500}, {"anchor", "danchor", true, 500}, {"w", "dw", true}};
+  if (rwkv) c.grads.push_back({"z", "dz", false, 500});
   return c;
 }
 
@@ -392,9 +476,6 @@ std::vector<Case> dense_cases() {
     unary_backward("elu_gate_backward", &Backend::elu_gate_backward, elu_gate_inputs(), elu_gate, true, 1e-5, 161),
     scaled_residual_forward(false),
     scaled_residual_forward(true),
-    token_shift_forward(false),
-    token_shift_forward(true),
-    token_shift_backward(),
     layernorm_forward(),
     layernorm_backward(),
     matmul_forward(true, 0),
@@ -410,6 +491,11 @@ std::vector<Case> dense_cases() {
     attention_decode(0, 48),
     attention_decode(17, 17),
   };
+  for (TokenShiftForm form : {TokenShiftForm::mix_zero, TokenShiftForm::delta_zero, TokenShiftForm::delta_first})
+    cs.push_back(token_shift_forward(form, false)), cs.push_back(token_shift_forward(form, true)),
+        cs.push_back(token_shift_backward(form));
+  for (ValueResidualMode mode : {ValueResidualMode::linear, ValueResidualMode::rwkv})
+    cs.push_back(value_residual_forward(mode)), cs.push_back(value_residual_backward(mode));
   for (bool bf16 : {false, true})
     for (bool bias : {true, false})
       for (bool accumulate : {true, false}) cs.push_back(matmul_backward(bias, accumulate, bf16));

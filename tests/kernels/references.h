@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/kernels.h"
+
 namespace test_util {
 
 using DVec = std::vector<double>;
@@ -127,15 +129,36 @@ inline DVec ref_head_ln(const DVec& x, const DVec& w, const DVec& bias, int N, i
   return out;
 }
 
-inline DVec ref_shift(const DVec& x, const DVec* prev, const DVec& mix, int B, int T, int C) {
+// x_{-1} = prev[b], else 0, or x_0 for delta_first; mix_zero w x_t + (1-w) x_{t-1}, the delta
+// forms x_t + w (x_{t-1} - x_t)
+inline DVec ref_shift(const DVec& x, const DVec* prev, const DVec& w, int B, int T, int C,
+                      kernels::TokenShiftForm form) {
   DVec out(x.size());
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++)
       for (int c = 0; c < C; c++) {
         size_t o = ((size_t)b * T + t) * C + c;
-        double p = t > 0 ? x[o - C] : (prev ? (*prev)[(size_t)b * C + c] : 0.0);
-        out[o] = mix[c] * x[o] + (1 - mix[c]) * p;
+        double p = t > 0                                        ? x[o - C]
+                   : prev                                       ? (*prev)[(size_t)b * C + c]
+                   : form == kernels::TokenShiftForm::delta_first ? x[o]
+                                                                  : 0.0;
+        out[o] = form == kernels::TokenShiftForm::mix_zero ? w[c] * x[o] + (1 - w[c]) * p : x[o] + w[c] * (p - x[o]);
       }
+  return out;
+}
+
+// v + (anchor - v) gate, gate w[0] (linear) or sigmoid(w[c] + z[n,c]) (rwkv); v's row n from
+// v_off + n*ld_v; the result dense (N,C)
+inline DVec ref_value_residual(const DVec& v, size_t v_off, int ld_v, const DVec& anchor, const DVec* z, const DVec& w,
+                               int N, int C, kernels::ValueResidualMode mode) {
+  DVec out((size_t)N * C);
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < C; c++) {
+      size_t i = (size_t)n * C + c;
+      double vi = v[v_off + (size_t)n * ld_v + c];
+      double g = mode == kernels::ValueResidualMode::linear ? w[0] : 1.0 / (1.0 + std::exp(-(w[c] + (*z)[i])));
+      out[i] = vi + (anchor[i] - vi) * g;
+    }
   return out;
 }
 

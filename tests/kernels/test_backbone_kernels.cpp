@@ -124,16 +124,17 @@ TEST(ScaledResidual, Forward) {
 
 TEST(TokenShift, ForwardBackward) {
   const int B = 2, T = 4, C = 6;
+  constexpr auto kMix = kernels::TokenShiftForm::mix_zero;  // the other forms: the kernel test table
   const size_t n = (size_t)B * T * C;
   Vec x = randn(n, 15), mix = randn(C, 16), prev = randn((size_t)B * C, 17), out(n);
   DVec xd = to_double(x), md = to_double(mix), pd = to_double(prev);
-  cpu::token_shift_forward(out.data(), x.data(), nullptr, mix.data(), B, T, C);
-  test_util::expect_close(out, ref_shift(xd, nullptr, md, B, T, C), kFwdTol, "shift out");
-  cpu::token_shift_forward(out.data(), x.data(), prev.data(), mix.data(), B, T, C);
-  test_util::expect_close(out, ref_shift(xd, &pd, md, B, T, C), kFwdTol, "shift out (prev)");
+  cpu::token_shift_forward(out.data(), x.data(), nullptr, mix.data(), B, T, C, kMix);
+  test_util::expect_close(out, ref_shift(xd, nullptr, md, B, T, C, kMix), kFwdTol, "shift out");
+  cpu::token_shift_forward(out.data(), x.data(), prev.data(), mix.data(), B, T, C, kMix);
+  test_util::expect_close(out, ref_shift(xd, &pd, md, B, T, C, kMix), kFwdTol, "shift out (prev)");
   Vec w = randn(n, 18), g0 = randn(n, 19), g0m = randn(C, 20), dx = g0, dm = g0m;
-  cpu::token_shift_backward(dx.data(), dm.data(), w.data(), x.data(), mix.data(), B, T, C);
-  auto L = [&] { return dot(ref_shift(xd, nullptr, md, B, T, C), w); };
+  cpu::token_shift_backward(dx.data(), dm.data(), w.data(), x.data(), mix.data(), B, T, C, kMix);
+  auto L = [&] { return dot(ref_shift(xd, nullptr, md, B, T, C, kMix), w); };
   expect_grad(dx, g0, xd, L, "shift dinp");
   expect_grad(dm, g0m, md, L, "shift dmix");
 }

@@ -21,12 +21,13 @@
 //  - 1e-6: relu2 backward, rope (FMA contraction; cos/sin in double, then rounded), adamw after
 //    three steps (2e-6), global_norm_squared (both accumulate in double), scaled_residual, token
 //    shift forward and dinp, elu_gate forward (expf within 2 ulp of glibc's exp, on values <= 1),
-//    axpby_rows;
+//    axpby_rows, the linear value residual but its dw;
 //  - 1e-5: GELU (the two tanh differ by ~2e-7), elu_gate backward, encoder backward (atomicAdd
 //    order), layernorm and head_layernorm forward, cross-entropy and its shard phases (expf against
-//    the CPU's exp, sums in another order);
+//    the CPU's exp, sums in another order), the rwkv value residual's sigmoid gate (expf against
+//    vexp);
 //  - 1e-4: sums of hundreds of terms in another order: layernorm and head_layernorm backward,
-//    token shift dmix, the matmuls (cuBLASLt fp32 without TF32; bf16: the same rounded operands),
+//    token shift dmix, value residual dw, the matmuls (cuBLASLt fp32 without TF32; bf16: the same rounded operands),
 //    the GELU epilogue, attention forward, backward and decode, KVM forward and decode;
 //  - 1e-3: the KVM gradients (sums over every read-out and token in another order).
 // Against the naive references (cpu): 1e-5, 2e-5 where a float exp or tanh is involved, exact for
