@@ -208,19 +208,22 @@ void Model::value_residual_backward(int l, float* dv, float* dln1) {
   const LayerActs& x = acts_.layers[l];
   const float* v = x.qkv + 2 * Ca;
   const float* anchor = acts_.anchor_of(w.anchor);
+  // the gated modes' kernel reads d(mixed values) from its own buffer and writes dv
+  float* dmix = s_.dvres.data();
+  if (dmix) be_.copy_rows(dmix, Ca * sizeof(float), dv, ld * sizeof(float), Ca * sizeof(float), size_t(BT));
   float* danchor = w.anchor == 0 ? s_.dv0.data() : s_.danchor[size_t(w.anchor)].data();
   switch (cfg_.value_residual_mode) {
     case config::ValueResidualMode::average:  // v_l = (v_l + v_0) / 2
       be_.axpby_rows(danchor, dv, 1.0f, 0.5f, size_t(BT), Ca, size_t(Ca), size_t(ld));
       return be_.axpby_rows(dv, dv, 0.5f, 0.0f, size_t(BT), Ca, size_t(ld), size_t(ld));
     case config::ValueResidualMode::linear:
-      return be_.value_residual_backward(dv, ld, danchor, nullptr, G(w.vr_lambda), dv, ld, v, ld, anchor, nullptr,
+      return be_.value_residual_backward(dv, ld, danchor, nullptr, G(w.vr_lambda), dmix, Ca, v, ld, anchor, nullptr,
                                          P(w.vr_lambda), BT, Ca, kernels::ValueResidualMode::linear);
     case config::ValueResidualMode::rwkv: {  // then back through the gate's LoRA into d(ln1)
       float* dz = s_.dvr_z.data();
       float* dh = s_.dvr_h.data();
-      be_.value_residual_backward(dv, ld, danchor, dz, G(w.vr_bias), dv, ld, v, ld, anchor, x.vr_z, P(w.vr_bias), BT,
-                                  Ca, kernels::ValueResidualMode::rwkv);
+      be_.value_residual_backward(dv, ld, danchor, dz, G(w.vr_bias), dmix, Ca, v, ld, anchor, x.vr_z, P(w.vr_bias),
+                                  BT, Ca, kernels::ValueResidualMode::rwkv);
       linear_backward(dh, Dinp::overwrite, w.vr_up, Param{}, dz, x.vr_h, BT, rank, Ca);
       return linear_backward(dln1, Dinp::accumulate, w.vr_down, Param{}, dh, x.ln1, BT, C, rank);
     }

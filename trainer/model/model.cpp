@@ -40,6 +40,8 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
   if (cfg.qkv_shift) s_.dqkv2 = DeviceBuffer(be, BT * 3 * Ca);
   s_.dact = DeviceBuffer(be, BT * Fl);
   if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ca);
+  if (cfg.value_residual && cfg.value_residual_mode != config::ValueResidualMode::average)
+    s_.dvres = DeviceBuffer(be, BT * Ca);
   if (cfg.value_residual && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
     s_.dvr_z = DeviceBuffer(be, BT * Ca);
     s_.dvr_h = DeviceBuffer(be, BT * size_t(value_gate_rank(C)));

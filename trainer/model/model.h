@@ -146,6 +146,7 @@ class Model {
  private:
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
     DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dqkv2, dq3, dact, dv0;
+    DeviceBuffer dvres;                 // linear and rwkv value residual: d(mixed values), (BT, Ca)
     DeviceBuffer dvr_z, dvr_h;          // rwkv value gate: d(up-projection output), d(down-projection output)
     std::vector<DeviceBuffer> danchor;  // per layer f: d(the per_mixer anchor whose first layer is f)
     DeviceBuffer dx0;                   // the anchors' share of d(stream0)
