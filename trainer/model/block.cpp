@@ -29,9 +29,9 @@ void Model::mixer_forward(int l, const Pass& p) {
     case Mixer::swa:
       if (p.decode) {
         DecodeCache::Layer& c = p.decode->layers[l];
-        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window);
+        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window, 0);
       }
-      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window);
+      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window, 0);
   }
 }
 
@@ -43,7 +43,7 @@ void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
       return kvm_backward(l, datty, dqkvp, dln1);
     case Mixer::attn:
     case Mixer::swa:
-      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window);
+      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window, 0);
   }
 }
 
