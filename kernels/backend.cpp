@@ -89,10 +89,27 @@ const Backend kCuda{KVM_BACKEND_TABLE("cuda", false), cuda_alloc, cuda_free, cud
 #undef NS
 
 // train.attention_backend: cudnn. Only the mixers' attention differs; KVM layers never call it.
+// cuDNN's masks cannot express a block sliding window: those calls (window and block > 0) run the
+// native kernels, forward and backward alike, so a layer's lse always meets the backward that made it.
+bool block_window(int window, int block) {
+  kernels::attention_check_window(window, block);
+  return window > 0 && block > 0;
+}
+void cudnn_or_native_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window,
+                             int block) {
+  if (block_window(window, block)) return kernels::cuda::attention_forward(out, lse, qkv, B, T, C, NH, window, block);
+  kernels::cuda::cudnn_attention_forward(out, lse, qkv, B, T, C, NH, window);
+}
+void cudnn_or_native_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
+                              int B, int T, int C, int NH, int window, int block) {
+  if (block_window(window, block))
+    return kernels::cuda::attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, window, block);
+  kernels::cuda::cudnn_attention_backward(dqkv, dout, qkv, out, lse, B, T, C, NH, window);
+}
 const Backend kCudaCudnn = [] {
   Backend b = kCuda;
-  b.attention_forward = kernels::cuda::cudnn_attention_forward;
-  b.attention_backward = kernels::cuda::cudnn_attention_backward;
+  b.attention_forward = cudnn_or_native_forward;
+  b.attention_backward = cudnn_or_native_backward;
   return b;
 }();
 #endif

@@ -42,7 +42,8 @@ const Backend& cpu_backend();
 // current device (a process per GPU: pass the rank's local index).
 // attention: native, the backend's own attention kernels, or cudnn (cuda only): the cuda table
 // with attention_forward / attention_backward, full and sliding-window attention, through cuDNN's
-// fused flash attention (kernels/cuda/cudnn_attention.h).
+// fused flash attention (kernels/cuda/cudnn_attention.h); block sliding windows, which cuDNN cannot
+// mask, through the native cuda kernels.
 const Backend& backend_for(Backend::Device device, int device_index = 0,
                            Backend::Attention attention = Backend::Attention::native);
 

@@ -56,23 +56,27 @@
                             const float* inp /*(N,IC)*/, const float* weight /*(OC,IC)*/, int N,    \
                             int IC, int OC, bool accumulate_dinp, bool accumulate_dweight))          \
   /* Causal multi-head attention, scale 1/sqrt(hs), hs = C/NH. qkv rows are q,k,v each C wide,     \
-     head h at columns [h*hs,(h+1)*hs) of each. window 0: query t sees keys [0,t]; window > 0:     \
-     keys (t-window, t]. Flash-style: the T x T matrix is never stored; lse (the per-row           \
-     logsumexp of the scaled scores) lets the backward recompute the probabilities. */              \
+     head h at columns [h*hs,(h+1)*hs) of each. Query t sees keys [attention_first_key(t, window,  \
+     block), t]: window 0: [0,t]; window > 0, block 0: the sliding window (t-window, t]; window > 0, \
+     block > 0: the block sliding window, t's own chunk of `block` tokens and the window/block - 1  \
+     whole chunks before it (window a multiple of block: attention_check_window). Flash-style: the  \
+     T x T matrix is never stored; lse (the per-row logsumexp of the scaled scores) lets the        \
+     backward recompute the probabilities. */                                                       \
   X(void, attention_forward, (float* out /*(B,T,C)*/, float* lse /*(B,NH,T)*/,                      \
-                              const float* qkv /*(B,T,3C)*/, int B, int T, int C, int NH, int window)) \
+                              const float* qkv /*(B,T,3C)*/, int B, int T, int C, int NH, int window, \
+                              int block))                                                            \
   X(void, attention_backward, (float* dqkv /*(B,T,3C)*/, const float* dout /*(B,T,C)*/,            \
                                const float* qkv /*(B,T,3C)*/, const float* out /*(B,T,C)*/,         \
                                const float* lse /*(B,NH,T)*/, int B, int T, int C, int NH,          \
-                               int window))                                                          \
+                               int window, int block))                                               \
   /* One new token per sequence at position pos (the same for all B), attending over a ring cache:  \
      writes the token's k and v into slot pos % cap, then out = attention_forward's row t = pos      \
      (same qkv layout, scale and window rule) over the keys [first, pos], key j in slot j % cap.     \
-     The keys must fit: cap >= pos+1 for full attention, cap >= window for a sliding window          \
+     The keys must fit: cap >= pos+1 for full attention, cap >= window for a (block) sliding window  \
      (attention_decode_first_key throws std::invalid_argument otherwise). */                         \
   X(void, attention_decode, (float* out /*(B,C)*/, float* k_cache /*(B,cap,C)*/,                    \
                              float* v_cache /*(B,cap,C)*/, const float* qkv /*(B,3C)*/, int B,       \
-                             int C, int NH, int pos, int cap, int window))                           \
+                             int C, int NH, int pos, int cap, int window, int block))                \
   /* Fused softmax + cross-entropy over the padded vocabulary; columns [V,Vp) never take part.     \
      Writes losses[i] = -log softmax(logits[i])[targets[i]] (0 where targets[i] == ignore_index).  \
      With dloss != 0 it OVERWRITES logits with d(sum_i dloss*losses[i])/dlogits, 0 in the padded    \
@@ -211,15 +215,35 @@ enum class ValueResidualMode { linear, rwkv };
 // only). The crossentropy_shard_* kernels of both backends take their columns from it.
 inline int vocab_shard_real_columns(int V, int v0, int Vl) { return V - v0 < 0 ? 0 : V - v0 > Vl ? Vl : V - v0; }
 
-// The first key attention_decode's token at pos sees (window 0: all of [0, pos]; else the last
-// `window`), after the checks both twins make: the keys [first, pos] must occupy distinct slots of
-// the ring of cap, so that writing slot pos % cap overwrites none of them.
-inline int attention_decode_first_key(int C, int NH, int pos, int cap, int window) {
+// The attention kernels' window arguments, checked by both twins: window, block >= 0 and, for a
+// block sliding window (both > 0), window a multiple of block.
+inline void attention_check_window(int window, int block) {
+  if (window < 0 || block < 0)
+    throw std::invalid_argument("attention: expected window >= 0 and block >= 0, got window=" +
+                                std::to_string(window) + " block=" + std::to_string(block));
+  if (window > 0 && block > 0 && window % block != 0)
+    throw std::invalid_argument("attention: a block sliding window needs window=" + std::to_string(window) +
+                                " to be a multiple of block=" + std::to_string(block));
+}
+
+// The first key query t sees, shared by both twins (host and device): 0 (window 0), t-window+1
+// (sliding window, block 0), or the start of the window/block - 1 chunks before t's own chunk
+// (block sliding window); never below 0. Nondecreasing in t, so a tile's first query has its first key.
+KVM_HOST_DEVICE inline int attention_first_key(int t, int window, int block) {
+  const int first = window == 0 ? 0 : block == 0 ? t - window + 1 : (t / block + 1) * block - window;
+  return first > 0 ? first : 0;
+}
+
+// The first key attention_decode's token at pos sees, after the checks both twins make: the keys
+// [first, pos] must occupy distinct slots of the ring of cap, so that writing slot pos % cap
+// overwrites none of them.
+inline int attention_decode_first_key(int C, int NH, int pos, int cap, int window, int block) {
   if (NH <= 0 || C % NH != 0)
     throw std::invalid_argument("attention_decode: C=" + std::to_string(C) + " is not a multiple of NH=" +
                                 std::to_string(NH));
-  if (pos < 0 || window < 0) throw std::invalid_argument("attention_decode: expected pos >= 0 and window >= 0");
-  const int first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+  if (pos < 0) throw std::invalid_argument("attention_decode: expected pos >= 0");
+  attention_check_window(window, block);
+  const int first = attention_first_key(pos, window, block);
   if (cap < pos - first + 1)
     throw std::invalid_argument("attention_decode: a cache of cap=" + std::to_string(cap) + " slots cannot hold the " +
                                 std::to_string(pos - first + 1) + " keys of position " + std::to_string(pos) +

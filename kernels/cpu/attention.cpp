@@ -1,9 +1,11 @@
 // Causal multi-head self-attention, FlashAttention-2 style on the CPU: each (batch, head) is one
 // OpenMP task that walks tiles of kBlock queries x kBlock keys. A tile's scores live in a
 // kBlock x kBlock scratch (64 KiB, in L2) and the T x T matrix never exists, so memory stays
-// O(T) per head at any context length. The forward keeps an online softmax (running max m and
-// sum l per query) and saves lse = m + log(l); the backward recomputes each tile's probabilities
-// as exp(S - lse) and pushes the tile's gradients straight into dqkv with serial_gemm.
+// O(T) per head at any context length. Query t's keys start at attention_first_key (full, sliding
+// or block sliding window); key tiles before a query tile's first key are skipped. The forward
+// keeps an online softmax (running max m and sum l per query) and saves lse = m + log(l); the
+// backward recomputes each tile's probabilities as exp(S - lse) and pushes the tile's gradients
+// straight into dqkv with serial_gemm.
 // attention_decode answers one query per sequence from a ring cache of keys and values: a plain
 // max-subtracted softmax over its visible keys, fp32 throughout.
 #include <algorithm>
@@ -25,21 +27,21 @@ constexpr int kBlock = 128;
 
 // One (batch, head)'s slice of qkv: q, k and v rows ld floats apart.
 struct Head {
-  int hs, window;
+  int hs, window, block;
   float scale;
   const float *q, *k, *v;  // (T,hs), row stride ld
   int ld;                  // 3C
 };
 
 // The first key that some query of the tile starting at i0 can see.
-int first_key(const Head& hd, int i0) { return hd.window > 0 ? std::max(0, i0 - hd.window + 1) : 0; }
+int first_key(const Head& hd, int i0) { return attention_first_key(i0, hd.window, hd.block); }
 
 // The columns [lo, hi) of a key tile (keys j0.. j0+bk-1) that query t sees; lo == hi when none.
 struct Visible {
   int lo, hi;
 };
 Visible visible_keys(const Head& hd, int t, int j0, int bk) {
-  const int lo = hd.window > 0 ? std::clamp(t - hd.window + 1 - j0, 0, bk) : 0;
+  const int lo = std::clamp(attention_first_key(t, hd.window, hd.block) - j0, 0, bk);
   return {lo, std::clamp(t - j0 + 1, lo, bk)};
 }
 
@@ -86,16 +88,18 @@ float exp_visible(float* row, Visible v, int bk, float shift) {
   return sum;
 }
 
-Head head_view(const float* qkv, int b, int h, int T, int C, int NH, int window) {
+Head head_view(const float* qkv, int b, int h, int T, int C, int NH, int window, int block) {
   int hs = C / NH;
   const float* base = qkv + (size_t)b * T * 3 * C + h * hs;
-  return {hs, window, 1.0f / std::sqrt((float)hs), base, base + C, base + 2 * C, 3 * C};
+  return {hs, window, block, 1.0f / std::sqrt((float)hs), base, base + C, base + 2 * C, 3 * C};
 }
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window) {
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window,
+                       int block) {
   // out (B,T,C), lse (B,NH,T), qkv (B,T,3C)
+  attention_check_window(window, block);
   int hs = C / NH;
 #pragma omp parallel
   {
@@ -105,7 +109,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 #pragma omp for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
       for (int h = 0; h < NH; h++) {
-        Head hd = head_view(qkv, b, h, T, C, NH, window);
+        Head hd = head_view(qkv, b, h, T, C, NH, window, block);
         float* o_bh = out + (size_t)b * T * C + h * hs;      // (T,hs), row stride C
         float* lse_bh = lse + ((size_t)b * NH + h) * T;       // (T)
         for (int i0 = 0; i0 < T; i0 += kBlock) {
@@ -157,8 +161,9 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse,
-                        int B, int T, int C, int NH, int window) {
+                        int B, int T, int C, int NH, int window, int block) {
   // dqkv (B,T,3C) accumulated; dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T)
+  attention_check_window(window, block);
   int hs = C / NH;
 #pragma omp parallel
   {
@@ -168,7 +173,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 #pragma omp for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
       for (int h = 0; h < NH; h++) {
-        Head hd = head_view(qkv, b, h, T, C, NH, window);
+        Head hd = head_view(qkv, b, h, T, C, NH, window, block);
         size_t off = (size_t)b * T * C + h * hs;
         const float* do_bh = dout + off;  // (T,hs), row stride C
         const float* o_bh = out + off;    // (T,hs), row stride C
@@ -220,9 +225,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 }
 
 void attention_decode(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int C, int NH, int pos,
-                      int cap, int window) {
+                      int cap, int window, int block) {
   // out (B,C); k_cache, v_cache (B,cap,C), slot pos % cap written; qkv (B,3C)
-  const int first = attention_decode_first_key(C, NH, pos, cap, window), hs = C / NH;
+  const int first = attention_decode_first_key(C, NH, pos, cap, window, block), hs = C / NH;
   const float scale = 1.0f / std::sqrt((float)hs);
   const size_t slot = (size_t)(pos % cap) * C;
 #pragma omp parallel

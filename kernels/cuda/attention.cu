@@ -1,4 +1,4 @@
-// Causal multi-head attention with an optional sliding window, the CUDA twin of
+// Causal multi-head attention with an optional (block) sliding window, the CUDA twin of
 // kernels/cpu/attention.cpp. Correctness first, not speed: one warp per row, lanes splitting the
 // head's hs dims (d = lane + 32 r, hs <= 32 * kMaxRegs), each score a warp-reduced dot product.
 // Nothing T x T is ever stored.
@@ -23,7 +23,7 @@ constexpr int kMaxRegs = 8;  // hs <= 256
 constexpr int kWarpsPerBlock = kThreads / 32;
 
 struct Geometry {
-  int T, C, NH, hs, window;
+  int T, C, NH, hs, window, block;
   float scale;
 };
 
@@ -76,8 +76,7 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* qk
 #pragma unroll
   for (int r = 0; r < kMaxRegs; r++) o[r] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  int first = g.window > 0 ? max(0, t - g.window + 1) : 0;
-  for (int s = first; s <= t; s++) {
+  for (int s = attention_first_key(t, g.window, g.block); s <= t; s++) {
     const float* kv = qkv + qkv_off(g, b, h, s);
     load_row(k, kv + g.C, g.hs, lane);
     load_row(v, kv + 2 * g.C, g.hs, lane);
@@ -110,8 +109,7 @@ __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, con
   float L = lse[row];
 #pragma unroll
   for (int r = 0; r < kMaxRegs; r++) dq[r] = 0.0f;
-  int first = g.window > 0 ? max(0, t - g.window + 1) : 0;
-  for (int s = first; s <= t; s++) {
+  for (int s = attention_first_key(t, g.window, g.block); s <= t; s++) {
     const float* kv = qkv + qkv_off(g, b, h, s);
     load_row(k, kv + g.C, g.hs, lane);
     load_row(v, kv + 2 * g.C, g.hs, lane);
@@ -126,6 +124,14 @@ __global__ void attention_backward_dq_kernel(float* dqkv, const float* dout, con
     int d = lane + 32 * r;
     if (d < g.hs) dst[d] += g.scale * dq[r];
   }
+}
+
+// The last query that sees key j: the queries that do are [j, last_query] (attention_first_key
+// is nondecreasing); under a block window, the queries of the window/block chunks from j's own on.
+__device__ inline int last_query(const Geometry& g, int j) {
+  if (g.window == 0) return g.T - 1;
+  const int last = g.block == 0 ? j + g.window - 1 : (j + g.window) / g.block * g.block - 1;
+  return min(g.T - 1, last);
 }
 
 // dk_j += scale * sum_i dS_ij q_i, dv_j += sum_i P_ij dout_i over the queries i that see key j;
@@ -145,8 +151,7 @@ __global__ void attention_backward_dkv_kernel(float* dqkv, const float* dout, co
   load_row(v, kv + 2 * g.C, g.hs, lane);
 #pragma unroll
   for (int r = 0; r < kMaxRegs; r++) dk[r] = dv[r] = 0.0f;
-  int last = g.window > 0 ? min(g.T - 1, j + g.window - 1) : g.T - 1;
-  for (int i = j; i <= last; i++) {
+  for (int i = j, last = last_query(g, j); i <= last; i++) {
     load_row(q, qkv + qkv_off(g, b, h, i), g.hs, lane);
     load_row(dO, dout + out_off(g, b, h, i), g.hs, lane);
     load_row(tmp, out + out_off(g, b, h, i), g.hs, lane);
@@ -211,20 +216,22 @@ __global__ void attention_decode_kernel(float* out, float* k_cache, float* v_cac
   }
 }
 
-Geometry geometry(int T, int C, int NH, int window) {
+Geometry geometry(int T, int C, int NH, int window, int block) {
+  attention_check_window(window, block);
   if (NH <= 0 || C % NH != 0) throw std::invalid_argument("attention (cuda): C must be a multiple of NH");
   int hs = C / NH;
   if (hs > 32 * kMaxRegs)
     throw std::invalid_argument("attention (cuda): head size " + std::to_string(hs) + " exceeds the supported " +
                                 std::to_string(32 * kMaxRegs));
-  return {T, C, NH, hs, window, 1.0f / sqrtf((float)hs)};
+  return {T, C, NH, hs, window, block, 1.0f / sqrtf((float)hs)};
 }
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window) {
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH, int window,
+                       int block) {
   // out (B,T,C), lse (B,NH,T), qkv (B,T,3C); device
-  Geometry g = geometry(T, C, NH, window);
+  Geometry g = geometry(T, C, NH, window, block);
   size_t rows = (size_t)B * NH * T;
   if (rows == 0) return;
   attention_forward_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(out, lse, qkv, B, g);
@@ -232,9 +239,9 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int B,
-                        int T, int C, int NH, int window) {
+                        int T, int C, int NH, int window, int block) {
   // dqkv (B,T,3C) accumulated; dout, out (B,T,C); qkv (B,T,3C); lse (B,NH,T); device
-  Geometry g = geometry(T, C, NH, window);
+  Geometry g = geometry(T, C, NH, window, block);
   size_t rows = (size_t)B * NH * T;
   if (rows == 0) return;
   attention_backward_dq_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(dqkv, dout, qkv, out, lse, B, g);
@@ -244,10 +251,10 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 }
 
 void attention_decode(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int C, int NH, int pos,
-                      int cap, int window) {
+                      int cap, int window, int block) {
   // out (B,C); k_cache, v_cache (B,cap,C), slot pos % cap written; qkv (B,3C); device
-  int first = attention_decode_first_key(C, NH, pos, cap, window);
-  Geometry g = geometry(1, C, NH, window);
+  int first = attention_decode_first_key(C, NH, pos, cap, window, block);
+  Geometry g = geometry(1, C, NH, window, block);
   if (B * NH == 0) return;
   attention_decode_kernel<<<B * NH, kThreads>>>(out, k_cache, v_cache, qkv, g, pos, cap, first);
   cuda_check(cudaGetLastError());

@@ -385,58 +385,69 @@ Case matmul_gelu_forward(bool bias, bool bf16) {
 // ---- attention --------------------------------------------------------------------------------
 
 struct AttentionShape {
-  int B, T, C, NH, window;
+  int B, T, C, NH, window, block;
   std::string name() const {
-    return cat("B", B, "_T", T, "_hs", C / NH, "_window", window);
+    return cat("B", B, "_T", T, "_hs", C / NH, "_window", window, block ? cat("_block", block) : "");
   }
+  // keys per query, roughly: a block window sees between window - block + 1 and window of them
+  double keys() const { return window ? std::min<double>(T, block ? window - block / 2.0 : window) : T / 2.0; }
 };
 // hs 16 (lanes idle), 64 (GPT-2), 80 (not a multiple of 32); T not a multiple of any tile; a
-// window of 17, and of 1 (each query sees only itself)
-const AttentionShape kAttentionShapes[] = {
-    {2, 77, 64, 4, 0}, {1, 150, 128, 2, 0}, {2, 70, 160, 2, 17}, {1, 40, 64, 1, 1}};
+// window of 17, and of 1 (each query sees only itself); block sliding windows of 3 chunks of 8, of
+// one chunk of 16 (each query its own), and of 2 chunks of 48 over the CPU's 128-query tiles (the
+// last queries of a tile see none of its first key tile's keys)
+const AttentionShape kAttentionShapes[] = {{2, 77, 64, 4, 0, 0},  {1, 150, 128, 2, 0, 0}, {2, 70, 160, 2, 17, 0},
+                                           {1, 40, 64, 1, 1, 0},  {2, 70, 64, 4, 24, 8},  {1, 45, 32, 2, 16, 16},
+                                           {1, 260, 32, 2, 96, 48}};
 
 Case attention_forward(const AttentionShape& s) {
   const size_t nqkv = (size_t)s.B * s.T * 3 * s.C, nout = (size_t)s.B * s.T * s.C, nlse = (size_t)s.B * s.NH * s.T;
   Case c{"attention_forward_" + s.name()};
   c.in("qkv", randn(nqkv, 70)).out("out", nans(nout), 1e-4, 2e-5).out("lse", nans(nlse), 1e-4, 2e-5);
   c.run = [=](const Backend& be, const Args& a) {
-    be.attention_forward(a.f("out"), a.f("lse"), a.f("qkv"), s.B, s.T, s.C, s.NH, s.window);
+    be.attention_forward(a.f("out"), a.f("lse"), a.f("qkv"), s.B, s.T, s.C, s.NH, s.window, s.block);
   };
-  c.naive = [=](Host& h) { h["out"] = test_util::ref_attention(h["qkv"], s.B, s.T, s.C, s.NH, s.window, &h["lse"]); };
-  c.flops = 4.0 * s.B * s.T * (s.window ? std::min(s.T, s.window) : s.T / 2.0) * s.C;
+  c.naive = [=](Host& h) {
+    h["out"] = test_util::ref_attention(h["qkv"], s.B, s.T, s.C, s.NH, s.window, s.block, &h["lse"]);
+  };
+  c.flops = 4.0 * s.B * s.T * s.keys() * s.C;
   return c;
 }
 
 Case attention_backward(const AttentionShape& s) {
   const size_t nqkv = (size_t)s.B * s.T * 3 * s.C, nout = (size_t)s.B * s.T * s.C, nlse = (size_t)s.B * s.NH * s.T;
   Vec qkv = randn(nqkv, 70), out(nout), lse(nlse);
-  kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.window);
+  kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.NH, s.window, s.block);
   Case c{"attention_backward_" + s.name()};  // from the CPU's out and lse, so that only the backward is compared
   c.in("qkv", qkv).in("out", out).in("lse", lse).in("dout", randn(nout, 71)).out("dqkv", randn(nqkv, 72), 1e-4);
   c.run = [=](const Backend& be, const Args& a) {
     be.attention_backward(a.f("dqkv"), a.f("dout"), a.f("qkv"), a.f("out"), a.f("lse"), s.B, s.T, s.C, s.NH,
-                          s.window);
+                          s.window, s.block);
   };
   c.loss = [=](Host& h) {
-    return dot(test_util::ref_attention(h["qkv"], s.B, s.T, s.C, s.NH, s.window), h["dout"]);
+    return dot(test_util::ref_attention(h["qkv"], s.B, s.T, s.C, s.NH, s.window, s.block), h["dout"]);
   };
   c.grads = {{"qkv", "dqkv", true, 100}};
-  c.flops = 10.0 * s.B * s.T * (s.window ? std::min(s.T, s.window) : s.T / 2.0) * s.C;
+  c.flops = 10.0 * s.B * s.T * s.keys() * s.C;
   return c;
 }
 
-// One token at position 40 over ring caches already holding earlier rows: full attention (cap 48)
-// and a window of 17 in a ring of exactly 17 (slot 40 % 17 = 6 overwritten, keys 24..40 read)
-Case attention_decode(int window, int cap) {
+// One token at position 40 over ring caches already holding earlier rows: full attention (cap 48),
+// a window of 17 in a ring of exactly 17 (slot 40 % 17 = 6 overwritten, keys 24..40 read), and
+// block windows: 3 chunks of 6 in a ring of 18 (keys 24..40, the chunk 36..41 unfinished), and 2
+// chunks of 7 in a ring of 14 (keys 28..40, slot 40 % 14 = 12 overwritten)
+Case attention_decode(int window, int cap, int block) {
   const int B = 2, C = 64, NH = 4, pos = 40, hs = C / NH;
-  Case c{cat("attention_decode_window", window, "_cap", cap)};
+  Case c{cat("attention_decode_window", window, block ? cat("_block", block) : "", "_cap", cap)};
   c.in("qkv", randn((size_t)B * 3 * C, 75)).out("out", nans((size_t)B * C), 1e-4, 2e-5);
   c.out("k_cache", randn((size_t)B * cap * C, 76), 0.0, 0.0).out("v_cache", randn((size_t)B * cap * C, 77), 0.0, 0.0);
   c.run = [=](const Backend& be, const Args& a) {
-    be.attention_decode(a.f("out"), a.f("k_cache"), a.f("v_cache"), a.f("qkv"), B, C, NH, pos, cap, window);
+    be.attention_decode(a.f("out"), a.f("k_cache"), a.f("v_cache"), a.f("qkv"), B, C, NH, pos, cap, window,
+                        block);
   };
   c.naive = [=](Host& h) {
-    const int first = window ? std::max(0, pos - window + 1) : 0;
+    int first = 0;  // the first key the reference sees
+    while (!test_util::ref_attention_visible(pos, first, window, block)) first++;
     DVec &kc = h["k_cache"], &vc = h["v_cache"], &qkv = h["qkv"];
     for (int b = 0; b < B; b++) {
       std::copy_n(&qkv[(size_t)b * 3 * C + C], C, &kc[((size_t)b * cap + pos % cap) * C]);
@@ -488,8 +499,10 @@ std::vector<Case> dense_cases() {
     matmul_gelu_forward(false, false),
     matmul_gelu_forward(true, true),
     matmul_gelu_forward(false, true),
-    attention_decode(0, 48),
-    attention_decode(17, 17),
+    attention_decode(0, 48, 0),
+    attention_decode(17, 17, 0),
+    attention_decode(18, 18, 6),
+    attention_decode(14, 14, 7),
   };
   for (TokenShiftForm form : {TokenShiftForm::mix_zero, TokenShiftForm::delta_zero, TokenShiftForm::delta_first})
     cs.push_back(token_shift_forward(form, false)), cs.push_back(token_shift_forward(form, true)),

@@ -52,7 +52,15 @@ inline DVec ref_matmul(const DVec& inp, const DVec& w, const DVec* bias, int N, 
 }
 
 // The plain T x T softmax: every score of a row, then its softmax, then the weighted sum of values.
-inline DVec ref_attention(const DVec& qkv, int B, int T, int C, int NH, int window, DVec* lse = nullptr) {
+// Query t sees key s <= t within the window: the last `window` positions (block 0), or the chunks of
+// `block` positions from window/block - 1 before t's own up to it (block sliding window).
+inline bool ref_attention_visible(int t, int s, int window, int block) {
+  if (s > t) return false;
+  if (window == 0) return true;
+  return block == 0 ? s > t - window : s / block > t / block - window / block;
+}
+
+inline DVec ref_attention(const DVec& qkv, int B, int T, int C, int NH, int window, int block, DVec* lse = nullptr) {
   int hs = C / NH;
   double scale = 1.0 / std::sqrt((double)hs);
   DVec out((size_t)B * T * C, 0.0), att(T);
@@ -62,9 +70,8 @@ inline DVec ref_attention(const DVec& qkv, int B, int T, int C, int NH, int wind
         const double* q = &qkv[((size_t)b * T + t) * 3 * C + h * hs];
         double mx = -INFINITY;
         for (int s = 0; s < T; s++) {
-          bool visible = s <= t && (window == 0 || s > t - window);
           att[s] = -INFINITY;
-          if (!visible) continue;
+          if (!ref_attention_visible(t, s, window, block)) continue;
           const double* k = &qkv[((size_t)b * T + s) * 3 * C + C + h * hs];
           double dotqk = 0.0;
           for (int d = 0; d < hs; d++) dotqk += q[d] * k[d];

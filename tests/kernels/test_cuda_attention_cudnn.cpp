@@ -4,6 +4,8 @@
 // a multiple of 64 (nor of cuDNN's tiles). The backward runs from cuDNN's own out and lse, as in
 // training, and accumulates onto random gradients. Skipped, with a message, where no CUDA device
 // or no sm_80+ one is present (ctest counts them as skipped through SKIP_REGULAR_EXPRESSION).
+// Block sliding windows, which cuDNN cannot mask, go through the cudnn backend table to the native
+// cuda kernels: their results bit for bit.
 // Tolerances, max |cudnn - cpu| over a tensor <= tol * max |cpu| (for dq, dk, dv, each compared on
 // its own: of the gradient added onto the random start):
 //  - 2e-2 for out, dq, dk, dv: cuDNN rounds the probabilities to bf16 before P V, and its outputs
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/bf16.h"
 #include "kernels/cuda/cuda_check.cuh"
 #include "kernels/cuda/cudnn_attention.h"
@@ -83,9 +86,9 @@ TEST_F(CudnnAttention, MatchesCpuOnBf16Inputs) {
     const Vec qkv = bf16_rounded(randn(nqkv, 70)), dout = bf16_rounded(randn(nout, 71)), g0 = randn(nqkv, 72);
 
     Vec out(nout), lse(nlse), dqkv = g0;
-    kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), c.B, c.T, c.C, c.NH, c.window);
+    kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), c.B, c.T, c.C, c.NH, c.window, 0);
     kernels::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), c.B, c.T, c.C,
-                                     c.NH, c.window);
+                                     c.NH, c.window, 0);
 
     DeviceVec qkv_d(qkv), dout_d(dout), out_d{Vec(nout)}, lse_d{Vec(nlse)}, dqkv_d(g0);
     kernels::cuda::cudnn_attention_forward(out_d.get(), lse_d.get(), qkv_d.get(), c.B, c.T, c.C, c.NH, c.window);
@@ -98,6 +101,23 @@ TEST_F(CudnnAttention, MatchesCpuOnBf16Inputs) {
       expect_close_to_scale(columns(got, c.C, part), columns(dqkv, c.C, part), columns(g0, c.C, part), 2e-2,
                             part == 0 ? "dq" : part == 1 ? "dk" : "dv");
   }
+}
+
+TEST_F(CudnnAttention, BlockWindowsRunTheNativeKernels) {
+  const int B = 2, T = 70, C = 64, NH = 2, window = 24, block = 8;
+  const size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C, nlse = (size_t)B * NH * T;
+  const Backend& cudnn = backend_for(Backend::Device::cuda, 0, Backend::Attention::cudnn);
+  const Vec g0 = randn(nqkv, 72);
+  DeviceVec qkv(randn(nqkv, 70)), dout(randn(nout, 71)), out{Vec(nout)}, lse{Vec(nlse)}, dqkv(g0);
+  DeviceVec out_native{Vec(nout)}, lse_native{Vec(nlse)}, dqkv_native(g0);
+  cudnn.attention_forward(out.get(), lse.get(), qkv.get(), B, T, C, NH, window, block);
+  kernels::cuda::attention_forward(out_native.get(), lse_native.get(), qkv.get(), B, T, C, NH, window, block);
+  EXPECT_EQ(out.host(), out_native.host());
+  EXPECT_EQ(lse.host(), lse_native.host());
+  cudnn.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), B, T, C, NH, window, block);
+  kernels::cuda::attention_backward(dqkv_native.get(), dout.get(), qkv.get(), out_native.get(), lse_native.get(), B,
+                                    T, C, NH, window, block);
+  EXPECT_EQ(dqkv.host(), dqkv_native.host());
 }
 
 }  // namespace

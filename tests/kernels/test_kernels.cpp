@@ -173,28 +173,29 @@ TEST(Matmul, NullDinpLeavesOnlyWeightGradients) {
 }
 
 struct AttentionShape {
-  int B, T, C, NH, window;
+  int B, T, C, NH, window, block;
 };
 void PrintTo(const AttentionShape& s, std::ostream* os) {
-  *os << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " window=" << s.window;
+  *os << "B=" << s.B << " T=" << s.T << " C=" << s.C << " NH=" << s.NH << " window=" << s.window
+      << " block=" << s.block;
 }
 
 class Attention : public ::testing::TestWithParam<AttentionShape> {};
 
 TEST_P(Attention, ForwardBackward) {
-  auto [B, T, C, NH, window] = GetParam();
+  auto [B, T, C, NH, window, block] = GetParam();
   Vec qkv = randn((size_t)B * T * 3 * C, 30 + T + window);
   Vec out((size_t)B * T * C), lse((size_t)B * NH * T);
-  cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, window);
+  cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, NH, window, block);
   DVec x = to_double(qkv), lse_ref(lse.size());
-  expect_close(out, ref_attention(x, B, T, C, NH, window, &lse_ref), kFwdTolTranscendental, "out");
+  expect_close(out, ref_attention(x, B, T, C, NH, window, block, &lse_ref), kFwdTolTranscendental, "out");
   expect_close(lse, lse_ref, kFwdTolTranscendental, "lse");
 
   Vec w = randn(out.size(), 31);
   Vec g0 = randn(qkv.size(), 32);
   Vec dqkv = g0;
-  cpu::attention_backward(dqkv.data(), w.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, window);
-  auto loss = [&] { return dot(ref_attention(x, B, T, C, NH, window), w); };
+  cpu::attention_backward(dqkv.data(), w.data(), qkv.data(), out.data(), lse.data(), B, T, C, NH, window, block);
+  auto loss = [&] { return dot(ref_attention(x, B, T, C, NH, window, block), w); };
   expect_grad(dqkv, g0, x, loss, "dqkv", 200);
 }
 
@@ -202,28 +203,36 @@ TEST_P(Attention, ForwardBackward) {
 // third. The windows fall inside a tile (5), at the tile size (128), at 1 (each query sees only
 // itself) and at 131 with T = 258: the last query tile holds 2 queries, and its first key tile
 // starts at the one key the last query no longer sees, the edge of the kernel's no-mask shortcut.
+// Block sliding windows: chunks of 48 across the tiles (the last queries of a tile see none of its
+// first key tile's keys), and window == block (each query sees its own chunk only).
 INSTANTIATE_TEST_SUITE_P(Shapes, Attention,
-                         ::testing::Values(AttentionShape{2, 37, 32, 4, 0},    // hs 8
-                                           AttentionShape{1, 300, 32, 2, 0},   // hs 16
-                                           AttentionShape{1, 300, 16, 2, 5},
-                                           AttentionShape{1, 300, 16, 2, 128},
-                                           AttentionShape{1, 258, 16, 2, 131},
-                                           AttentionShape{2, 20, 16, 1, 1},
-                                           AttentionShape{1, 140, 128, 2, 0}));  // hs 64, GPT-2's
+                         ::testing::Values(AttentionShape{2, 37, 32, 4, 0, 0},    // hs 8
+                                           AttentionShape{1, 300, 32, 2, 0, 0},   // hs 16
+                                           AttentionShape{1, 300, 16, 2, 5, 0},
+                                           AttentionShape{1, 300, 16, 2, 128, 0},
+                                           AttentionShape{1, 258, 16, 2, 131, 0},
+                                           AttentionShape{2, 20, 16, 1, 1, 0},
+                                           AttentionShape{1, 140, 128, 2, 0, 0},  // hs 64, GPT-2's
+                                           AttentionShape{1, 300, 16, 2, 96, 48},
+                                           AttentionShape{2, 37, 16, 2, 8, 8}));
 
 // Decode against prefill: attention_forward over T tokens, then the same qkv rows one position at
 // a time through attention_decode's ring cache, row by row within 1e-5 (1 + |prefill|). Full
-// attention (cap T, and a roomier cap), and sliding windows whose ring is exactly the window (slots
-// reused from position `window` on) or wider. The caches start NaN: a read of a slot no key was
+// attention (cap T, and a roomier cap), and sliding windows, plain and block, whose ring is exactly
+// the window (slots reused from position `window` on) or wider. The caches start NaN: a read of a slot no key was
 // written to would show. After the last token, slot s holds the last key j < T with j % cap == s.
 TEST(AttentionDecode, MatchesPrefillRowByRow) {
   const int B = 2, T = 23, C = 32, NH = 4;
   Vec qkv = randn((size_t)B * T * 3 * C, 36);
-  for (auto [window, cap] : {std::pair{0, T}, std::pair{0, T + 3}, std::pair{5, 5}, std::pair{5, 8},
-                             std::pair{1, 1}}) {
-    SCOPED_TRACE("window " + std::to_string(window) + ", cap " + std::to_string(cap));
+  struct Ring {
+    int window, cap, block;
+  };
+  for (auto [window, cap, block] : {Ring{0, T, 0}, Ring{0, T + 3, 0}, Ring{5, 5, 0}, Ring{5, 8, 0}, Ring{1, 1, 0},
+                                    Ring{6, 6, 3}, Ring{6, 7, 2}, Ring{4, 4, 4}}) {
+    SCOPED_TRACE("window " + std::to_string(window) + ", cap " + std::to_string(cap) + ", block " +
+                 std::to_string(block));
     Vec prefill((size_t)B * T * C), lse((size_t)B * NH * T);
-    cpu::attention_forward(prefill.data(), lse.data(), qkv.data(), B, T, C, NH, window);
+    cpu::attention_forward(prefill.data(), lse.data(), qkv.data(), B, T, C, NH, window, block);
     Vec k_cache((size_t)B * cap * C, NAN), v_cache((size_t)B * cap * C, NAN);
     for (int pos = 0; pos < T; pos++) {
       SCOPED_TRACE("position " + std::to_string(pos));
@@ -232,7 +241,7 @@ TEST(AttentionDecode, MatchesPrefillRowByRow) {
         std::copy_n(&qkv[((size_t)b * T + pos) * 3 * C], 3 * C, &row[(size_t)b * 3 * C]);
         std::copy_n(&prefill[((size_t)b * T + pos) * C], C, &want[(size_t)b * C]);
       }
-      cpu::attention_decode(out.data(), k_cache.data(), v_cache.data(), row.data(), B, C, NH, pos, cap, window);
+      cpu::attention_decode(out.data(), k_cache.data(), v_cache.data(), row.data(), B, C, NH, pos, cap, window, block);
       expect_close(out, want, kFwdTol, "out");
       if (HasFatalFailure()) return;
     }
@@ -249,12 +258,13 @@ TEST(AttentionDecode, MatchesPrefillRowByRow) {
 }
 
 // The keys a position sees must fit in the ring: pos+1 of them for full attention, window for a
-// sliding window (fewer before the window has filled); a bad head split is refused too.
+// sliding window (fewer before the window has filled), window for a block sliding window (fewer
+// before the chunk's end); a bad head split, and a window not a multiple of its block, are refused too.
 TEST(AttentionDecode, RefusesACacheTooSmall) {
   const int B = 1, C = 8, NH = 2;
   Vec out(C), k((size_t)4 * C), v((size_t)4 * C), row(3 * C);
-  auto decode = [&](int nh, int pos, int cap, int window) {
-    cpu::attention_decode(out.data(), k.data(), v.data(), row.data(), B, C, nh, pos, cap, window);
+  auto decode = [&](int nh, int pos, int cap, int window, int block = 0) {
+    cpu::attention_decode(out.data(), k.data(), v.data(), row.data(), B, C, nh, pos, cap, window, block);
   };
   EXPECT_NO_THROW(decode(NH, 3, 4, 0));
   EXPECT_THROW(decode(NH, 4, 4, 0), std::invalid_argument);
@@ -263,6 +273,11 @@ TEST(AttentionDecode, RefusesACacheTooSmall) {
   EXPECT_NO_THROW(decode(NH, 2, 3, 4));  // 3 keys so far
   EXPECT_THROW(decode(3, 0, 4, 0), std::invalid_argument);
   EXPECT_THROW(decode(NH, -1, 4, 0), std::invalid_argument);
+  EXPECT_NO_THROW(decode(NH, 9, 4, 4, 2));  // keys 6..9: chunks 3 and 4
+  EXPECT_NO_THROW(decode(NH, 8, 3, 4, 2));  // keys 6..8
+  EXPECT_THROW(decode(NH, 9, 3, 4, 2), std::invalid_argument);
+  EXPECT_THROW(decode(NH, 9, 4, 4, 3), std::invalid_argument);
+  EXPECT_THROW(decode(NH, 9, 4, 4, -1), std::invalid_argument);
 }
 
 TEST(Gelu, ForwardBackward) {

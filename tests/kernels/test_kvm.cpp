@@ -133,7 +133,7 @@ TEST(Kvm, OneChunkIsCausalAttention) {
         size_t src = ((size_t)h * T + t) * D + d, row = (size_t)t * 3 * Cm + h * D + d;
         qkv[row] = in.q[src], qkv[row + Cm] = in.k[src], qkv[row + 2 * Cm] = in.v[src];
       }
-  cpu::attention_forward(ref.data(), lse.data(), qkv.data(), 1, T, Cm, H, 0);
+  cpu::attention_forward(ref.data(), lse.data(), qkv.data(), 1, T, Cm, H, 0, 0);
   Vec ref_bhtd(out.size());
   for (int h = 0; h < H; h++)
     for (int t = 0; t < T; t++)
