@@ -58,6 +58,7 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
   const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
   const int Ca = Ca_, NHl = NHl_, F = Fl_;
   const float s = float(cfg_.residual_scale), base = float(cfg_.rope_base);
+  const kernels::RopeVariant rope = kernels::RopeVariant::kvmtrain;
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
   DecodeCache::Layer* cache = p.decode ? &p.decode->layers[l] : nullptr;
@@ -79,8 +80,8 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
       be_.head_layernorm_forward(qkvp + Ca, x.kn_mean, x.kn_rstd, x.qkv + Ca, P(w.knw), P(w.knb), BT, NHl, hs, 3 * Ca);
     }
     if (w.rope_dims) {
-      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
-      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0);
+      be_.rope_forward(qkvp, qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0, rope);
+      be_.rope_forward(qkvp + Ca, qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, base, p.pos0, rope);
     }
   }
   mixer_forward(l, p);
@@ -111,6 +112,7 @@ const float* Model::qkv_prep_backward(int l, float* dqkvp) {
   const int BT = B_ * T_, C = cfg_.d_model, hs = C / cfg_.n_head, Ca = Ca_, NHl = NHl_;
   const size_t na = size_t(BT) * Ca;
   const float base = float(cfg_.rope_base);
+  const kernels::RopeVariant rope = kernels::RopeVariant::kvmtrain;
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = acts_.layers[l];
   auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
@@ -123,8 +125,8 @@ const float* Model::qkv_prep_backward(int l, float* dqkvp) {
     if (w.rope_dims) {
       float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
       if (cfg_.qk_norm) zero(target, na * 3);
-      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
-      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0);
+      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0, rope);
+      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, base, 0, rope);
       dqk = target;
     }
     if (cfg_.qk_norm) {
