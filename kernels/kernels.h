@@ -22,6 +22,20 @@
 
 #include "kernels/bf16.h"
 
+namespace kernels {
+// How rope_forward / rope_backward turn a pair (the table's entry says how each rotates).
+enum class RopeVariant {
+  kvmtrain,  // pair i at frequency base^(-2i/R)
+  paper,     // the paper's code: base^(-i/(R/2-1)), from 1 down to 1/base (1 alone when R == 2)
+};
+
+// The exponent of base in pair i's frequency, shared by both twins (host and device).
+KVM_HOST_DEVICE inline double rope_exponent(int i, int R, RopeVariant variant) {
+  if (variant == RopeVariant::kvmtrain) return -2.0 * i / R;
+  return R == 2 ? 0.0 : -(double)i / (R / 2 - 1);
+}
+}  // namespace kernels
+
 // The kernels, each implemented by both backends.
 #define KVM_KERNELS_ALL_BACKENDS(X)                                                                  \
   /* tanh approximation, as GPT-2 */                                                                 \
@@ -113,13 +127,14 @@
   X(void, relu2_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,     \
                            const float* dout /*(N)*/, int N))                                        \
   /* Partial RoPE on interleaved pairs: for i < R/2, dims (2i, 2i+1) of every head turn by angle    \
-     (pos0+t) * base^(-2i/R) (computed in double); dims [R,hs) pass through. Token (b,t) holds NH   \
-     heads of hs floats from ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp +=        \
-     R^T dout (dinp != dout). */                                                                     \
+     (pos0+t) * base^rope_exponent(i, R, variant) (computed in double); dims [R,hs) pass through, R  \
+     0 all of them (NoPE). kvmtrain turns (x0,x1) to (x0 c - x1 s, x0 s + x1 c); paper the other    \
+     way, to (x0 c + x1 s, x1 c - x0 s). Token (b,t) holds NH heads of hs floats from              \
+     ptr + (b*T+t)*ld. Forward: out may equal inp. Backward: dinp += R^T dout (dinp != dout). */    \
   X(void, rope_forward, (float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R,  \
-                         float base, int pos0))                                                      \
+                         float base, int pos0, kernels::RopeVariant variant))                        \
   X(void, rope_backward, (float* dinp, const float* dout, int B, int T, int NH, int hs, int ld,      \
-                          int R, float base, int pos0))                                              \
+                          int R, float base, int pos0, kernels::RopeVariant variant))                \
   /* ---- the paper's backbone (docs/kvm.md section 12) ---- */                                      \
   /* out = inp1 + scale*inp2 (a sub-block's output added to the residual stream). No backward:    \
      the stream's gradient passes through, and the model scales the sub-block's with axpby_rows. */ \

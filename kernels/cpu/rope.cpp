@@ -1,6 +1,8 @@
 // Partial rotary position embedding on interleaved pairs (docs/kvm.md section 12): for i < R/2 the
-// pair (2i, 2i+1) of every head turns by (pos0+t) * base^(-2i/R); dims [R,hs) pass through. The
-// angles, cosines and sines are computed in double, then rounded to float.
+// pair (2i, 2i+1) of every head turns by (pos0+t) * base^rope_exponent(i, R, variant), one way
+// (kvmtrain) or the other (paper); dims [R,hs) pass through. The angles, cosines and sines are
+// computed in double, then rounded to float. The paper's rotation by a is kvmtrain's by -a, so it
+// runs as kvmtrain's with the sines negated.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -11,26 +13,28 @@ namespace kernels::cpu {
 
 namespace {
 
-// cos and sin (T, R/2) of positions pos0 .. pos0+T-1
-void rope_table(std::vector<float>& cs, std::vector<float>& sn, int T, int R, float base, int pos0) {
+// cos and sin (T, R/2) of positions pos0 .. pos0+T-1, the sines negated for the paper's rotation
+void rope_table(std::vector<float>& cs, std::vector<float>& sn, int T, int R, float base, int pos0,
+                RopeVariant variant) {
   const int P = R / 2;
   cs.resize((size_t)T * P);
   sn.resize((size_t)T * P);
   for (int i = 0; i < P; i++) {
-    double freq = std::pow((double)base, -2.0 * i / R);
+    double freq = std::pow((double)base, rope_exponent(i, R, variant));
     for (int t = 0; t < T; t++) {
       double a = (double)(pos0 + t) * freq;
       cs[(size_t)t * P + i] = (float)std::cos(a);
-      sn[(size_t)t * P + i] = (float)std::sin(a);
+      sn[(size_t)t * P + i] = variant == RopeVariant::paper ? -(float)std::sin(a) : (float)std::sin(a);
     }
   }
 }
 
 // Forward: out = rotated inp. Backward: out += the inverse rotation (the transpose) of inp.
 template <bool kBackward>
-void rope_apply(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0) {
+void rope_apply(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0,
+                RopeVariant variant) {
   std::vector<float> cs, sn;
-  rope_table(cs, sn, T, R, base, pos0);
+  rope_table(cs, sn, T, R, base, pos0, variant);
   const int P = R / 2;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; b++) {
@@ -62,13 +66,14 @@ void rope_apply(float* out, const float* inp, int B, int T, int NH, int hs, int 
 
 }  // namespace
 
-void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0) {
-  rope_apply<false>(out, inp, B, T, NH, hs, ld, R, base, pos0);
+void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0,
+                  RopeVariant variant) {
+  rope_apply<false>(out, inp, B, T, NH, hs, ld, R, base, pos0, variant);
 }
 
 void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs, int ld, int R, float base,
-                   int pos0) {
-  rope_apply<true>(dinp, dout, B, T, NH, hs, ld, R, base, pos0);
+                   int pos0, RopeVariant variant) {
+  rope_apply<true>(dinp, dout, B, T, NH, hs, ld, R, base, pos0, variant);
 }
 
 }  // namespace kernels::cpu

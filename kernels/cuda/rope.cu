@@ -1,6 +1,7 @@
 // Partial RoPE on interleaved pairs, the CUDA twin of kernels/cpu/rope.cpp: one thread per
 // rotated pair (2i, 2i+1) or per passed-through dim of [R,hs), so out may equal inp. As on the
-// CPU, the angle, cosine and sine are computed in double and rounded to float.
+// CPU, the angle, cosine and sine are computed in double and rounded to float, and the paper's
+// variant is kvmtrain's rotation with the sine negated.
 #include "kernels/cuda/common.cuh"
 #include "kernels/kernels.h"
 
@@ -11,7 +12,7 @@ namespace {
 // Forward: out = rotated inp. Backward: out += the inverse rotation (the transpose) of inp.
 template <bool kBackward>
 __global__ void rope_kernel(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base,
-                            int pos0) {
+                            int pos0, RopeVariant variant) {
   const int P = R / 2;
   const int per_head = P + (hs - R);  // pairs, then passed-through dims
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -25,9 +26,9 @@ __global__ void rope_kernel(float* out, const float* inp, int B, int T, int NH, 
   const float* x = inp + off;
   float* o = out + off;
   if (j < P) {
-    double freq = pow((double)base, -2.0 * j / R);
+    double freq = pow((double)base, rope_exponent(j, R, variant));
     double a = (double)(pos0 + t) * freq;
-    float c = (float)cos(a), s = (float)sin(a);
+    float c = (float)cos(a), s = variant == RopeVariant::paper ? -(float)sin(a) : (float)sin(a);
     float x0 = x[2 * j], x1 = x[2 * j + 1];
     if (kBackward) {
       o[2 * j] += x0 * c + x1 * s;
@@ -44,24 +45,26 @@ __global__ void rope_kernel(float* out, const float* inp, int B, int T, int NH, 
 }
 
 template <bool kBackward>
-void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0) {
+void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0,
+                 RopeVariant variant) {
   size_t total = (size_t)B * T * NH * (R / 2 + (hs - R));
   if (total == 0) return;
-  rope_kernel<kBackward><<<blocks_for(total), kThreads>>>(out, inp, B, T, NH, hs, ld, R, base, pos0);
+  rope_kernel<kBackward><<<blocks_for(total), kThreads>>>(out, inp, B, T, NH, hs, ld, R, base, pos0, variant);
   cuda_check(cudaGetLastError());
 }
 
 }  // namespace
 
-void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0) {
+void rope_forward(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int R, float base, int pos0,
+                  RopeVariant variant) {
   // out, inp: token (b,t) holds NH heads of hs floats from ptr + (b*T+t)*ld; device
-  rope_launch<false>(out, inp, B, T, NH, hs, ld, R, base, pos0);
+  rope_launch<false>(out, inp, B, T, NH, hs, ld, R, base, pos0, variant);
 }
 
 void rope_backward(float* dinp, const float* dout, int B, int T, int NH, int hs, int ld, int R, float base,
-                   int pos0) {
+                   int pos0, RopeVariant variant) {
   // dinp (accumulated; != dout), dout: as rope_forward; device
-  rope_launch<true>(dinp, dout, B, T, NH, hs, ld, R, base, pos0);
+  rope_launch<true>(dinp, dout, B, T, NH, hs, ld, R, base, pos0, variant);
 }
 
 }  // namespace kernels::cuda

@@ -193,33 +193,37 @@ struct RopeShape {
   static constexpr size_t n = (size_t)B * T * ld;
 };
 
+std::string rope_suffix(kernels::RopeVariant v) { return v == kernels::RopeVariant::paper ? "_paper" : ""; }
+
 // out's columns outside the heads keep their start values; in place: out is inp
-Case rope_forward(bool in_place) {
+Case rope_forward(bool in_place, kernels::RopeVariant variant) {
   using S = RopeShape;
-  Case c{in_place ? "rope_forward_in_place" : "rope_forward"};
+  const bool paper = variant == kernels::RopeVariant::paper;
+  Case c{(in_place ? "rope_forward_in_place" : "rope_forward") + rope_suffix(variant)};
   if (in_place) c.out("inp", randn(S::n, 90), 1e-6, 2e-5);
   else c.in("inp", randn(S::n, 90)).out("out", randn(S::n, 93), 1e-6, 2e-5);
   const std::string out = in_place ? "inp" : "out";
   c.run = [=](const Backend& be, const Args& a) {
-    be.rope_forward(a.f(out), a.f("inp"), S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0);
+    be.rope_forward(a.f(out), a.f("inp"), S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0, variant);
   };
   c.naive = [=](Host& h) {
-    const DVec y = test_util::ref_rope(h["inp"], S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0);
+    const DVec y = test_util::ref_rope(h["inp"], S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0, paper);
     for (size_t r = 0; r < (size_t)S::B * S::T; r++)
       std::copy_n(&y[r * S::ld], S::NH * S::hs, &h[out][r * S::ld]);
   };
   return c;
 }
 
-Case rope_backward() {
+Case rope_backward(kernels::RopeVariant variant) {
   using S = RopeShape;
-  Case c{"rope_backward"};
+  const bool paper = variant == kernels::RopeVariant::paper;
+  Case c{"rope_backward" + rope_suffix(variant)};
   c.in("inp", randn(S::n, 90)).in("dout", randn(S::n, 91)).out("dinp", randn(S::n, 92), 1e-6);
   c.run = [=](const Backend& be, const Args& a) {
-    be.rope_backward(a.f("dinp"), a.f("dout"), S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0);
+    be.rope_backward(a.f("dinp"), a.f("dout"), S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0, variant);
   };
   c.loss = [=](Host& h) {  // over the heads' columns: the kernel leaves the others alone
-    return dot_columns(test_util::ref_rope(h["inp"], S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0),
+    return dot_columns(test_util::ref_rope(h["inp"], S::B, S::T, S::NH, S::hs, S::ld, S::R, S::base, S::pos0, paper),
                        h["dout"], (size_t)S::B * S::T, S::NH * S::hs, S::ld);
   };
   c.grads = {{"inp", "dinp", true, 500}};
@@ -450,9 +454,12 @@ std::vector<Case> more_cases() {
     global_norm_squared(1),
     global_norm_squared(1000),
     global_norm_squared(1000003),
-    rope_forward(false),
-    rope_forward(true),
-    rope_backward(),
+    rope_forward(false, kernels::RopeVariant::kvmtrain),
+    rope_forward(true, kernels::RopeVariant::kvmtrain),
+    rope_backward(kernels::RopeVariant::kvmtrain),
+    rope_forward(false, kernels::RopeVariant::paper),
+    rope_forward(true, kernels::RopeVariant::paper),
+    rope_backward(kernels::RopeVariant::paper),
     bf16_round_stochastic(0),
     bf16_round_stochastic(13),
     split_heads(),

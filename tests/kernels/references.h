@@ -107,13 +107,21 @@ inline DVec ref_crossentropy(const DVec& logits, const std::vector<int>& targets
   return losses;
 }
 
-inline DVec ref_rope(const DVec& x, int B, int T, int NH, int hs, int ld, int R, double base, int pos0) {
+// paper: the paper's RoPE, frequencies (1/base)^linspace(0, 1, R/2) and the rotation the other way
+inline DVec ref_rope(const DVec& x, int B, int T, int NH, int hs, int ld, int R, double base, int pos0,
+                     bool paper = false) {
   DVec out = x;
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++)
       for (int h = 0; h < NH; h++)
         for (int i = 0; i < R / 2; i++) {
           size_t o = ((size_t)b * T + t) * ld + (size_t)h * hs + 2 * i;
+          if (paper) {
+            double a = (pos0 + t) * std::pow(1.0 / base, R == 2 ? 0.0 : i / (R / 2 - 1.0));
+            out[o] = x[o] * std::cos(a) + x[o + 1] * std::sin(a);
+            out[o + 1] = x[o + 1] * std::cos(a) - x[o] * std::sin(a);
+            continue;
+          }
           double a = (pos0 + t) * std::pow(base, -2.0 * i / R);
           out[o] = x[o] * std::cos(a) - x[o + 1] * std::sin(a);
           out[o + 1] = x[o] * std::sin(a) + x[o + 1] * std::cos(a);

@@ -38,14 +38,19 @@ void expect_grad(const Vec& got, const Vec& g0, DVec& x, const std::function<dou
 
 // ---- tests ----
 
-TEST(Rope, ForwardBackward) {
+// Both variants; R = 6 gives the paper's frequencies 1, 1/10 and 1/100 at base 100.
+class Rope : public ::testing::TestWithParam<kernels::RopeVariant> {};
+
+TEST_P(Rope, ForwardBackward) {
+  const kernels::RopeVariant variant = GetParam();
+  const bool paper = variant == kernels::RopeVariant::paper;
   const int B = 2, T = 5, NH = 3, hs = 8, ld = 3 * NH * hs, R = 6, pos0 = 7;
   const float base = 100.0f;
   const size_t n = (size_t)B * T * ld;
   Vec x = randn(n, 1), out(n);
-  cpu::rope_forward(out.data(), x.data(), B, T, NH, hs, ld, R, base, pos0);
+  cpu::rope_forward(out.data(), x.data(), B, T, NH, hs, ld, R, base, pos0, variant);
   DVec xd = to_double(x);
-  auto ref = ref_rope(xd, B, T, NH, hs, ld, R, base, pos0);
+  auto ref = ref_rope(xd, B, T, NH, hs, ld, R, base, pos0, paper);
   for (int b = 0; b < B; b++)  // only the first NH*hs of each row is a q; the rest is untouched here
     for (int t = 0; t < T; t++)
       for (int c = 0; c < NH * hs; c++) {
@@ -54,7 +59,7 @@ TEST(Rope, ForwardBackward) {
       }
   // in place gives the same
   Vec y = x;
-  cpu::rope_forward(y.data(), y.data(), B, T, NH, hs, ld, R, base, pos0);
+  cpu::rope_forward(y.data(), y.data(), B, T, NH, hs, ld, R, base, pos0, variant);
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++)
       for (int c = 0; c < NH * hs; c++) ASSERT_EQ(y[((size_t)b * T + t) * ld + c], out[((size_t)b * T + t) * ld + c]);
@@ -62,10 +67,27 @@ TEST(Rope, ForwardBackward) {
   Vec w = randn(n, 2), g0 = randn(n, 3), dx = g0;
   for (int r = 0; r < B * T; r++)
     for (int c = NH * hs; c < ld; c++) w[(size_t)r * ld + c] = 0, g0[(size_t)r * ld + c] = dx[(size_t)r * ld + c] = 0;
-  cpu::rope_backward(dx.data(), w.data(), B, T, NH, hs, ld, R, base, pos0);
+  cpu::rope_backward(dx.data(), w.data(), B, T, NH, hs, ld, R, base, pos0, variant);
   for (int r = 0; r < B * T; r++)
     for (int c = NH * hs; c < ld; c++) ASSERT_EQ(dx[(size_t)r * ld + c], 0.0f);
-  expect_grad(dx, g0, xd, [&] { return dot(ref_rope(xd, B, T, NH, hs, ld, R, base, pos0), w); }, "rope dinp");
+  expect_grad(dx, g0, xd, [&] { return dot(ref_rope(xd, B, T, NH, hs, ld, R, base, pos0, paper), w); },
+              "rope dinp");
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, Rope,
+                         ::testing::Values(kernels::RopeVariant::kvmtrain, kernels::RopeVariant::paper),
+                         [](const auto& info) {
+                           return info.param == kernels::RopeVariant::paper ? "paper" : "kvmtrain";
+                         });
+
+// The paper's frequencies for a single pair (R = 2): frequency 1, not 0/0
+TEST(RopePaper, OnePair) {
+  const int B = 1, T = 4, NH = 2, hs = 4, ld = NH * hs, R = 2, pos0 = 3;
+  const float base = 10000.0f;
+  Vec x = randn((size_t)B * T * ld, 4), out(x.size());
+  cpu::rope_forward(out.data(), x.data(), B, T, NH, hs, ld, R, base, pos0, kernels::RopeVariant::paper);
+  const DVec ref = ref_rope(to_double(x), B, T, NH, hs, ld, R, base, pos0, true);
+  for (size_t i = 0; i < out.size(); i++) ASSERT_NEAR(out[i], ref[i], kFwdTol * (1 + std::abs(ref[i]))) << i;
 }
 
 TEST(Relu2, ForwardBackward) {

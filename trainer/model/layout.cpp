@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "common/orthogonal.h"
 #include "common/rng.h"
 #include "trainer/parallel/tensor_parallel.h"
 
