@@ -69,7 +69,12 @@ std::vector<ChoiceKey> choice_keys() {
   return {
       choice_key("model.pos", [](C c) { return c.model.pos; }),
       choice_key("model.mlp", [](C c) { return c.model.mlp; }),
-      choice_key("model.mixers", [](C c) { return c.model.mixers.at(0); }, {}, "a non-empty list of "),
+      choice_key("model.mixers", [](C c) { return c.model.mixers.at(0); }, {{"bswa", {"model.kvm.sink=0"}}},
+                 "a non-empty list of "),
+      choice_key("model.rope_variant", [](C c) { return c.model.rope_variant; }),
+      choice_key("model.init", [](C c) { return c.model.init; }),
+      choice_key("model.value_residual_mode", [](C c) { return c.model.value_residual_mode; }),
+      choice_key("model.value_residual_anchor", [](C c) { return c.model.value_residual_anchor; }),
       choice_key("model.kvm.budget", [](C c) { return c.model.kvm.budget; }),
       choice_key("data.tokenizer", [](C c) { return c.data.tokenizer; }, {{"byte", {"model.vocab_size=257"}}}),
       choice_key("train.device", [](C c) { return c.train.device; }),
@@ -183,6 +188,10 @@ TEST(Config, EveryChoiceNameRoundTrips) {
   expect_names_round_trip<config::LrSchedule>();
   expect_names_round_trip<config::WeightDecaySchedule>();
   expect_names_round_trip<config::Recompute>();
+  expect_names_round_trip<config::RopeVariant>();
+  expect_names_round_trip<config::ModelInit>();
+  expect_names_round_trip<config::ValueResidualMode>();
+  expect_names_round_trip<config::ValueResidualAnchor>();
 }
 
 // Each value of each choice key: --set loads it, to_yaml writes it, and the YAML loads back to
@@ -217,9 +226,9 @@ TEST(Config, AnUnknownChoiceNamesTheKeyAndTheValuesItTakes) {
     EXPECT_EQ(error_of("", {k.key + "=[" + k.names[0] + "]"}).empty(), k.key == "model.mixers") << k.key;
   }
   EXPECT_EQ(error_of("model:\n  mixers: [swa, mamba]\n"),
-            "t.yaml:2: model.mixers: expected a non-empty list of attn | swa | kvm, got '[swa, mamba]'");
+            "t.yaml:2: model.mixers: expected a non-empty list of attn | swa | kvm | bswa, got '[swa, mamba]'");
   EXPECT_EQ(error_of("model: {mixers: []}\n"),
-            "t.yaml:1: model.mixers: expected a non-empty list of attn | swa | kvm, got '[]'");
+            "t.yaml:1: model.mixers: expected a non-empty list of attn | swa | kvm | bswa, got '[]'");
   EXPECT_EQ(error_of("model: {kvm: {budget: sqrt}}\n"),
             "t.yaml:1: model.kvm.budget: expected one of fixed | power_law | saturating, got 'sqrt'");
 }
