@@ -144,24 +144,24 @@ KVM_HOST_DEVICE inline double rope_exponent(int i, int R, RopeVariant variant) {
   X(void, elu_gate_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                   \
   X(void, elu_gate_backward, (float* dinp /*(N)*/, const float* inp /*(N)*/,                         \
                               const float* dout /*(N)*/, int N))                                     \
-  /* Token shift, one weight w per channel, in three forms (kernels::TokenShiftForm):             \
-     mix_zero (model.token_shift, RWKV-4): out[b,t] = w*inp[b,t] + (1-w)*inp[b,t-1];                \
+  /* Token shift, one weight w per channel, in three forms (kernels::TokenShiftForm):                \
+     mix_zero (model.token_shift, RWKV-4): out[b,t] = w*inp[b,t] + (1-w)*inp[b,t-1];                 \
      delta_zero, delta_first (the paper's MLP and q/k/v shifts): out[b,t] = inp[b,t] +               \
-     w*(inp[b,t-1] - inp[b,t]). The row before t = 0 is prev[b] (decode); without prev it is zero,  \
-     or for delta_first inp[b,0] itself (out[b,0] = inp[b,0]). The backward takes prev as nullptr   \
-     and gives it no gradient. */                                                                     \
-  X(void, token_shift_forward, (float* out /*(B,T,C)*/, const float* inp /*(B,T,C)*/,               \
+     w*(inp[b,t-1] - inp[b,t]). The row before t = 0 is prev[b] (decode); without prev it is zero,   \
+     or for delta_first inp[b,0] itself (out[b,0] = inp[b,0]). The backward takes prev as nullptr    \
+     and gives it no gradient. */                                                                    \
+  X(void, token_shift_forward, (float* out /*(B,T,C)*/, const float* inp /*(B,T,C)*/,                \
                                 const float* prev /*(B,C) or nullptr*/, const float* w /*(C)*/,      \
-                                int B, int T, int C, kernels::TokenShiftForm form))                 \
+                                int B, int T, int C, kernels::TokenShiftForm form))                  \
   X(void, token_shift_backward, (float* dinp /*(B,T,C)*/, float* dw /*(C)*/,                         \
                                  const float* dout /*(B,T,C)*/, const float* inp /*(B,T,C)*/,        \
                                  const float* w /*(C)*/, int B, int T, int C,                        \
                                  kernels::TokenShiftForm form))                                      \
-  /* The paper's value residual: v moves towards an anchor (layer 0's v) by a gate,                 \
-     out = v + (anchor - v)*gate, gate = w[0] (linear) or sigmoid(w[c] + z[n,c]) (rwkv, z a         \
-     per-token projection). Row n of out, v, dv, dout lies at ptr + n*ld; anchor, z, danchor, dz    \
-     are dense (N,C). out must not alias v, nor dv dout. Backward: dv and dz written (dz nullptr    \
-     for linear), danchor and dw accumulated; dw sums over every token (and channel, for linear)    \
+  /* The paper's value residual: v moves towards an anchor (layer 0's v) by a gate,                  \
+     out = v + (anchor - v)*gate, gate = w[0] (linear) or sigmoid(w[c] + z[n,c]) (rwkv, z a          \
+     per-token projection). Row n of out, v, dv, dout lies at ptr + n*ld; anchor, z, danchor, dz     \
+     are dense (N,C). out must not alias v, nor dv dout. Backward: dv and dz written (dz nullptr     \
+     for linear), danchor and dw accumulated; dw sums over every token (and channel, for linear)     \
      in a fixed order. */                                                                            \
   X(void, value_residual_forward, (float* out, int ld_out, const float* v, int ld_v,                 \
                                    const float* anchor /*(N,C)*/, const float* z /*(N,C) or nullptr*/, \
