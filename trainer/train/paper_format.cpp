@@ -256,9 +256,11 @@ config::ModelConfig to_model(const json::Object& cfg, const std::string& origin)
   }
   if (cfg.contains("model_type") && !(cfg.at("model_type").is_string() && cfg.at("model_type").string() == kModelType))
     throw UsageError(origin + ": model_type: expected \"" + std::string(kModelType) + "\"");
+  auto is_false = [](const json::Value& v) {
+    return std::holds_alternative<bool>(v.v) ? !v.boolean() : v.is_number() && v.number() == 0;
+  };
   for (const char* tie : {"tie_word_embeddings", "tie_worhidden_sizedings"})
-    if (cfg.contains(tie) && !(std::holds_alternative<bool>(cfg.at(tie).v) && !cfg.at(tie).boolean()) &&
-        !(cfg.at(tie).is_number() && cfg.at(tie).number() == 0))
+    if (cfg.contains(tie) && !is_false(cfg.at(tie)))
       throw UsageError(origin + ": " + tie + ": expected false (the paper's head is its own tensor)");
 
   // what kvmtrain does not have
@@ -463,7 +465,7 @@ json::Object from_model(const config::ModelConfig& m, config::Tokenizer tokenize
     if (x != Mixer::swa) return {R, m.rope_base};
     return {m.swa_rope_dims ? m.swa_rope_dims : R, m.swa_rope_base ? m.swa_rope_base : m.rope_base};
   };
-  const bool any_rope = m.pos == config::Pos::rope || std::count(m.mixers.begin(), m.mixers.end(), Mixer::swa);
+  const bool any_rope = std::any_of(m.mixers.begin(), m.mixers.end(), [&](Mixer x) { return rope_of(x).first > 0; });
   if (any_rope && m.rope_variant != config::RopeVariant::paper)
     refuse("rope_variant", "the paper turns the other way at other frequencies (expected paper)");
   if (alt && m.mixers[0] == Mixer::kvm && rope_of(Mixer::kvm).first != rope_of(main).first)
