@@ -32,7 +32,7 @@ TARGETS=(kvmtrain test_backend_ops test_cuda_check test_cuda_kvm test_cuda_atten
          test_comm_nccl test_model_cuda test_tensor_parallel_cuda kvm_bench train_bench)
 GPT2_CONFIG=configs/gpt2-124m.yaml
 GPT2_STEPS=10
-KVM_CONFIG=configs/paper/120m_kvm_sqrt16.yaml
+KVM_CONFIG=configs/paper/120M/kvm_sqrt16_wd.yaml
 KVM_STEPS=6
 DATA_DIR=$BUILD_DIR/kjv   # tokenized KJV shards (train/, val/)
 

@@ -1,5 +1,7 @@
 // kvmtrain export: a checkpoint's weights in the files inference engines read (safetensors,
 // config.json, the tokenizer as Hugging Face's vocab.json and merges.txt). docs/checkpoint-format.md
+#include <unistd.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -8,6 +10,7 @@
 #include "checkpoints/hf_gpt2.h"
 #include "checkpoints/safetensors.h"
 #include "trainer/train/checkpointing.h"
+#include "trainer/train/paper_format.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
 
@@ -73,8 +76,11 @@ json::Object backbone_config(const config::Config& cfg, const std::string& dtype
   return out;
 }
 
+// Under a temporary name, fsynced, then renamed: a reader never sees a partly written file.
 void write(const fs::path& dir, const std::string& name, const std::string& bytes) {
-  ckpt::write_file_synced((dir / name).string(), bytes);
+  const fs::path tmp = dir / (".tmp-" + name + "-" + std::to_string(::getpid()));
+  ckpt::write_file_synced(tmp.string(), bytes);
+  fs::rename(tmp, dir / name);
 }
 
 }  // namespace
@@ -82,15 +88,19 @@ void write(const fs::path& dir, const std::string& name, const std::string& byte
 int cmd_export(int argc, char** argv) {
   cli::Args args("export", "Write a checkpoint's weights for inference engines: model.safetensors, config.json and "
                            "the tokenizer (vocab.json, merges.txt). A pure GPT-2 uses Hugging Face's GPT2LMHeadModel "
-                           "names and layouts; backbone/KVM models use kvmtrain's (docs/checkpoint-format.md).");
-  args.positional("CKPT_OR_RUN", "a checkpoint directory, or a run directory (its newest complete checkpoint)");
-  args.option("format", "FORMAT", "output format (safetensors)", "safetensors");
+                           "names and layouts; backbone/KVM models use kvmtrain's (docs/checkpoint-format.md); "
+                           "--format kvm-paper writes the paper's RWKV7BackboneForCausalLM (docs/paper-mapping.md).");
+  args.positional("CKPT_OR_RUN", "a checkpoint directory, a run directory (its newest complete checkpoint), or a model "
+                                 "in the paper's format");
+  args.option("format", "FORMAT", "output format: safetensors (kvmtrain's or Hugging Face GPT-2's names) or kvm-paper "
+                                  "(the paper's config.json and names)", "safetensors");
   args.option("output", "DIR", "output directory (created)");
   args.option("dtype", "fp32|bf16", "stored dtype; bf16 rounds to nearest even", "fp32");
   args.flag("best", "with a run directory: the checkpoint with the best validation loss (best.json)");
   args.parse(argc, argv, 2);
-  if (args.str("format") != "safetensors")
-    throw UsageError("export: --format " + args.str("format") + " is not supported (expected safetensors)");
+  const std::string format = args.str("format");
+  if (format != "safetensors" && format != "kvm-paper")
+    throw UsageError("export: --format " + format + " is not supported (expected safetensors or kvm-paper)");
   const std::string dtype = args.str("dtype");
   if (dtype != "fp32" && dtype != "bf16") throw UsageError("export: --dtype " + dtype + " (expected fp32 or bf16)");
   if (!args.has("output")) throw UsageError("export: missing --output DIR");
@@ -98,10 +108,18 @@ int cmd_export(int argc, char** argv) {
   const std::string dir = resolve_checkpoint(args.str("CKPT_OR_RUN"), args.has("best"));
   const config::Config cfg = checkpoint_config(dir);
   const auto& m = cfg.model;
-  std::vector<ckpt::NamedTensor> ours = ckpt::read_safetensors(dir + "/model.safetensors").tensors;
-  const bool gpt2 = is_pure_gpt2(m);
-  std::vector<ckpt::NamedTensor> out = gpt2 ? ckpt::gpt2_to_hf(ours, m.vocab_size) : ckpt::drop_vocab_padding(ours, m.vocab_size);
-  json::Object config = gpt2 ? hf_gpt2_config(m, dtype) : backbone_config(cfg, dtype);
+  std::vector<ckpt::NamedTensor> ours = checkpoint_tensors(dir, m);
+  const bool paper = format == "kvm-paper", gpt2 = !paper && is_pure_gpt2(m);
+  std::vector<ckpt::NamedTensor> out;
+  json::Object config;
+  if (paper) {
+    config = paper::from_model(m, cfg.data.tokenizer);  // refuses a model the paper cannot express
+    config["torch_dtype"] = dtype == "bf16" ? "bfloat16" : "float32";
+    out = paper::tensors_to_paper(m, ours);  // the padded vocabulary rows included: the paper's vocab_size
+  } else {
+    out = gpt2 ? ckpt::gpt2_to_hf(ours, m.vocab_size) : ckpt::drop_vocab_padding(ours, m.vocab_size);
+    config = gpt2 ? hf_gpt2_config(m, dtype) : backbone_config(cfg, dtype);
+  }
 
   const fs::path od = args.str("output");
   std::error_code ec;
@@ -124,7 +142,8 @@ int cmd_export(int argc, char** argv) {
     case config::Tokenizer::byte: break;  // the byte tokenizer needs no files
   }
   ckpt::fsync_dir(od.string());
-  std::printf("exported %s (%s, %s names, %zu tensors, %s) to %s\n", dir.c_str(), gpt2 ? "GPT-2" : "backbone",
-              gpt2 ? "Hugging Face GPT2LMHeadModel" : "kvmtrain", out.size(), dtype.c_str(), od.string().c_str());
+  const char* names = paper ? "the paper's" : gpt2 ? "Hugging Face GPT2LMHeadModel" : "kvmtrain";
+  std::printf("exported %s (%s, %s names, %zu tensors, %s) to %s\n", dir.c_str(),
+              paper ? "kvm-paper" : gpt2 ? "GPT-2" : "backbone", names, out.size(), dtype.c_str(), od.string().c_str());
   return 0;
 }

@@ -3,10 +3,14 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <stdexcept>
 
 #include "checkpoints/hf_gpt2.h"
+#include "common/usage_error.h"
+#include "trainer/model/layout.h"
 #include "trainer/parallel/tensor_parallel.h"
+#include "trainer/train/paper_format.h"
 
 namespace fs = std::filesystem;
 
@@ -159,16 +163,70 @@ LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParal
   }
 }
 
-config::Config checkpoint_config(const std::string& dir) { return config::load(dir + "/config.yaml"); }
+config::Config checkpoint_config(const std::string& dir) {
+  if (paper::is_paper_dir(dir)) return paper::dir_config(dir);
+  return config::load(dir + "/config.yaml");
+}
 
 std::string resolve_checkpoint(const std::string& ckpt_or_run, bool best) {
+  if (paper::is_paper_dir(ckpt_or_run)) {
+    if (best) throw UsageError("--best: " + ckpt_or_run + " is a model in the paper's format, not a run directory");
+    return ckpt_or_run;
+  }
   std::vector<std::string> warnings;
   std::string dir = ckpt::resolve(ckpt_or_run, best, warnings);
   for (const auto& w : warnings) std::fprintf(stderr, "kvmtrain: warning: %s\n", w.c_str());
   return dir;
 }
 
+std::vector<ckpt::NamedTensor> checkpoint_tensors(const std::string& dir, const config::ModelConfig& m) {
+  const std::string file = dir + "/model.safetensors";
+  if (!paper::is_paper_dir(dir)) return ckpt::read_safetensors(file).tensors;
+  std::vector<std::string> missing;
+  std::vector<ckpt::NamedTensor> ours = paper::tensors_from_paper(m, ckpt::read_safetensors(file).tensors, file, missing);
+  // what kvmtrain has and the paper's config switched off: kvmtrain's initialisation, unused
+  if (!missing.empty()) {
+    const ModelLayout layout = declare_layout(m, 1, 0);
+    std::vector<float> init(layout.table.total());
+    init_params(init.data(), layout, m, uint64_t(config::TrainConfig{}.seed));
+    for (const std::string& name : missing) {
+      const TensorView& v = layout.table.at(name);
+      const auto first = init.begin() + std::ptrdiff_t(v.offset);
+      ours.push_back({name, shape64(v.shape), std::vector<float>(first, first + std::ptrdiff_t(v.size))});
+    }
+  }
+  return ours;
+}
+
+namespace {
+
+// The weights of a directory in the paper's format, into a model that should be the one its
+// config.json maps to (a warning names each key that differs).
+void load_paper_weights(const std::string& dir, Model& model) {
+  const config::ModelConfig& m = model.cfg();
+  config::Config run;
+  run.model = m;
+  std::string differ;
+  std::function<void(const std::string&, const json::Value&, const json::Value&)> compare =
+      [&](const std::string& key, const json::Value& mine, const json::Value& theirs) {
+        if (theirs.is_object()) {
+          for (const auto& [k, v] : theirs.object()) compare(key + "." + k, mine.at(k), v);
+        } else if (key != "model.max_seq_len" && key != "model.init" && key != "model.zero_init_out" &&
+                   key != "model.mup_base_dim" && json::dump(mine) != json::dump(theirs)) {
+          differ += (differ.empty() ? "" : ", ") + key + " " + json::dump(mine) + " (the paper's " + json::dump(theirs) + ")";
+        }
+      };
+  compare("model", config::to_json(run).at("model"), config::to_json(paper::dir_config(dir)).at("model"));
+  if (!differ.empty())
+    std::fprintf(stderr, "kvmtrain: warning: %s: this model differs from its config.json: %s\n", dir.c_str(), differ.c_str());
+
+  set_model_tensors(model, checkpoint_tensors(dir, m), dir + "/model.safetensors");
+}
+
+}  // namespace
+
 void load_weights(const std::string& path, Model& model) {
+  if (paper::is_paper_dir(path)) return load_paper_weights(path, model);
   const bool is_export = fs::exists(fs::path(path) / "model.safetensors") && !fs::exists(fs::path(path) / "manifest.json");
   if (!is_export) {
     std::string dir = resolve_checkpoint(path, false);

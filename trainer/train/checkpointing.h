@@ -54,13 +54,19 @@ std::string save_run_checkpoint(const config::Config& cfg, const std::string& re
 // ZeRO-1 range of the moments. Local, no communication.
 LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParallel& dp);
 
-// The config a checkpoint was trained with.
+// The config a checkpoint was trained with; for a directory in the paper's format
+// (paper_format.h), the model its config.json maps to, the rest at the defaults.
 config::Config checkpoint_config(const std::string& dir);
+// The model tensors (layout names, full shapes) of a checkpoint directory, or of a directory in
+// the paper's format, renamed, with what the paper lacks from kvmtrain's initialisation.
+std::vector<ckpt::NamedTensor> checkpoint_tensors(const std::string& dir, const config::ModelConfig& m);
 // Weights only (train.init_from, export, forward, generate): a checkpoint or run directory, a
-// kvmtrain export directory or a Hugging Face GPT-2 safetensors directory.
+// kvmtrain export directory, a Hugging Face GPT-2 safetensors directory or a model in the paper's
+// format.
 void load_weights(const std::string& path, Model& model);
 
-// CKPT_OR_RUN -> a verified checkpoint directory, warnings printed to stderr.
+// CKPT_OR_RUN -> a verified checkpoint directory, warnings printed to stderr; a directory in the
+// paper's format is taken as it is.
 std::string resolve_checkpoint(const std::string& ckpt_or_run, bool best);
 
 // A pure GPT-2 (every backbone switch at GPT-2's default): exported with Hugging Face's names.
