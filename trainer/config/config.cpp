@@ -213,6 +213,10 @@ const std::vector<Field>& schema() {
               "(vocabulary 50304); false: they never do"),
       integer("model.n_layer", REF(model.n_layer), 1, 1024, "transformer blocks"),
       integer("model.n_head", REF(model.n_head), 1, 1024, "attention heads per layer"),
+      integer("model.n_kv_head", REF(model.n_kv_head), 0, 1024,
+              "grouped-query attention (the later paper code's num_key_value_heads): key/value heads, each shared "
+              "by n_head/n_kv_head query heads, in attention, sliding-window and KVM layers (KVM keeps one state per "
+              "key/value head); 0: n_head"),
       integer("model.d_model", REF(model.d_model), 1, 1 << 16, "model width (a multiple of n_head)"),
       integer("model.max_seq_len", REF(model.max_seq_len), 1, 1 << 22, "longest sequence (learned position table size)"),
       boolean("model.tie_embeddings", REF(model.tie_embeddings), "share the token embedding with the output head"),
@@ -476,6 +480,11 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
   if (m.d_model % m.n_head != 0)
     fail("model.d_model", "expected a multiple of model.n_head (" + std::to_string(m.n_head) + ")");
   const int hs = m.d_model / m.n_head;
+  if (m.n_kv_head != 0 && m.n_head % m.n_kv_head != 0)
+    fail("model.n_kv_head", "expected a divisor of model.n_head (" + std::to_string(m.n_head) + ")");
+  if (m.n_kv_head != 0 && m.n_kv_head != m.n_head && c.parallel.tensor > 1)
+    fail("model.n_kv_head", "expected model.n_head with parallel.tensor > 1 (grouped-query attention is not split "
+                            "over tensor ranks yet)");
   if (m.rope_dims % 2 != 0 || m.rope_dims > hs)
     fail("model.rope_dims", "expected an even number at most the head dim (" + std::to_string(hs) + ")");
   if (m.swa_rope_dims % 2 != 0 || m.swa_rope_dims > hs)

@@ -79,6 +79,7 @@ struct ModelConfig {
   bool softmax_over_padding = false;  // padded ids take part in the softmax (the paper's 50304)
   int n_layer = 12;
   int n_head = 12;
+  int n_kv_head = 0;             // grouped-query attention: key/value heads, each shared by n_head/n_kv_head queries; 0: n_head
   int d_model = 768;
   int max_seq_len = 1024;
   bool tie_embeddings = true;    // GPT-2 ties the head to the token embedding

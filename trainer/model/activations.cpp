@@ -25,18 +25,21 @@ class Arena {
 void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, Mixer mixer, bool processed, bool vres,
                 size_t BT, int tp_size) {
   const size_t C = size_t(cfg.d_model), Ca = C / tp_size, NHl = size_t(cfg.n_head / tp_size), F = 4 * C / tp_size;
+  const size_t Ckv = size_t(kv_heads(cfg) / tp_size) * (C / cfg.n_head), W = Ca + 2 * Ckv;
+  const bool gqa = Ckv != Ca;
   alloc(a.ln1, BT * C);
   alloc(a.ln1_mean, BT);
   alloc(a.ln1_rstd, BT);
   if (cfg.token_shift) alloc(a.xa, BT * C);
-  alloc(a.qkv, BT * 3 * Ca);
+  alloc(a.qkv, BT * W);
   if (vres && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
     alloc(a.vr_h, BT * size_t(value_gate_rank(cfg.d_model)));
-    alloc(a.vr_z, BT * Ca);
+    alloc(a.vr_z, BT * Ckv);
   }
-  if (vres && cfg.qkv_shift) alloc(a.qkvr, BT * 3 * Ca);
-  if (cfg.qkv_shift) alloc(a.qkvs, BT * 3 * Ca);
-  if (processed) alloc(a.qkvp, BT * 3 * Ca);
+  if (vres && cfg.qkv_shift) alloc(a.qkvr, BT * W);
+  if (cfg.qkv_shift) alloc(a.qkvs, BT * W);
+  if (processed) alloc(a.qkvp, BT * W);
+  if (gqa) alloc(a.qkvx, BT * 3 * Ca);
   if (cfg.qk_norm) {
     alloc(a.qn_mean, BT * NHl);
     alloc(a.qn_rstd, BT * NHl);
@@ -49,6 +52,7 @@ void plan_block(Arena& alloc, LayerActs& a, const config::ModelConfig& cfg, Mixe
     alloc(a.kh, BT * Ca);
     alloc(a.vh, BT * Ca);
     alloc(a.gpre, BT * NHl);
+    if (gqa) alloc(a.gkv, BT * size_t(kv_heads(cfg) / tp_size));
     alloc(a.g, BT * NHl);
     alloc(a.outh, BT * Ca);
   }
@@ -68,13 +72,15 @@ void alias_absent(LayerActs& a, bool processed) {
   if (!a.xa) a.xa = a.ln1;
   if (!a.xm) a.xm = a.ln2;
   if (!processed) a.qkvp = a.qkv;
+  a.qkvm = a.qkvx ? a.qkvx : a.qkvp;
 }
 
 }  // namespace
 
 Activations::Activations(const Backend& be, const config::ModelConfig& cfg, const ModelLayout& layout, int tp_size,
                          int B, int T, bool shared_blocks) {
-  const size_t BT = size_t(B) * T, C = size_t(cfg.d_model), Ca = C / tp_size;
+  const size_t BT = size_t(B) * T, C = size_t(cfg.d_model);
+  const size_t Ckv = size_t(kv_heads(cfg) / tp_size) * (C / cfg.n_head);  // the values' width
   const size_t Vl = size_t(cfg.padded_vocab_size / tp_size);
   const int L = int(layout.layers.size());
   Arena alloc;
@@ -84,7 +90,7 @@ Activations::Activations(const Backend& be, const config::ModelConfig& cfg, cons
     alloc(emb_rstd, BT);
     alloc(stream0, BT * C);
   }
-  if (cfg.value_residual) alloc(v0, BT * Ca);
+  if (cfg.value_residual) alloc(v0, BT * Ckv);
   anchors.resize(size_t(L));
   for (int l = 0; l < L; l++) {
     const int f = layout.layers[l].anchor;
@@ -93,7 +99,7 @@ Activations::Activations(const Backend& be, const config::ModelConfig& cfg, cons
     alloc(an.ln, BT * C);
     alloc(an.mean, BT);
     alloc(an.rstd, BT);
-    alloc(an.v, BT * Ca);
+    alloc(an.v, BT * Ckv);
   }
   layers.resize(size_t(L));
   LayerActs shared;

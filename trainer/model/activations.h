@@ -10,7 +10,8 @@
 #include "kernels/backend.h"
 #include "trainer/model/layout.h"
 
-// One block's activations. Ca, NHl, F: this rank's attention width, heads and MLP width.
+// One block's activations. Ca, NHl, F: this rank's attention width, heads and MLP width; with
+// grouped-query attention the q|k|v rows up to qkvp are Ca + 2*Ckv wide (3Ca widths below), v Ckv.
 struct LayerActs {
   float* ln1 = nullptr;       // (B,T,C) ln_1(residual)
   float* ln1_mean = nullptr;  // (B,T)
@@ -22,6 +23,9 @@ struct LayerActs {
   float* qkvr = nullptr;      // (B,T,3Ca) with model.qkv_shift and a value residual: q, k and the mixed v
   float* qkvs = nullptr;      // (B,T,3Ca) after model.qkv_shift
   float* qkvp = nullptr;      // (B,T,3Ca) after value residual, shift, qk-norm and RoPE (qkv when none applies)
+  float* qkvx = nullptr;      // GQA: (B,T,3Ca) qkvp with each key/value head repeated for its query heads
+  float* qkvm = nullptr;      // the mixer's input: qkvx with GQA, else qkvp
+  float* gkv = nullptr;       // GQA, KVM: (B,T,NKVl) the gate's projection, per key/value head
   float* qn_mean = nullptr;   // (B,T,NHl) qk-norm statistics
   float* qn_rstd = nullptr;
   float* kn_mean = nullptr;

@@ -31,10 +31,10 @@ void Model::mixer_forward(int l, const Pass& p) {
     case Mixer::bswa:
       if (p.decode) {
         DecodeCache::Layer& c = p.decode->layers[l];
-        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvp, p.B, Ca_, NHl_, p.pos0, c.cap, w.window,
+        return be_.attention_decode(x.atty, c.k.data(), c.v.data(), x.qkvm, p.B, Ca_, NHl_, p.pos0, c.cap, w.window,
                                     w.block);
       }
-      return be_.attention_forward(x.atty, x.lse, x.qkvp, p.B, p.T, Ca_, NHl_, w.window, w.block);
+      return be_.attention_forward(x.atty, x.lse, x.qkvm, p.B, p.T, Ca_, NHl_, w.window, w.block);
   }
 }
 
@@ -47,7 +47,7 @@ void Model::mixer_backward(int l, float* datty, float* dqkvp, float* dln1) {
     case Mixer::attn:
     case Mixer::swa:
     case Mixer::bswa:
-      return be_.attention_backward(dqkvp, datty, x.qkvp, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window, w.block);
+      return be_.attention_backward(dqkvp, datty, x.qkvm, x.atty, x.lse, B_, T_, Ca_, NHl_, w.window, w.block);
   }
 }
 
@@ -64,7 +64,7 @@ kernels::TokenShiftForm Model::mlp_shift_form() const {
 }
 
 void Model::value_residual_forward(int l, const Pass& p, float* out, const float* v, int ld) {
-  const int BT = p.B * p.T, C = cfg_.d_model, Ca = Ca_;
+  const int BT = p.B * p.T, C = cfg_.d_model, Ca = Ckv_;  // the values' width
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
   const float* anchor = p.acts.anchor_of(w.anchor);
@@ -85,39 +85,64 @@ void Model::value_residual_forward(int l, const Pass& p, float* out, const float
 
 void Model::qkv_prep_forward(int l, const Pass& p) {
   const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T, Ca = Ca_, NHl = NHl_;
+  const int NKV = NKVl_, W = W_, vo = Ca_ + Ckv_;  // q|k|v rows: k at column Ca, v at vo
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
   DecodeCache::Layer* cache = p.decode ? &p.decode->layers[l] : nullptr;
-  const size_t f = sizeof(float), row = 3 * Ca * f;
-  if (!qkv_processed(l)) return;
-  const float* cur = x.qkv;  // the rows each stage reads
-  if (value_residual_applies(cfg_, l)) {
-    float* out = cfg_.qkv_shift ? x.qkvr : x.qkvp;
-    be_.copy_rows(out, row, x.qkv, row, 2 * Ca * f, size_t(BT));  // q and k pass
-    value_residual_forward(l, p, out + 2 * Ca, x.qkv + 2 * Ca, 3 * Ca);
-    cur = out;
+  const size_t f = sizeof(float), row = W * f;
+  if (qkv_processed(l)) {
+    const float* cur = x.qkv;  // the rows each stage reads
+    if (value_residual_applies(cfg_, l)) {
+      float* out = cfg_.qkv_shift ? x.qkvr : x.qkvp;
+      be_.copy_rows(out, row, x.qkv, row, vo * f, size_t(BT));  // q and k pass
+      value_residual_forward(l, p, out + vo, x.qkv + vo, W);
+      cur = out;
+    }
+    if (cfg_.qkv_shift) {
+      token_shift(x.qkvs, cur, w.shift_qkv, W, kernels::TokenShiftForm::delta_first, p,
+                  cache ? &cache->prev_qkv : nullptr);
+      cur = x.qkvs;
+    }
+    if (cur != x.qkvp) be_.copy(x.qkvp, cur, size_t(BT) * row);
+    if (cfg_.qk_norm) {  // q and k as they were before the value residual, which only touches v
+      const float* qk = cfg_.qkv_shift ? x.qkvs : x.qkv;
+      be_.head_layernorm_forward(x.qkvp, x.qn_mean, x.qn_rstd, qk, P(w.qnw), P(w.qnb), BT, NHl, hs, W);
+      be_.head_layernorm_forward(x.qkvp + Ca, x.kn_mean, x.kn_rstd, qk + Ca, P(w.knw), P(w.knb), BT, NKV, hs, W);
+    }
+    if (w.rope_dims) {
+      const auto variant = rope_variant();
+      be_.rope_forward(x.qkvp, x.qkvp, B, T, NHl, hs, W, w.rope_dims, w.rope_base, p.pos0, variant);
+      be_.rope_forward(x.qkvp + Ca, x.qkvp + Ca, B, T, NKV, hs, W, w.rope_dims, w.rope_base, p.pos0, variant);
+    }
   }
-  if (cfg_.qkv_shift) {
-    token_shift(x.qkvs, cur, w.shift_qkv, 3 * Ca, kernels::TokenShiftForm::delta_first, p,
-                cache ? &cache->prev_qkv : nullptr);
-    cur = x.qkvs;
-  }
-  if (cur != x.qkvp) be_.copy(x.qkvp, cur, size_t(BT) * row);
-  if (cfg_.qk_norm) {  // q and k as they were before the value residual, which only touches v
-    const float* qk = cfg_.qkv_shift ? x.qkvs : x.qkv;
-    be_.head_layernorm_forward(x.qkvp, x.qn_mean, x.qn_rstd, qk, P(w.qnw), P(w.qnb), BT, NHl, hs, 3 * Ca);
-    be_.head_layernorm_forward(x.qkvp + Ca, x.kn_mean, x.kn_rstd, qk + Ca, P(w.knw), P(w.knb), BT, NHl, hs, 3 * Ca);
-  }
-  if (w.rope_dims) {
-    const auto variant = rope_variant();
-    be_.rope_forward(x.qkvp, x.qkvp, B, T, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, p.pos0, variant);
-    be_.rope_forward(x.qkvp + Ca, x.qkvp + Ca, B, T, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, p.pos0, variant);
-  }
+  if (gqa()) gqa_expand(x.qkvx, x.qkvp, BT);
+}
+
+void Model::gqa_expand(float* dst, const float* src, int BT) {
+  const int Ca = Ca_, hs = cfg_.d_model / cfg_.n_head, G = NHl_ / NKVl_;
+  const size_t f = sizeof(float), ld = 3 * Ca * f, lds = size_t(W_) * f;
+  be_.copy_rows(dst, ld, src, lds, Ca * f, size_t(BT));  // q
+  for (int h = 0; h < NHl_; h++)                          // query head h reads key/value head h / G
+    for (int j : {0, 1})
+      be_.copy_rows(dst + (1 + j) * Ca + h * hs, ld, src + Ca + j * Ckv_ + (h / G) * hs, lds, hs * f, size_t(BT));
+}
+
+void Model::gqa_reduce(float* dst, const float* src, int BT) {
+  const int Ca = Ca_, hs = cfg_.d_model / cfg_.n_head, G = NHl_ / NKVl_;
+  const size_t f = sizeof(float);
+  be_.copy_rows(dst, W_ * f, src, 3 * Ca * f, Ca * f, size_t(BT));
+  for (int h = 0; h < NHl_; h++)
+    for (int j : {0, 1}) {  // the group's first query head writes, the others add
+      float* d = dst + Ca + j * Ckv_ + (h / G) * hs;
+      const float* s = src + (1 + j) * Ca + h * hs;
+      if (h % G == 0) be_.copy_rows(d, W_ * f, s, 3 * Ca * f, hs * f, size_t(BT));
+      else be_.axpby_rows(d, s, 1.0f, 1.0f, size_t(BT), hs, size_t(W_), size_t(3 * Ca));
+    }
 }
 
 void Model::block_forward(int l, const float* residual, const Pass& p) {
-  const int B = p.B, T = p.T, C = cfg_.d_model, hs = C / cfg_.n_head, BT = B * T;
-  const int Ca = Ca_, NHl = NHl_, F = Fl_;
+  const int B = p.B, T = p.T, C = cfg_.d_model, BT = B * T;
+  const int Ca = Ca_, F = Fl_;
   const float s = float(cfg_.residual_scale);
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
@@ -127,10 +152,10 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
   be_.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, residual, P(w.ln1w), P(w.ln1b), BT, C);
   if (cfg_.token_shift)
     token_shift(x.xa, x.ln1, w.shift_att, C, kernels::TokenShiftForm::mix_zero, p, cache ? &cache->prev_att : nullptr);
-  linear_forward(x.qkv, x.xa, w.qkvw, w.qkvb, BT, C, 3 * Ca);
+  linear_forward(x.qkv, x.xa, w.qkvw, w.qkvb, BT, C, W_);
   const size_t f = sizeof(float);
   if (cfg_.value_residual && l == 0)  // v_0: the v columns of layer 0's qkv rows
-    be_.copy_rows(p.acts.v0, Ca * f, x.qkv + 2 * Ca, 3 * Ca * f, Ca * f, size_t(BT));
+    be_.copy_rows(p.acts.v0, Ckv_ * f, x.qkv + Ca + Ckv_, W_ * f, Ckv_ * f, size_t(BT));
   qkv_prep_forward(l, p);
   mixer_forward(l, p);
   // the projection lands in residual3's buffer, free until the MLP writes it
@@ -158,55 +183,56 @@ void Model::block_forward(int l, const float* residual, const Pass& p) {
 // itself when nothing applies); the anchor's share goes to its gradient (s_.dv0, s_.danchor), the
 // rwkv gate's share of d(ln1) is added to dln1.
 const float* Model::qkv_prep_backward(int l, float* dqkvp, float* dln1) {
-  const int BT = B_ * T_, C = cfg_.d_model, hs = C / cfg_.n_head, Ca = Ca_, NHl = NHl_;
-  const size_t na = size_t(BT) * Ca, f = sizeof(float), row = 3 * Ca * f;
+  const int BT = B_ * T_, C = cfg_.d_model, hs = C / cfg_.n_head, Ca = Ca_, NHl = NHl_, NKV = NKVl_, W = W_;
+  const int vo = Ca + Ckv_;  // the v columns
+  const size_t nw = size_t(BT) * W, f = sizeof(float), row = W * f;
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = acts_.layers[l];
   auto zero = [&](float* p, size_t count) { be_.zero(p, count * sizeof(float)); };
   float* dqkv = dqkvp;
   if (qkv_processed(l)) {
     dqkv = s_.dqkv.data();
-    zero(dqkv, na * 3);
+    zero(dqkv, nw);
     // q and k: back through RoPE, then through qk-LayerNorm
     const float* dqk = dqkvp;
     if (w.rope_dims) {
       float* target = cfg_.qk_norm ? s_.dq3.data() : dqkv;
-      if (cfg_.qk_norm) zero(target, na * 3);
-      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, 0, rope_variant());
-      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NHl, hs, 3 * Ca, w.rope_dims, w.rope_base, 0, rope_variant());
+      if (cfg_.qk_norm) zero(target, nw);
+      be_.rope_backward(target, dqkvp, B_, T_, NHl, hs, W, w.rope_dims, w.rope_base, 0, rope_variant());
+      be_.rope_backward(target + Ca, dqkvp + Ca, B_, T_, NKV, hs, W, w.rope_dims, w.rope_base, 0, rope_variant());
       dqk = target;
     }
     if (cfg_.qk_norm) {
       const float* qk = cfg_.qkv_shift ? x.qkvs : x.qkv;
       be_.head_layernorm_backward(dqkv, partial_grad(w.qnw, kRedQnw), partial_grad(w.qnb, kRedQnb), dqk, qk,
-                                  P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, 3 * Ca);
+                                  P(w.qnw), x.qn_mean, x.qn_rstd, BT, NHl, hs, W);
       be_.head_layernorm_backward(dqkv + Ca, partial_grad(w.knw, kRedKnw), partial_grad(w.knb, kRedKnb), dqk + Ca,
-                                  qk + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NHl, hs, 3 * Ca);
+                                  qk + Ca, P(w.knw), x.kn_mean, x.kn_rstd, BT, NKV, hs, W);
     } else if (!w.rope_dims) {  // q and k columns pass through
-      be_.copy_rows(dqkv, row, dqkvp, row, 2 * Ca * f, size_t(BT));
+      be_.copy_rows(dqkv, row, dqkvp, row, vo * f, size_t(BT));
     }
-    be_.copy_rows(dqkv + 2 * Ca, row, dqkvp + 2 * Ca, row, Ca * f, size_t(BT));  // v passes
+    be_.copy_rows(dqkv + vo, row, dqkvp + vo, row, Ckv_ * f, size_t(BT));  // v passes
     const bool vres = value_residual_applies(cfg_, l);
     if (cfg_.qkv_shift) {  // the shift's sharded weights: each rank's gradient is whole
       float* d = s_.dqkv2.data();
-      zero(d, na * 3);
-      be_.token_shift_backward(d, G(w.shift_qkv), dqkv, vres ? x.qkvr : x.qkv, P(w.shift_qkv), B_, T_, 3 * Ca,
+      zero(d, nw);
+      be_.token_shift_backward(d, G(w.shift_qkv), dqkv, vres ? x.qkvr : x.qkv, P(w.shift_qkv), B_, T_, W,
                                kernels::TokenShiftForm::delta_first);
       dqkv = d;
     }
-    if (vres) value_residual_backward(l, dqkv + 2 * Ca, dln1);
+    if (vres) value_residual_backward(l, dqkv + vo, dln1);
   }
   if (cfg_.value_residual && l == 0)  // layer 0's v also feeds every later layer
-    be_.axpby_rows(dqkv + 2 * Ca, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ca, size_t(3 * Ca), size_t(Ca));
+    be_.axpby_rows(dqkv + vo, s_.dv0.data(), 1.0f, 1.0f, size_t(BT), Ckv_, size_t(W), size_t(Ckv_));
   return dqkv;
 }
 
 // dv (BT rows of 3Ca floats' stride): d(mixed values) on entry, d(the layer's own values) on exit.
 void Model::value_residual_backward(int l, float* dv, float* dln1) {
-  const int BT = B_ * T_, C = cfg_.d_model, Ca = Ca_, ld = 3 * Ca, rank = value_gate_rank(C);
+  const int BT = B_ * T_, C = cfg_.d_model, Ca = Ckv_, ld = W_, rank = value_gate_rank(C);  // Ca: the values' width
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = acts_.layers[l];
-  const float* v = x.qkv + 2 * Ca;
+  const float* v = x.qkv + Ca_ + Ckv_;
   const float* anchor = acts_.anchor_of(w.anchor);
   // the gated modes' kernel reads d(mixed values) from its own buffer and writes dv
   float* dmix = s_.dvres.data();
@@ -278,18 +304,20 @@ void Model::block_backward(int l, const float* residual, float* dres) {
   scale_dout();
   float* datty = s_.datty.data();
   float* dqkvp = s_.dqkvp.data();
-  zero(dqkvp, na * 3);
+  float* dmix = gqa() ? s_.dqkvx.data() : dqkvp;  // d(the mixer's q|k|v rows)
+  zero(dmix, na * 3);
   // KVM's gate and the rwkv value gate add their gradients to dln
   const bool gate = w.mixer == Mixer::kvm ||
                     (value_residual_applies(cfg_, l) && cfg_.value_residual_mode == config::ValueResidualMode::rwkv);
   if (tp) red_begin(n);
   else if (gate || cfg_.token_shift) zero(dln, n);
   linear_backward(datty, Dinp::overwrite, w.projw, w.projb, dout, x.atty, BT, Ca, C);
-  mixer_backward(l, datty, dqkvp, dln);
+  mixer_backward(l, datty, dmix, dln);
+  if (gqa()) gqa_reduce(dqkvp, dmix, BT);
   const float* dqkv = qkv_prep_backward(l, dqkvp, dln);
   float* dx_in = cfg_.token_shift ? dxa : dln;
   linear_backward(dx_in, dx_in == dln && gate ? Dinp::accumulate : Dinp::overwrite, w.qkvw, w.qkvb, dqkv, x.xa, BT,
-                  C, 3 * Ca);
+                  C, W_);
   if (cfg_.token_shift)
     be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C,
                              kernels::TokenShiftForm::mix_zero);

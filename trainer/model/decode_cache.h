@@ -10,7 +10,7 @@ struct Model::DecodeCache {
     int cap = 0;                      // attention: positions kept (a ring of the window for swa)
     DeviceBuffer k, v;                // attention: (cap, Ca) k (after qk-norm, RoPE) and v (after the value residual)
     DeviceBuffer prev_att, prev_mlp;  // token shift: (C) the previous token's ln_1 / ln_2 rows
-    DeviceBuffer prev_qkv;            // model.qkv_shift: (3Ca) the previous token's rows entering the shift
+    DeviceBuffer prev_qkv;            // model.qkv_shift: (W) the previous token's rows entering the shift
   };
   std::vector<Layer> layers;
   Activations acts;           // one token's

@@ -63,6 +63,7 @@ ModelLayout declare_layout(const config::ModelConfig& cfg, int tp_size, int tp_r
   check_divisible(Vp, "model.padded_vocab_size", tp_size);
   check_divisible(4LL * C, "model.d_model*4", tp_size);
   const int Ca = C / tp_size, NHl = NH / tp_size, Fl = 4 * C / tp_size, Vl = Vp / tp_size;  // this rank's
+  const int NKVl = kv_heads(cfg) / tp_size, Ckv = NKVl * hs, W = Ca + 2 * Ckv;  // key/value heads, q|k|v rows
   const bool rope = cfg.pos == config::Pos::rope;
   const int R = cfg.rope_dims ? cfg.rope_dims : hs / 2;
   const int R_swa = cfg.swa_rope_dims ? cfg.swa_rope_dims : rope ? R : 0;
@@ -102,15 +103,15 @@ ModelLayout declare_layout(const config::ModelConfig& cfg, int tp_size, int tp_r
     y.ln1w = add(p + "ln_1.weight", {C}, no, ones);
     y.ln1b = add(p + "ln_1.bias", {C}, no, zeros);
     if (cfg.token_shift) y.shift_att = add(p + "attn.shift", {C}, no, token_shift, none, l);
-    y.qkvw = add(p + "attn.qkv.weight", {3 * Ca, C}, yes, paper ? fan_in_uniform : normal, qkv_rows, -1, 0, wide);
-    if (cfg.bias) y.qkvb = add(p + "attn.qkv.bias", {3 * Ca}, no, zeros, qkv_rows);
-    if (cfg.qkv_shift) y.shift_qkv = add(p + "attn.qkv_shift", {3 * Ca}, no, qkv_shift, qkv_rows, l);
+    y.qkvw = add(p + "attn.qkv.weight", {W, C}, yes, paper ? fan_in_uniform : normal, qkv_rows, -1, 0, wide);
+    if (cfg.bias) y.qkvb = add(p + "attn.qkv.bias", {W}, no, zeros, qkv_rows);
+    if (cfg.qkv_shift) y.shift_qkv = add(p + "attn.qkv_shift", {W}, no, qkv_shift, qkv_rows, l);
     if (vres && cfg.value_residual_mode == config::ValueResidualMode::linear)
       y.vr_lambda = add(p + "attn.vres.lambda", {1}, no, constant, none, -1, 0.5f);
     if (vres && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
-      y.vr_bias = add(p + "attn.vres.gate_bias", {Ca}, no, value_gate_bias, rows);
+      y.vr_bias = add(p + "attn.vres.gate_bias", {Ckv}, no, value_gate_bias, rows);
       y.vr_down = add(p + "attn.vres.gate_down", {rank, C}, yes, zeros, none, -1, 0, wide);
-      y.vr_up = add(p + "attn.vres.gate_up", {Ca, rank}, yes, orthogonal, rows, -1, 0.1f, wide_rank);
+      y.vr_up = add(p + "attn.vres.gate_up", {Ckv, rank}, yes, orthogonal, rows, -1, 0.1f, wide_rank);
     }
     if (cfg.qk_norm) {
       y.qnw = add(p + "attn.ln_q.weight", {hs}, no, ones);
@@ -121,7 +122,7 @@ ModelLayout declare_layout(const config::ModelConfig& cfg, int tp_size, int tp_r
     if (y.mixer == Mixer::kvm) {
       y.lnsw = add(p + "kvm.ln_s.weight", {hs}, no, ones);
       y.lnsb = add(p + "kvm.ln_s.bias", {hs}, no, zeros);
-      y.gatew = add(p + "kvm.gate.weight", {NHl, C}, yes, fan_in_uniform, rows, -1, 0, wide);
+      y.gatew = add(p + "kvm.gate.weight", {NKVl, C}, yes, fan_in_uniform, rows, -1, 0, wide);
       y.tau_front = add(p + "kvm.tau_front", {NHl}, no, ones, rows);
       y.tau_state = add(p + "kvm.tau_state", {NHl}, no, ones, rows);
     }
@@ -192,10 +193,11 @@ void init_params(float* p, const ModelLayout& layout, const config::ModelConfig&
         fill_orthogonal(dst, rows, int(size / size_t(rows)), rule.value, rng);
         break;
       }
-      case Init::qkv_shift: {  // (3C) whole: q's C weights, then k's, then v's
+      case Init::qkv_shift: {  // whole: q's C weights, then k's and v's Ckv each
         const double ratio = 1.0 - double(rule.layer) / L, a[3] = {0.2, 0.7, 0.7};
-        for (int j = 0; j < 3; j++)
-          for (int c = 0; c < C; c++) dst[size_t(j) * C + c] = float(1.0 - std::pow(double(c) / C, a[j] * ratio));
+        const int Ckv = int(size - size_t(C)) / 2, width[3] = {C, Ckv, Ckv};
+        for (int j = 0, o = 0; j < 3; o += width[j], j++)
+          for (int c = 0; c < width[j]; c++) dst[o + c] = float(1.0 - std::pow(double(c) / width[j], a[j] * ratio));
         break;
       }
       case Init::mlp_shift: {
@@ -203,8 +205,8 @@ void init_params(float* p, const ModelLayout& layout, const config::ModelConfig&
         for (int c = 0; c < C; c++) dst[c] = float(1.0 - std::pow(double(c) / C, std::pow(ratio, 4)));
         break;
       }
-      case Init::value_gate_bias:  // (C) whole
-        for (int c = 0; c < C; c++) dst[c] = float(0.73 - 0.4 * (double(c) / (C - 1) - 0.5));
+      case Init::value_gate_bias:  // whole: one per value channel
+        for (size_t c = 0; c < size; c++) dst[c] = float(0.73 - 0.4 * (double(c) / double(size - 1) - 0.5));
         break;
       case Init::fan_in_uniform: {
         const double bound = 1.0 / std::sqrt(double(C));

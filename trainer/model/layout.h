@@ -41,7 +41,7 @@ enum class Shard {
   none,      // replicated
   rows,      // dimension 0 (column-parallel weights, vocabulary rows, per-head entries)
   cols,      // dimension 1 (row-parallel weights)
-  qkv_rows,  // dimension 0 in three blocks (q | k | v): each rank holds its heads of each
+  qkv_rows,  // dimension 0 in three blocks (q | k | v): each rank holds its heads of each (no GQA under TP)
 };
 
 struct LayerParams {
@@ -68,6 +68,9 @@ struct ModelLayout {
   Param wte, wpe, lnew, lneb, lnfw, lnfb, head;  // head is wte when tied
   std::vector<LayerParams> layers;
 };
+
+// Key/value heads (grouped-query attention): model.n_kv_head, or n_head.
+inline int kv_heads(const config::ModelConfig& cfg) { return cfg.n_kv_head ? cfg.n_kv_head : cfg.n_head; }
 
 // Whether layer l mixes its values with an anchor (layer 0's anchor is its own values: a no-op).
 inline bool value_residual_applies(const config::ModelConfig& cfg, int l) { return cfg.value_residual && l > 0; }

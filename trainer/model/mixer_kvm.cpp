@@ -58,9 +58,16 @@ void Model::kvm_forward(int l, const Pass& p) {
   const LayerParams& w = lay_.layers[l];
   const LayerActs& x = p.acts.layers[l];
   KvmLayer& kv = *kvm_[l];
-  const float* qkvp = x.qkvp;
-  // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T) (elementwise, so after the permutation)
-  linear_forward(x.gpre, x.ln1, w.gatew, Param{}, BT, C, NH);
+  const float* qkvp = x.qkvm;
+  // merge gate: gpre (B,T,NH), g = 1 + elu(gpre) as (B,NH,T) (elementwise, so after the permutation);
+  // with GQA one gate per key/value head, repeated for its query heads (their states are the same)
+  if (gqa()) {
+    linear_forward(x.gkv, x.ln1, w.gatew, Param{}, BT, C, NKVl_);
+    const size_t f = sizeof(float);
+    for (int h = 0; h < NH; h++) be_.copy_rows(x.gpre + h, NH * f, x.gkv + h / (NH / NKVl_), NKVl_ * f, f, size_t(BT));
+  } else {
+    linear_forward(x.gpre, x.ln1, w.gatew, Param{}, BT, C, NH);
+  }
   if (p.decode) {  // one token: (1,1,NH) rows are already (H,D) and (H)
     if (!kv.cache || p.pos0 == 0) {
       kv.cache = std::make_unique<kernels::KvmCache>(NH, hs, kv.params);
@@ -102,6 +109,14 @@ void Model::kvm_backward(int l, const float* datty, float* dqkvp, float* dln1) {
   // back through g = 1 + elu(W_g ln1)
   be_.merge_heads(dgbt, dg, B, T, NH, 1, NH, 0);
   be_.elu_gate_backward(dgpre, x.gpre, dgbt, BT * NH);
+  if (gqa()) {  // the repeats' gradients summed per key/value head
+    const int G = NH / NKVl_;
+    float* dgkv = s_.dgkv.data();
+    be_.zero(dgkv, size_t(BT) * NKVl_ * sizeof(float));
+    for (int h = 0; h < NH; h++)
+      be_.axpby_rows(dgkv + h / G, dgpre + h, 1.0f, 1.0f, size_t(BT), 1, size_t(NKVl_), size_t(NH));
+    return linear_backward(dln1, Dinp::accumulate, w.gatew, Param{}, dgkv, x.ln1, BT, C, NKVl_);
+  }
   linear_backward(dln1, Dinp::accumulate, w.gatew, Param{}, dgpre, x.ln1, BT, C, NH);
 }
 

@@ -26,7 +26,8 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     throw std::invalid_argument("Model: the device tensor-parallel communicator is not the ranks of tp");
   const int C = cfg.d_model, L = cfg.n_layer, hs = C / cfg.n_head;
   Ca_ = C / TP, NHl_ = cfg.n_head / TP, Fl_ = 4 * C / TP, Vl_ = cfg.padded_vocab_size / TP;
-  const int Ca = Ca_, NHl = NHl_, Fl = Fl_;
+  NKVl_ = kv_heads(cfg) / TP, Ckv_ = NKVl_ * hs, W_ = Ca_ + 2 * Ckv_;
+  const int Ca = Ca_, NHl = NHl_, Fl = Fl_, Ckv = Ckv_, W = W_;
   params_ = DeviceBuffer(be, lay_.table.total());
   grads_ = DeviceBuffer(be, lay_.table.total());
   stale_.assign(lay_.table.views().size(), 0);
@@ -36,20 +37,21 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
 
   for (auto* b : {&s_.dres, &s_.dln, &s_.dxa, &s_.dtmp}) *b = DeviceBuffer(be, BT * C);
   s_.datty = DeviceBuffer(be, BT * Ca);
-  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = DeviceBuffer(be, BT * 3 * Ca);
-  if (cfg.qkv_shift) s_.dqkv2 = DeviceBuffer(be, BT * 3 * Ca);
+  for (auto* b : {&s_.dqkvp, &s_.dqkv, &s_.dq3}) *b = DeviceBuffer(be, BT * W);
+  if (cfg.qkv_shift) s_.dqkv2 = DeviceBuffer(be, BT * W);
+  if (gqa()) s_.dqkvx = DeviceBuffer(be, BT * 3 * Ca);
   s_.dact = DeviceBuffer(be, BT * Fl);
-  if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ca);
+  if (cfg.value_residual) s_.dv0 = DeviceBuffer(be, BT * Ckv);
   if (cfg.value_residual && cfg.value_residual_mode != config::ValueResidualMode::average)
-    s_.dvres = DeviceBuffer(be, BT * Ca);
+    s_.dvres = DeviceBuffer(be, BT * Ckv);
   if (cfg.value_residual && cfg.value_residual_mode == config::ValueResidualMode::rwkv) {
-    s_.dvr_z = DeviceBuffer(be, BT * Ca);
+    s_.dvr_z = DeviceBuffer(be, BT * Ckv);
     s_.dvr_h = DeviceBuffer(be, BT * size_t(value_gate_rank(C)));
   }
   s_.danchor.resize(size_t(L));
   for (const LayerParams& y : lay_.layers) {
     if (y.anchor <= 0 || s_.danchor[size_t(y.anchor)].size()) continue;
-    s_.danchor[size_t(y.anchor)] = DeviceBuffer(be, BT * Ca);
+    s_.danchor[size_t(y.anchor)] = DeviceBuffer(be, BT * Ckv);
     if (!s_.dx0.size()) s_.dx0 = DeviceBuffer(be, BT * C);
   }
   if (TP > 1) {
@@ -65,6 +67,7 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     if (s_.dqh.size() == 0) {
       for (auto* b : {&s_.dqh, &s_.dkh, &s_.dvh, &s_.douth}) *b = DeviceBuffer(be, BT * Ca);
       for (auto* b : {&s_.dg, &s_.dgbt, &s_.dgpre}) *b = DeviceBuffer(be, BT * NHl);
+      if (gqa()) s_.dgkv = DeviceBuffer(be, BT * NKVl_);
     }
   }
 }
@@ -247,30 +250,32 @@ void Model::head(const Pass& p, const float* residual) {
 }
 
 void Model::anchors_forward(const Pass& p) {
-  const int C = cfg_.d_model, Ca = Ca_, BT = p.B * p.T;
+  const int C = cfg_.d_model, Ckv = Ckv_, BT = p.B * p.T;
+  const size_t vrow = size_t(Ca_ + Ckv_);  // the first v row of qkv.weight
   for (size_t f = 1; f < p.acts.anchors.size(); f++) {
     const Activations::Anchor& an = p.acts.anchors[f];
     if (!an.v) continue;
     // layer f's plain value projection of its own ln_1 of the embedding output: the v rows of its qkv
     const LayerParams& w = lay_.layers[f];
     be_.layernorm_forward(an.ln, an.mean, an.rstd, p.acts.stream0, P(w.ln1w), P(w.ln1b), BT, C);
-    const float* bias = w.qkvb ? P(w.qkvb) + 2 * Ca : nullptr;
-    if (bf16()) be_.matmul_forward_bf16(an.v, an.ln, P16(w.qkvw) + size_t(2) * Ca * C, bias, BT, C, Ca);
-    else be_.matmul_forward(an.v, an.ln, P(w.qkvw) + size_t(2) * Ca * C, bias, BT, C, Ca);
+    const float* bias = w.qkvb ? P(w.qkvb) + vrow : nullptr;
+    if (bf16()) be_.matmul_forward_bf16(an.v, an.ln, P16(w.qkvw) + vrow * C, bias, BT, C, Ckv);
+    else be_.matmul_forward(an.v, an.ln, P(w.qkvw) + vrow * C, bias, BT, C, Ckv);
   }
 }
 
 void Model::anchor_backward(int f) {
-  const int C = cfg_.d_model, Ca = Ca_, BT = B_ * T_;
+  const int C = cfg_.d_model, Ckv = Ckv_, BT = B_ * T_;
+  const size_t vrow = size_t(Ca_ + Ckv_);
   const Activations::Anchor& an = acts_.anchors[size_t(f)];
   const LayerParams& w = lay_.layers[f];
   const float* dv = s_.danchor[size_t(f)].data();
   float* dln = s_.dln.data();
   // block f's backward has written its qkv and ln_1 gradients: these add to them
-  float* dw = G(w.qkvw) + size_t(2) * Ca * C;
-  float* db = w.qkvb ? G(w.qkvb) + 2 * Ca : nullptr;
-  if (bf16()) be_.matmul_backward_bf16(dln, dw, db, dv, an.ln, P16(w.qkvw) + size_t(2) * Ca * C, BT, C, Ca, false, true);
-  else be_.matmul_backward(dln, dw, db, dv, an.ln, P(w.qkvw) + size_t(2) * Ca * C, BT, C, Ca, false, true);
+  float* dw = G(w.qkvw) + vrow * C;
+  float* db = w.qkvb ? G(w.qkvb) + vrow : nullptr;
+  if (bf16()) be_.matmul_backward_bf16(dln, dw, db, dv, an.ln, P16(w.qkvw) + vrow * C, BT, C, Ckv, false, true);
+  else be_.matmul_backward(dln, dw, db, dv, an.ln, P(w.qkvw) + vrow * C, BT, C, Ckv, false, true);
   be_.layernorm_backward(s_.dx0.data(), G(w.ln1w), G(w.ln1b), dln, acts_.stream0, P(w.ln1w), an.mean, an.rstd, BT, C);
 }
 

@@ -146,6 +146,7 @@ class Model {
  private:
   struct Scratch {  // backward scratch, one block's worth, reused layer by layer (block.cpp)
     DeviceBuffer dres, dln, dxa, dtmp, datty, dqkvp, dqkv, dqkv2, dq3, dact, dv0;
+    DeviceBuffer dqkvx, dgkv;           // GQA: d(the mixer's expanded q|k|v rows), d(KVM gate per key/value head)
     DeviceBuffer dvres;                 // linear and rwkv value residual: d(mixed values), (BT, Ca)
     DeviceBuffer dvr_z, dvr_h;          // rwkv value gate: d(up-projection output), d(down-projection output)
     std::vector<DeviceBuffer> danchor;  // per layer f: d(the per_mixer anchor whose first layer is f)
@@ -187,6 +188,10 @@ class Model {
   void mixer_forward(int l, const Pass& p);
   void mixer_backward(int l, float* datty, float* dqkvp, float* dln1);
   void qkv_prep_forward(int l, const Pass& p);
+  // grouped-query attention: the mixer's (BT, 3Ca) q|k|v rows from the (BT, W) prepared ones,
+  // each key/value head repeated for its query heads; and back, the repeats' gradients summed
+  void gqa_expand(float* dst, const float* src, int BT);
+  void gqa_reduce(float* dst, const float* src, int BT);
   const float* qkv_prep_backward(int l, float* dqkvp, float* dln1);
   // out (ld) = layer l's v (ld) mixed with its anchor; and back (block.cpp)
   void value_residual_forward(int l, const Pass& p, float* out, const float* v, int ld);
@@ -236,6 +241,10 @@ class Model {
   Communicator* tpd_ = nullptr;  // the same ranks over the backend's memory (tp_ on cpu)
   int tp_size_ = 1, tp_rank_ = 0;
   int Ca_ = 0, NHl_ = 0, Fl_ = 0, Vl_ = 0;  // this rank's attention width (its heads), heads, MLP width, vocab rows
+  // grouped-query attention: key/value heads, their width, and the q|k|v rows' width Ca + 2*Ckv
+  // (k at column Ca, v at Ca + Ckv); without GQA NKVl = NHl, Ckv = Ca, W = 3*Ca
+  int NKVl_ = 0, Ckv_ = 0, W_ = 0;
+  bool gqa() const { return NKVl_ != NHl_; }
   size_t red_off_[kRedSlots] = {}, red_extra_ = 0;
   DeviceBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
   DeviceBuffer tpce_;   // TP > 1: the vocabulary-parallel cross-entropy's row maxima and sums (loss)

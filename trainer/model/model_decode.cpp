@@ -45,7 +45,7 @@ void Model::reset_decode() {
     }
     if (cfg_.token_shift) c.prev_att = DeviceBuffer(be_, size_t(C));
     if (w.shift_mlp) c.prev_mlp = DeviceBuffer(be_, size_t(C));
-    if (cfg_.qkv_shift) c.prev_qkv = DeviceBuffer(be_, size_t(3) * Ca_);
+    if (cfg_.qkv_shift) c.prev_qkv = DeviceBuffer(be_, size_t(W_));
   }
   d->acts = Activations(be_, cfg_, lay_, tp_size_, 1, 1, true);
   if (tp_size_ > 1) d->full_logits = DeviceBuffer(be_, size_t(cfg_.padded_vocab_size));
