@@ -83,8 +83,9 @@ std::set<std::string> dtypes(const fs::path& file) {
   const std::string bytes = test_util::slurp(file);
   uint64_t n;
   std::memcpy(&n, bytes.data(), 8);
+  const json::Value header = json::parse(bytes.substr(8, n));
   std::set<std::string> out;
-  for (const auto& [name, entry] : json::parse(bytes.substr(8, n)).object())
+  for (const auto& [name, entry] : header.object())
     if (name != "__metadata__") out.insert(entry.at("dtype").string());
   return out;
 }
@@ -92,12 +93,15 @@ std::set<std::string> dtypes(const fs::path& file) {
 class PaperExport : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root = fs::temp_directory_path() / ("kvm_paper_export_" + std::to_string(::getpid()));
+    std::string name = "kvm_paper_export_";
+    name += std::to_string(::getpid());
+    root = fs::temp_directory_path() / name;
     fs::remove_all(root);
     fs::create_directories(root / "text");
-    for (int d = 0; d < 4; d++)
-      std::ofstream(root / "text" / ("d" + std::to_string(d) + ".txt"))
-          << "Keys and values are merged into means, " << d << " and the state grows as the context does.\n";
+    for (int d = 0; d < 4; d++) {
+      std::ofstream f(root / "text" / (std::to_string(d) + ".txt"));
+      for (int i = 0; i < 12; i++) f << "Keys and values are merged into means, " << d + i << " and the state grows.\n";
+    }
     auto r = test_util::kvmtrain("prepare --quiet --input " + (root / "text").string() + " --output " +
                                      (root / "data").string(), root);
     ASSERT_EQ(r.status, 0) << r.err;
