@@ -5,7 +5,8 @@ and v after them (the step before t = 0 being t = 0 itself), a value residual ag
 (the first layer of each mixer kind's plain value projection of its own ln_attn of the embedding
 output) with a linear or a learned LoRA gate, qk-LayerNorm, the paper's RoPE (pair i turns by
 -t * theta^(-i/(R/2-1))), full, sliding-window, block-sliding-window or KVM attention (kvm_ref.py),
-a ReLU^2 MLP with its own token shift (zero before t = 0), LayerNorms after the embedding and
+grouped-query attention (each key/value head, and in KVM layers its state, read by n_head/n_kv_head
+query heads, as the later paper code does), a ReLU^2 MLP with its own token shift (zero before t = 0), LayerNorms after the embedding and
 before the untied head, a softmax over the whole padded vocabulary when asked. The optimizer is the
 paper's recipe: AdamW with the paper's parameter groups (embedding; matrices and head with muP:
 lr / (d/base), weight decay * (d/base); the value gate's up-projection by its rank's ratio;
@@ -65,22 +66,24 @@ class Mixer(nn.Module):
         super().__init__()
         C, H = cfg["d_model"], cfg["n_head"]
         hs = C // H
+        self.Hkv = cfg["n_kv_head"] or H
+        Ckv = self.Hkv * hs
         self.cfg, self.layer, self.kind, self.H = cfg, layer, kind, H
         self.c_q = nn.Linear(C, C, bias=False)
-        self.c_k = nn.Linear(C, C, bias=False)
-        self.c_v = nn.Linear(C, C, bias=False)
+        self.c_k = nn.Linear(C, Ckv, bias=False)
+        self.c_v = nn.Linear(C, Ckv, bias=False)
         self.c_proj = nn.Linear(C, C, bias=False)
         self.ln_q, self.ln_k = nn.LayerNorm(hs), nn.LayerNorm(hs)
         if cfg["qkv_shift"]:
-            self.x_q, self.x_k, self.x_v = (nn.Parameter(torch.zeros(C)) for _ in range(3))
+            self.x_q, self.x_k, self.x_v = (nn.Parameter(torch.zeros(n)) for n in (C, Ckv, Ckv))
         self.vres = cfg["value_residual_mode"] if cfg["value_residual"] else "none"
         if self.vres == "linear":
             self.lamb = nn.Parameter(torch.tensor(0.5))
         elif self.vres == "rwkv":
             r = gate_rank(C)
-            self.v_gate0 = nn.Parameter(torch.zeros(C))
+            self.v_gate0 = nn.Parameter(torch.zeros(Ckv))
             self.v_gate1 = nn.Linear(C, r, bias=False)
-            self.v_gate2 = nn.Linear(r, C, bias=False)
+            self.v_gate2 = nn.Linear(r, Ckv, bias=False)
         # positions: swa layers take the alternative R and theta
         swa = kind == "swa"
         R = cfg["swa_rope_dims"] if swa and cfg["swa_rope_dims"] else (cfg["rope_dims"] or hs // 2)
@@ -91,7 +94,7 @@ class Mixer(nn.Module):
         kc = cfg["kvm"]
         if kind == "kvm":
             self.ln_s_k = nn.LayerNorm(hs)
-            self.key_weighting = nn.Linear(C, H, bias=False)
+            self.key_weighting = nn.Linear(C, self.Hkv, bias=False)
             self.front_head_temp = nn.Parameter(torch.ones(H))
             self.state_head_temp = nn.Parameter(torch.ones(H))
             self.kvm_cfg = dict(C=kc["chunk"], W=kc["window_chunks"], S=kc["sink"], R=self.R, budget=kc["budget"],
@@ -116,12 +119,16 @@ class Mixer(nn.Module):
         if self.cfg["qkv_shift"]:
             q, k, v = shifted(q, self.x_q, True), shifted(k, self.x_k, True), shifted(v, self.x_v, True)
         q = self.ln_q(q.view(B, T, self.H, hs)).transpose(1, 2)
-        k = self.ln_k(k.view(B, T, self.H, hs)).transpose(1, 2)
-        v = v.view(B, T, self.H, hs).transpose(1, 2)
+        k = self.ln_k(k.view(B, T, self.Hkv, hs)).transpose(1, 2)
+        v = v.view(B, T, self.Hkv, hs).transpose(1, 2)
         variant = self.cfg["rope_variant"]
         q, k = rope(q, self.R, self.base, variant), rope(k, self.R, self.base, variant)
+        # each key/value head serves the G query heads after it; a KVM state depends on its head's
+        # keys, values and gate only (not on the query heads' temperatures), so G copies of it are it
+        G = self.H // self.Hkv
+        k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
         if self.kind == "kvm":
-            g = (1 + F.elu(self.key_weighting(x))).transpose(1, 2)
+            g = (1 + F.elu(self.key_weighting(x))).transpose(1, 2).repeat_interleave(G, dim=1)
             y, rec = kvm_attention(q, k, v, g, self.ln_s_k.weight, self.ln_s_k.bias, self.front_head_temp,
                                    self.state_head_temp, self.kvm_cfg, record=self.record is not None)
             self.margins.append((rec["min_merge_margin"], rec["min_novelty_gap"]))

@@ -3,7 +3,7 @@
 // config in configs/paper/ (each file loaded as it ships, then shrunk: 3 layers, d 32, 2 heads of
 // 16, RoPE dims, windows, chunks and budgets scaled with the head and the chunk, vocabulary 100
 // padded to 128, muP base 16), plus cases for what no shipped config uses (the linear value
-// residual, the layer-0 anchor, kvmtrain's RoPE with the paper's shift). Compared: logits, loss,
+// residual, the layer-0 anchor, grouped-query attention, kvmtrain's RoPE with the paper's shift). Compared: logits, loss,
 // every parameter gradient, and the losses of 10 steps of the paper's recipe (AdamW with its
 // parameter groups and muP ratios, weight decay scheduled with the lr, linear warm-up and decay,
 // no clipping) on a fixed batch.
@@ -91,6 +91,9 @@ std::vector<Case> cases() {
   Case layer0{"layer0_anchor", kvm};
   layer0.cfg.model.value_residual_anchor = config::ValueResidualAnchor::layer0;
   out.push_back(layer0);
+  Case gqa{"gqa", kvm};  // [swa, kvm] with one key/value head for two query heads
+  gqa.cfg.model.n_kv_head = 1;
+  out.push_back(gqa);
   Case kvmtrain_rope{"kvmtrain_rope_no_mup", kvm, seed_for("kvmtrain_rope_no_mup")};
   kvmtrain_rope.cfg.model.rope_variant = config::RopeVariant::kvmtrain;
   kvmtrain_rope.cfg.model.mup_base_dim = 0;
@@ -100,7 +103,9 @@ std::vector<Case> cases() {
 }
 
 json::Object model_json(const config::ModelConfig& m) {
-  json::Object o = config::to_json(config::Config{.model = m}).at("model").object();
+  config::Config c;
+  c.model = m;
+  json::Object o = config::to_json(c).at("model").object();
   json::Array mixers;
   for (Mixer x : m.mixers) mixers.push_back(config::to_string(x));
   o["mixers"] = mixers;

@@ -1,6 +1,7 @@
 #include "trainer/train/paper_format.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -246,10 +247,13 @@ bool is_paper_dir(const std::string& dir) {
   }
 }
 
+// The later paper code's (SmerkyG/KVM-paper) key for grouped-query attention; the paper's commit has none.
+constexpr const char* kKvHeadsKey = "num_key_value_heads";
+
 config::ModelConfig to_model(const json::Object& cfg, const std::string& origin) {
   const Reader r(cfg, origin);
   for (const auto& [key, value] : cfg) {
-    const bool known = kPretrainedKeys.count(key) ||
+    const bool known = kPretrainedKeys.count(key) || key == kKvHeadsKey ||
                        std::any_of(dataclass_defaults().begin(), dataclass_defaults().end(),
                                    [&](const auto& kv) { return kv.first == key; });
     if (!known) throw UsageError(origin + ": " + key + ": unknown key of the paper's config (MixerConfigDataclass)");
@@ -282,6 +286,11 @@ config::ModelConfig to_model(const json::Object& cfg, const std::string& origin)
   m.n_head = r.in("num_attention_heads", 1, 1024);
   m.d_model = r.in("hidden_size", 1, 1 << 16);
   if (m.d_model % m.n_head) r.fail("hidden_size", "expected a multiple of num_attention_heads");
+  if (cfg.contains(kKvHeadsKey) && !r.null(kKvHeadsKey)) {  // the later paper code's grouped-query attention
+    m.n_kv_head = r.in(kKvHeadsKey, 1, m.n_head);
+    if (m.n_head % m.n_kv_head) r.fail(kKvHeadsKey, "expected a divisor of num_attention_heads");
+    if (m.n_kv_head == m.n_head) m.n_kv_head = 0;
+  }
   // the paper's MLP is int(4 * hidden_size) // 32 * 32 wide: kvmtrain's 4 x d_model needs d % 8 == 0
   if (m.d_model % 8) r.fail("hidden_size", "expected a multiple of 8 (kvmtrain's MLP is 4 x hidden_size wide)");
   const int hs = m.d_model / m.n_head;
@@ -488,6 +497,8 @@ json::Object from_model(const config::ModelConfig& m, config::Tokenizer tokenize
   set("vocab_size", m.padded_vocab_size);
   set("num_hidden_layers", m.n_layer);
   set("num_attention_heads", m.n_head);
+  // grouped-query attention is the later paper code's (SmerkyG/KVM-paper): its key, only when used
+  if (kv_heads(m) != m.n_head) out[kKvHeadsKey] = kv_heads(m);
   set("hidden_size", m.d_model);
   set("mup_base_dim", m.mup_base_dim ? m.mup_base_dim : m.d_model);  // off = the model's own width
   set("rope_partial_dim", rope_of(main).first);
@@ -617,11 +628,22 @@ bool split_layer(const std::string& name, int& layer, std::string& suffix) {
 }
 
 // Rows [part * n, (part + 1) * n) of a row-major tensor whose first dimension is 3n.
-ckpt::NamedTensor third(const ckpt::NamedTensor& t, int part, std::string name) {
+// The rows of q, k and v in kvmtrain's fused q|k|v tensors (k and v narrower under grouped-query attention).
+std::array<int64_t, 3> qkv_rows(const config::ModelConfig& m) {
+  const int64_t kv = int64_t(kv_heads(m)) * (m.d_model / m.n_head);
+  return {m.d_model, kv, kv};
+}
+
+// Part j of a fused q|k|v tensor t (rows as qkv_rows), named `name`.
+ckpt::NamedTensor qkv_part(const ckpt::NamedTensor& t, const config::ModelConfig& m, int j, std::string name) {
+  const auto rows = qkv_rows(m);
+  const size_t per_row = t.data.size() / size_t(t.shape[0]);
+  int64_t first = 0;
+  for (int i = 0; i < j; i++) first += rows[i];
   std::vector<int64_t> shape = t.shape;
-  shape[0] /= 3;
-  const size_t n = t.data.size() / 3;
-  return {std::move(name), shape, std::vector<float>(t.data.begin() + part * n, t.data.begin() + (part + 1) * n)};
+  shape[0] = rows[j];
+  const auto begin = t.data.begin() + ptrdiff_t(size_t(first) * per_row);
+  return {std::move(name), shape, std::vector<float>(begin, begin + ptrdiff_t(size_t(rows[j]) * per_row))};
 }
 
 }  // namespace
@@ -638,11 +660,11 @@ std::vector<ckpt::NamedTensor> tensors_to_paper(const config::ModelConfig& m, co
     if (!done && split_layer(t.name, l, suffix)) {
       const std::string pp = paper_prefix(l);
       if (suffix == "attn.qkv.weight") {
-        for (int j = 0; j < 3; j++) out.push_back(third(t, j, pp + "attn.c_" + kQkv[j] + ".weight"));
+        for (int j = 0; j < 3; j++) out.push_back(qkv_part(t, m, j, pp + "attn.c_" + kQkv[j] + ".weight"));
         if (paper_has_zero_xv(m)) xv_layers.insert(l);
         done = true;
       } else if (suffix == "attn.qkv_shift") {
-        for (int j = 0; j < 3; j++) out.push_back(third(t, j, pp + "attn.x_" + kQkv[j]));
+        for (int j = 0; j < 3; j++) out.push_back(qkv_part(t, m, j, pp + "attn.x_" + kQkv[j]));
         done = true;
       }
       for (const auto& r : kLayerNames)
@@ -653,7 +675,8 @@ std::vector<ckpt::NamedTensor> tensors_to_paper(const config::ModelConfig& m, co
     }
     if (!done) throw std::runtime_error("tensor " + t.name + " has no name in the paper's model");
   }
-  for (int l : xv_layers) out.push_back({paper_prefix(l) + "attn.x_v", {m.d_model}, std::vector<float>(size_t(m.d_model), 0.0f)});
+  const int64_t kv = qkv_rows(m)[2];
+  for (int l : xv_layers) out.push_back({paper_prefix(l) + "attn.x_v", {kv}, std::vector<float>(size_t(kv), 0.0f)});
   return out;
 }
 
@@ -686,11 +709,12 @@ std::vector<ckpt::NamedTensor> tensors_from_paper(const config::ModelConfig& m, 
       const std::string pp = paper_prefix(l);
       if (suffix == "attn.qkv.weight" || suffix == "attn.qkv_shift") {  // q | k | v rows
         const bool weight = suffix == "attn.qkv.weight";
-        std::vector<int64_t> part = shape;
-        part[0] /= 3;
         ckpt::NamedTensor t{v.name, shape, {}};
-        for (const char* x : kQkv) {
-          const auto& d = take(pp + (weight ? "attn.c_" + std::string(x) + ".weight" : "attn.x_" + std::string(x)), part);
+        for (int j = 0; j < 3; j++) {
+          std::vector<int64_t> part = shape;
+          part[0] = qkv_rows(m)[j];
+          const std::string x = kQkv[j];
+          const auto& d = take(pp + (weight ? "attn.c_" + x + ".weight" : "attn.x_" + x), part);
           t.data.insert(t.data.end(), d.begin(), d.end());
         }
         out.push_back(std::move(t));
@@ -704,7 +728,7 @@ std::vector<ckpt::NamedTensor> tensors_from_paper(const config::ModelConfig& m, 
         }
       // the paper's zero x_v beside an rwkv value residual without the shift: unused by both
       if (suffix == "attn.qkv.weight" && paper_has_zero_xv(m) && by_name.count(pp + "attn.x_v"))
-        take(pp + "attn.x_v", {m.d_model});
+        take(pp + "attn.x_v", {qkv_rows(m)[2]});
     }
     if (!done) throw std::runtime_error(origin + ": the model's tensor " + v.name + " has no name in the paper's model");
   }

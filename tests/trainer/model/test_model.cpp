@@ -169,6 +169,11 @@ INSTANTIATE_TEST_SUITE_P(
                                    m.pos = Pos::none;
                                    return m;
                                  }},
+                      DecodeCase{"paper_gqa", [] {
+                                   auto m = test_models::paper({Mixer::swa, Mixer::kvm, Mixer::attn});
+                                   m.n_head = 4, m.n_kv_head = 2;
+                                   return m;
+                                 }},
                       DecodeCase{"paper_linear_layer0", [] {
                                    auto m = test_models::paper({Mixer::swa, Mixer::kvm});
                                    m.value_residual_mode = config::ValueResidualMode::linear;

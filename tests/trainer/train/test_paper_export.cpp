@@ -242,3 +242,32 @@ TEST_F(PaperExport, RefusalsAreOneLineNamingTheKey) {
 }
 
 }  // namespace
+
+namespace {
+
+// Grouped-query attention travels as the later paper code's num_key_value_heads, its k and v
+// projections (and x_k, x_v, the value gate, the KVM gate) one key/value head wide.
+TEST_F(PaperExport, GroupedQueryAttentionRoundTrips) {
+  const std::string gqa = " --set model.n_kv_head=1 --set log.dir=" + (root / "gqa").string();
+  auto r = run("train " + (root / "hybrid.yaml").string() + gqa);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = run("export " + (root / "gqa").string() + " --format kvm-paper --output " + (root / "gqa_exp").string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json::Value cfg = json::parse(test_util::slurp(root / "gqa_exp/config.json"));
+  EXPECT_EQ(json::dump(cfg.at("num_key_value_heads")), "1");
+  const auto exp = ckpt::read_safetensors((root / "gqa_exp/model.safetensors").string());
+  for (const char* name : {"transformer.h.1.attn.c_k.weight", "transformer.h.1.attn.c_v.weight"})
+    EXPECT_EQ(exp.at(name).shape, (std::vector<int64_t>{32, 64})) << name;
+  EXPECT_EQ(exp.at("transformer.h.1.attn.key_weighting.weight").shape, (std::vector<int64_t>{1, 64}));
+  EXPECT_EQ(exp.at("transformer.h.0.attn.x_v").shape, (std::vector<int64_t>{32}));
+  r = run("train " + (root / "hybrid.yaml").string() + " --set model.n_kv_head=1 --set train.init_from=" +
+          (root / "gqa_exp").string() + " --set train.steps=0 --set log.dir=" + (root / "gqa_back").string());
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err.find("warning"), std::string::npos) << r.err;
+  const auto a = ckpt::read_safetensors((root / "gqa/checkpoints/step_00000002/model.safetensors").string());
+  const auto b = ckpt::read_safetensors((root / "gqa_back/checkpoints/step_00000000/model.safetensors").string());
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (const auto& t : a.tensors) EXPECT_TRUE(b.at(t.name).data == t.data) << t.name;
+}
+
+}  // namespace
