@@ -497,13 +497,6 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
     fail("model.qkv_shift", "cannot be combined with model.token_shift, which already shifts the attention input");
   if (m.mlp_shift && m.token_shift)
     fail("model.mlp_shift", "cannot be combined with model.token_shift, which already shifts the MLP input");
-  if (c.parallel.tensor > 1 && m.value_residual) {
-    if (m.value_residual_mode != ValueResidualMode::average)
-      fail("model.value_residual_mode", "expected average with parallel.tensor > 1 (linear and rwkv gates are "
-                                        "not split over tensor ranks yet)");
-    if (m.value_residual_anchor != ValueResidualAnchor::layer0)
-      fail("model.value_residual_anchor", "expected layer0 with parallel.tensor > 1");
-  }
   if (c.train.seq_len > m.max_seq_len)
     fail("train.seq_len", "expected at most model.max_seq_len (" + std::to_string(m.max_seq_len) + ")");
   if (c.train.min_lr > c.train.lr) fail("train.min_lr", "expected at most train.lr");

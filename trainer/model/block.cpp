@@ -243,15 +243,21 @@ void Model::value_residual_backward(int l, float* dv, float* dln1) {
       be_.axpby_rows(danchor, dv, 1.0f, 0.5f, size_t(BT), Ca, size_t(Ca), size_t(ld));
       return be_.axpby_rows(dv, dv, 0.5f, 0.0f, size_t(BT), Ca, size_t(ld), size_t(ld));
     case config::ValueResidualMode::linear:
-      return be_.value_residual_backward(dv, ld, danchor, nullptr, G(w.vr_lambda), dmix, Ca, v, ld, anchor, nullptr,
-                                         P(w.vr_lambda), BT, Ca, kernels::ValueResidualMode::linear);
+      return be_.value_residual_backward(dv, ld, danchor, nullptr, partial_grad(w.vr_lambda, kRedVrLambda), dmix, Ca,
+                                         v, ld, anchor, nullptr, P(w.vr_lambda), BT, Ca,
+                                         kernels::ValueResidualMode::linear);
     case config::ValueResidualMode::rwkv: {  // then back through the gate's LoRA into d(ln1)
       float* dz = s_.dvr_z.data();
       float* dh = s_.dvr_h.data();
       be_.value_residual_backward(dv, ld, danchor, dz, G(w.vr_bias), dmix, Ca, v, ld, anchor, x.vr_z, P(w.vr_bias),
                                   BT, Ca, kernels::ValueResidualMode::rwkv);
       linear_backward(dh, Dinp::overwrite, w.vr_up, Param{}, dz, x.vr_h, BT, rank, Ca);
-      return linear_backward(dln1, Dinp::accumulate, w.vr_down, Param{}, dh, x.ln1, BT, C, rank);
+      if (tp_size_ == 1) return linear_backward(dln1, Dinp::accumulate, w.vr_down, Param{}, dh, x.ln1, BT, C, rank);
+      // tensor parallel: dh is this rank's value channels' part, so are d(ln1) and the replicated
+      // down-projection's gradient, which goes to its reduction slot
+      float* dw = partial_grad(w.vr_down, kRedVrDown);
+      if (bf16()) return be_.matmul_backward_bf16(dln1, dw, nullptr, dh, x.ln1, P16(w.vr_down), BT, C, rank, true, true);
+      return be_.matmul_backward(dln1, dw, nullptr, dh, x.ln1, P(w.vr_down), BT, C, rank, true, true);
     }
   }
 }
@@ -322,7 +328,7 @@ void Model::block_backward(int l, const float* residual, float* dres) {
     be_.token_shift_backward(dln, partial_grad(w.shift_att, kRedShift), dxa, x.ln1, P(w.shift_att), B, T, C,
                              kernels::TokenShiftForm::mix_zero);
   if (tp) {
-    const Param dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb};
+    const Param dst[kRedSlots] = {w.shift_att, w.qnw, w.qnb, w.knw, w.knb, w.lnsw, w.lnsb, w.vr_down, w.vr_lambda};
     red_finish(n, dst);
   }
   be_.layernorm_backward(dres, G(w.ln1w), G(w.ln1b), dln, residual, P(w.ln1w), x.ln1_mean, x.ln1_rstd, BT, C);

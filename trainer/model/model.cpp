@@ -55,7 +55,14 @@ Model::Model(const config::ModelConfig& cfg, int B, int T, bool recompute_blocks
     if (!s_.dx0.size()) s_.dx0 = DeviceBuffer(be, BT * C);
   }
   if (TP > 1) {
-    for (int i = 0; i < kRedSlots; i++) red_off_[i] = red_extra_, red_extra_ += size_t(i == kRedShift ? C : hs);
+    const bool rwkv = cfg.value_residual && cfg.value_residual_mode == config::ValueResidualMode::rwkv;
+    for (int i = 0; i < kRedSlots; i++) {
+      red_width_[i] = i == kRedShift ? size_t(C)
+                      : i == kRedVrDown ? (rwkv ? size_t(value_gate_rank(C)) * C : 0)
+                      : i == kRedVrLambda ? 1
+                                          : size_t(hs);
+      red_off_[i] = red_extra_, red_extra_ += red_width_[i];
+    }
     red_extra_ = (red_extra_ + 15) / 16 * 16;
     tpred_ = DeviceBuffer(be, red_extra_ + BT * C);
     tpce_ = DeviceBuffer(be, BT * (3 + size_t(TP)));
@@ -222,10 +229,9 @@ void Model::red_begin(size_t n) { be_.zero(tpred_.data(), (red_extra_ + n) * siz
 
 void Model::red_finish(size_t n, const Param* dst) {
   tp_sum(tpred_.data(), red_extra_ + n);
-  const int C = cfg_.d_model, hs = C / cfg_.n_head;
   for (int s = 0; s < kRedSlots; s++) {
     if (!dst[s]) continue;
-    const int width = s == kRedShift ? C : hs;
+    const int width = int(red_width_[s]);
     be_.axpby_rows(G(dst[s]), tpred_.data() + red_off_[s], 1.0f, 1.0f, 1, width, size_t(width), size_t(width));
   }
 }
@@ -276,6 +282,7 @@ void Model::anchor_backward(int f) {
   float* db = w.qkvb ? G(w.qkvb) + vrow : nullptr;
   if (bf16()) be_.matmul_backward_bf16(dln, dw, db, dv, an.ln, P16(w.qkvw) + vrow * C, BT, C, Ckv, false, true);
   else be_.matmul_backward(dln, dw, db, dv, an.ln, P(w.qkvw) + vrow * C, BT, C, Ckv, false, true);
+  if (tp_size_ > 1) tp_sum(dln, size_t(BT) * C);  // each rank's heads gave part of d(ln_1 of stream0)
   be_.layernorm_backward(s_.dx0.data(), G(w.ln1w), G(w.ln1b), dln, acts_.stream0, P(w.ln1w), an.mean, an.rstd, BT, C);
 }
 

@@ -227,9 +227,9 @@ class Model {
   // products all-reduced, then the bias; TP = 1: one matmul_forward.
   void row_parallel_forward(float* out, const float* inp, Param w, Param b, int BT, int IC);
   // Where a replicated parameter's gradient that this rank computes only in part (qk-norm, ln_s,
-  // token shift) goes: G(t) with TP = 1, else a slot of tpred_ that is all-reduced with the
+  // token shift, the value gate's down-projection and the linear value residual's lambda) goes: G(t) with TP = 1, else a slot of tpred_ that is all-reduced with the
   // sub-block's input gradient and then added to G(t).
-  enum RedSlot { kRedShift, kRedQnw, kRedQnb, kRedKnw, kRedKnb, kRedLnsw, kRedLnsb, kRedSlots };
+  enum RedSlot { kRedShift, kRedQnw, kRedQnb, kRedKnw, kRedKnb, kRedLnsw, kRedLnsb, kRedVrDown, kRedVrLambda, kRedSlots };
   float* partial_grad(Param t, RedSlot slot);
   float* red_dln() { return tpred_.data() + red_extra_; }  // (BT, C) after the slots
   void red_begin(size_t n);
@@ -245,7 +245,7 @@ class Model {
   // (k at column Ca, v at Ca + Ckv); without GQA NKVl = NHl, Ckv = Ca, W = 3*Ca
   int NKVl_ = 0, Ckv_ = 0, W_ = 0;
   bool gqa() const { return NKVl_ != NHl_; }
-  size_t red_off_[kRedSlots] = {}, red_extra_ = 0;
+  size_t red_off_[kRedSlots] = {}, red_width_[kRedSlots] = {}, red_extra_ = 0;
   DeviceBuffer tpred_;  // TP > 1: partial gradients reduced once per sub-block (slots, then (BT, C))
   DeviceBuffer tpce_;   // TP > 1: the vocabulary-parallel cross-entropy's row maxima and sums (loss)
   int maxB_, maxT_;
