@@ -19,7 +19,6 @@ kvm{l}_g.bin (B,H,T) float32, kvm{l}_kind.bin, kvm{l}_slot.bin (B,H,T) int32 (ro
 fixtures' routing/kind and routing/slot), kvm{l}_margin.bin (B,H,T) float32 (merge margins, NaN
 where not merged).
 """
-import json
 import math
 import os
 import sys
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvm_ref import kvm_attention  # noqa: E402
-from parity_io import adamw_losses, load_inputs, load_params, write_grads  # noqa: E402
+from parity_io import adamw_losses, load_inputs, load_params, write_grads, write_kvm_records, write_result  # noqa: E402
 
 
 def rope(x, R, base):
@@ -219,25 +218,15 @@ def main(d):
     for l, b in kvm_blocks:
         b.kvm_record = records.setdefault(l, {})
     logits = model(x)
-    for l, b in kvm_blocks:
+    for _, b in kvm_blocks:
         b.kvm_record = None
-        r = records[l]
-        for n in ("q", "k", "v", "g", "out"):
-            r[n].detach().numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
-        for n in ("kind", "slot"):
-            r[n].numpy().astype(np.int32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
-        r["margin"].numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_margin.bin"))
+    write_kvm_records(d, records)
     loss = model.loss(logits, y)
     loss.backward()
     logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
     write_grads(d, named, layout, flat)  # unused parameters (kvm tau_* with head_temps off) get 0
     losses = adamw_losses(model, named, layout, cfg, x, y)
-    margins = [m for _, b in kvm_blocks for m in b.margins]
-    inf_to_big = lambda x: x if math.isfinite(x) else 1e30  # noqa: E731 (JSON has no inf)
-    json.dump({"losses": losses, "kvm_layers": [l for l, _ in kvm_blocks],
-               "min_merge_margin": inf_to_big(min([m[0] for m in margins], default=math.inf)),
-               "min_novelty_gap": inf_to_big(min([m[1] for m in margins], default=math.inf))},
-              open(os.path.join(d, "result.json"), "w"))
+    write_result(d, losses, [l for l, _ in kvm_blocks], [m for _, b in kvm_blocks for m in b.margins])
 
 
 if __name__ == "__main__":

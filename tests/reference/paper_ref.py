@@ -17,7 +17,6 @@ Usage: /usr/bin/python3 paper_ref.py DIR   (DIR as parity_io.py reads it; config
 model keys). Writes logits.bin, grads.bin and result.json ({"losses": ..., plus the KVM routing
 margins and per-KVM-layer records of backbone_ref.py}).
 """
-import json
 import math
 import os
 import sys
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kvm_ref import kvm_attention  # noqa: E402
-from parity_io import load_inputs, load_params, write_grads  # noqa: E402
+from parity_io import load_inputs, load_params, write_grads, write_kvm_records, write_result  # noqa: E402
 
 
 def rope(x, R, base, variant):
@@ -311,24 +310,15 @@ def main(d):
     for l, a in kvm:
         a.record = records[l]
     logits = model(x)
-    for l, a in kvm:
+    for _, a in kvm:
         a.record = None
-        r = records[l]
-        for n in ("q", "k", "v", "g", "out", "margin"):
-            r[n].detach().numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
-        for n in ("kind", "slot"):
-            r[n].numpy().astype(np.int32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
+    write_kvm_records(d, records)
     loss = model.loss(logits, y)
     loss.backward()
     logits.detach().numpy().astype(np.float32).tofile(os.path.join(d, "logits.bin"))
     write_grads(d, named, layout, flat)
     losses = paper_adamw_losses(model, cfg, x, y)
-    margins = [m for _, a in kvm for m in a.margins]
-    big = lambda v: v if math.isfinite(v) else 1e30  # noqa: E731 (JSON has no inf)
-    json.dump({"losses": losses, "kvm_layers": [l for l, _ in kvm],
-               "min_merge_margin": big(min([m[0] for m in margins], default=math.inf)),
-               "min_novelty_gap": big(min([m[1] for m in margins], default=math.inf))},
-              open(os.path.join(d, "result.json"), "w"))
+    write_result(d, losses, [l for l, _ in kvm], [m for _, a in kvm for m in a.margins])
 
 
 if __name__ == "__main__":

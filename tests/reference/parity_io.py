@@ -71,3 +71,23 @@ def adamw_losses(model, named, layout, cfg, x, y):
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def write_kvm_records(d, records):
+    """Each KVM layer's first-forward core inputs and results (records: layer -> the dict its
+    mixer filled): kvm{l}_{q,k,v,g,out,margin}.bin float32, kvm{l}_{kind,slot}.bin int32."""
+    for l, r in records.items():
+        for n in ("q", "k", "v", "g", "out", "margin"):
+            r[n].detach().numpy().astype(np.float32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
+        for n in ("kind", "slot"):
+            r[n].numpy().astype(np.int32).tofile(os.path.join(d, f"kvm{l}_{n}.bin"))
+
+
+def write_result(d, losses, kvm_layers, margins):
+    """result.json: the optimizer steps' losses, the KVM layers, and the smallest merge margin and
+    novelty gap over every (merge margin, novelty gap) of `margins` (1e30 for none: JSON has no inf)."""
+    big = lambda v: v if math.isfinite(v) else 1e30  # noqa: E731
+    json.dump({"losses": losses, "kvm_layers": kvm_layers,
+               "min_merge_margin": big(min([m[0] for m in margins], default=math.inf)),
+               "min_novelty_gap": big(min([m[1] for m in margins], default=math.inf))},
+              open(os.path.join(d, "result.json"), "w"))
