@@ -95,22 +95,24 @@ std::string read_string_attr(const std::string& path, hid_t loc, const char* nam
   return value;
 }
 
-// Opens a 1-D dataset of integers of `bytes` size; returns its id and length.
-hid_t open_vector(const std::string& path, hid_t file, const char* name, hid_t dapl, size_t bytes,
+// Opens a 1-D dataset of integers of `bytes` size, unsigned or signed; returns its id and length.
+// A signed token dataset is refused: its ids would be read through a conversion (-1 as 65535).
+hid_t open_vector(const std::string& path, hid_t file, const char* name, hid_t dapl, size_t bytes, bool is_signed,
                   uint64_t* length) {
   if (H5Lexists(file, name, H5P_DEFAULT) <= 0) fail(path, std::string("missing dataset '") + name + "'");
   hid_t ds = H5Dopen2(file, name, dapl);
   if (ds < 0) fail(path, std::string("cannot open dataset '") + name + "'");
   hid_t type = H5Dget_type(ds), space = H5Dget_space(ds);
-  bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes && H5Sget_simple_extent_ndims(space) == 1;
+  bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes &&
+            (H5Tget_sign(type) == H5T_SGN_2) == is_signed && H5Sget_simple_extent_ndims(space) == 1;
   hsize_t dims[1] = {0};
   if (ok) H5Sget_simple_extent_dims(space, dims, nullptr);
   H5Tclose(type);
   H5Sclose(space);
   if (!ok) {
     H5Dclose(ds);
-    fail(path, std::string("dataset '") + name + "' is not a 1-D array of " + std::to_string(8 * bytes) +
-                   "-bit integers");
+    fail(path, std::string("dataset '") + name + "' is not a 1-D array of " + std::to_string(8 * bytes) + "-bit " +
+                   (is_signed ? "signed" : "unsigned") + " integers");
   }
   *length = dims[0];
   return ds;
@@ -227,7 +229,7 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
     hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
     try {
       H5Pset_chunk_cache(dapl, kChunkCacheSlots, 0, 1.0);
-      tokens_ = open_vector(path_, file_, "tokens", dapl, 2, &n_tokens_);
+      tokens_ = open_vector(path_, file_, "tokens", dapl, 2, false, &n_tokens_);
       hid_t dcpl = H5Dget_create_plist(tokens_);
       bool compressed = H5Pget_nfilters(dcpl) > 0;
       H5Pclose(dcpl);
@@ -235,7 +237,7 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
         H5Dclose(tokens_);
         tokens_ = -1;
         H5Pset_chunk_cache(dapl, kChunkCacheSlots, kCompressedCacheBytes, 1.0);
-        tokens_ = open_vector(path_, file_, "tokens", dapl, 2, &n_tokens_);
+        tokens_ = open_vector(path_, file_, "tokens", dapl, 2, false, &n_tokens_);
         cache_bytes_ = kCompressedCacheBytes;
       }
     } catch (...) {
@@ -243,7 +245,7 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
       throw;
     }
     H5Pclose(dapl);
-    H5Dclose(open_vector(path_, file_, "doc_offsets", H5P_DEFAULT, 8, &n_docs_));
+    H5Dclose(open_vector(path_, file_, "doc_offsets", H5P_DEFAULT, 8, true, &n_docs_));
     space_ = H5Dget_space(tokens_);
   } catch (...) {
     if (tokens_ >= 0) H5Dclose(tokens_);

@@ -215,6 +215,32 @@ TEST(Shards, ErrorsNameTheFile) {
   }
   EXPECT_NE(open_error(no_offsets).find("missing dataset 'doc_offsets'"), std::string::npos);
 
+  // Signed 16-bit tokens (issue 21: all -1 were read as one id, 65535) are refused.
+  const std::string signed_tokens = tmp / "signed_tokens.h5";
+  fs::copy_file(no_offsets, signed_tokens);
+  {
+    hid_t f = H5Fopen(signed_tokens.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(f, "tokens", H5P_DEFAULT);
+    hsize_t n[1] = {4};
+    hid_t sp = H5Screate_simple(1, n, nullptr);
+    hid_t d = H5Dcreate2(f, "tokens", H5T_STD_I16LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    const int16_t ids[4] = {-1, -1, -1, -1};
+    H5Dwrite(d, H5T_NATIVE_INT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids);
+    H5Dclose(d);
+    hsize_t one[1] = {1};
+    hid_t osp = H5Screate_simple(1, one, nullptr);
+    hid_t o = H5Dcreate2(f, "doc_offsets", H5T_STD_I64LE, osp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    const int64_t zero = 0;
+    H5Dwrite(o, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &zero);
+    H5Dclose(o);
+    H5Sclose(osp);
+    H5Sclose(sp);
+    H5Fclose(f);
+  }
+  m = open_error(signed_tokens);
+  EXPECT_NE(m.find("dataset 'tokens' is not a 1-D array of 16-bit unsigned integers"), std::string::npos) << m;
+  EXPECT_NE(m.find(signed_tokens), std::string::npos) << m;
+
   // Ids below 300 written, then the shard relabelled as 257 ids: the reader catches id 280.
   const std::string bad_ids = tmp / "bad_ids.h5";
   auto docs2 = random_docs(3, 100, 5);
