@@ -289,6 +289,22 @@ PrepareSummary prepare(const PrepareOptions& o) {
   const fs::path out(o.output);
   if (fs::exists(out) && !fs::is_directory(out))
     throw std::runtime_error(o.output + ": output exists and is not a directory");
+  // prepare clears the output's train/ and val/ first: an output inside an input would read the
+  // shards of a previous run as text, and an input inside the output would be deleted
+  const fs::path out_abs = fs::weakly_canonical(fs::absolute(out));
+  auto within = [](const fs::path& p, const fs::path& dir) {
+    auto [d, q] = std::mismatch(dir.begin(), dir.end(), p.begin(), p.end());
+    return d == dir.end();
+  };
+  for (const auto& in : o.inputs) {
+    const fs::path in_abs = fs::weakly_canonical(fs::absolute(in));
+    if (fs::is_directory(in_abs) && within(out_abs, in_abs))
+      throw std::runtime_error("prepare: --output " + o.output + " is inside --input " + in +
+                               " (a second run would read the first's shards as text): choose an output outside it");
+    if (within(in_abs, out_abs))
+      throw std::runtime_error("prepare: --input " + in + " is inside --output " + o.output +
+                               " (prepare clears its output first): choose an output outside it");
+  }
   fs::remove(out / "manifest.json");  // until this run writes its own, the directory has none
   clear_split_dir(out / "train");
   clear_split_dir(out / "val");

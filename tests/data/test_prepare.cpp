@@ -255,6 +255,17 @@ TEST(Prepare, InputErrors) {
   auto o = options(tmp.path / "out", {(tmp.path / "empty.txt").string()});
   o.doc_sep = "(";
   EXPECT_NE(message(o).find("--doc-sep"), std::string::npos);
+  // an output inside an input, an input inside the output (issue 21: a second run deleted the
+  // first's shards, then failed): refused before anything is written or removed
+  fs::create_directories(tmp.path / "corpus");
+  write(tmp.path / "corpus" / "a.txt", "In the beginning.\n");
+  const std::string inside = (tmp.path / "corpus" / "shards").string();
+  EXPECT_NE(message(options(inside, {(tmp.path / "corpus").string()})).find("--output " + inside + " is inside --input"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(inside));
+  EXPECT_NE(message(options(tmp.path / "corpus", {(tmp.path / "corpus" / "a.txt").string()})).find("is inside --output"),
+            std::string::npos);
+  EXPECT_TRUE(fs::exists(tmp.path / "corpus" / "a.txt"));
 }
 
 // ---- the CLI -----------------------------------------------------------------------------
