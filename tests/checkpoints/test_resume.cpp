@@ -4,6 +4,7 @@
 // the current step.
 #include <random>
 
+#include "common/sha256.h"
 #include "tests/checkpoints/run_fixture.h"
 
 namespace {
@@ -155,6 +156,31 @@ TEST_F(Resume, CorruptCheckpointsAreNamedAndSkipped) {
   auto v = test_util::kvmtrain("export " + run().string() + " --output " + (root / "exp_check").string(), root);
   EXPECT_EQ(v.status, 0) << v.err;
   EXPECT_NE(v.out.find("step_00000040"), std::string::npos) << v.out;
+}
+
+// A state.json with a negative count (its manifest entry rewritten to match, as a hand edit would
+// leave it consistent) is refused naming the file and the field (issue 21: step -3 was taken).
+TEST_F(Resume, NegativeCountsInStateAreRefused) {
+  fs::copy(root / "reference", run(), fs::copy_options::recursive);
+  const fs::path ck = run() / "checkpoints" / "step_00000040";
+  for (const char* field : {"step", "train_position"}) {
+    auto state = json::parse(test_util::slurp(ck / "state.json"));
+    if (std::string(field) == "step") state.object()["step"] = -3;
+    else state.object()["loader"].object()["train_position"] = -160;
+    const std::string text = json::dump(state);
+    std::ofstream(ck / "state.json", std::ios::trunc) << text;
+    auto manifest = json::parse(test_util::slurp(ck / "manifest.json"));
+    auto& entry = manifest.object()["files"].object()["state.json"].object();
+    entry["bytes"] = int64_t(text.size());
+    entry["sha256"] = data::sha256_hex(text);
+    std::ofstream(ck / "manifest.json", std::ios::trunc) << json::dump(manifest);
+    auto r = test_util::kvmtrain("train " + cfg() + " --resume " + ck.string(), root);
+    EXPECT_EQ(r.status, 2) << field;
+    EXPECT_NE(r.err.find((ck / "state.json").string() + ": " + field + " = -"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    fs::copy(root / "reference/checkpoints/step_00000040", ck,
+             fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  }
 }
 
 TEST_F(Resume, ResumeErrors) {

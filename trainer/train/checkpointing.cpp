@@ -148,15 +148,22 @@ LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParal
   const std::string spath = dir + "/state.json";
   try {
     json::Value s = json::parse(ckpt::read(dir, "state.json"));
+    // counts are never negative (issue 21: step -3 and a negative data position were taken)
+    auto count = [](const json::Value& v, const char* key) {
+      const int64_t x = v.at(key).integer();
+      if (x < 0) throw std::runtime_error(std::string(key) + " = " + std::to_string(x) + ": expected at least 0");
+      return x;
+    };
     LoopState st;
-    st.step = s.at("step").integer();
-    st.tokens_seen = uint64_t(s.at("tokens_seen").integer());
-    st.loader_position = uint64_t(s.at("loader").at("train_position").integer());
+    st.step = count(s, "step");
+    st.tokens_seen = uint64_t(count(s, "tokens_seen"));
+    st.loader_position = uint64_t(count(s.at("loader"), "train_position"));
     st.sample_rng = parse_hex64(s.at("rng").at("sample").string());
-    st.bad_in_a_row = int(s.at("bad_steps_in_a_row").integer());
+    st.bad_in_a_row = int(count(s, "bad_steps_in_a_row"));
     st.time_s = s.at("time_s").number();
+    if (!(st.time_s >= 0)) throw std::runtime_error("time_s: expected a number at least 0");
     if (s.contains("val_loss")) st.val_loss = s.at("val_loss").number();
-    dp.load_moments(m_all.data(), v_all.data(), int(s.at("optimizer").at("t").integer()));
+    dp.load_moments(m_all.data(), v_all.data(), int(count(s.at("optimizer"), "t")));
     return st;
   } catch (const std::exception& e) {
     throw std::runtime_error(spath + ": " + e.what());
