@@ -194,8 +194,12 @@ void write_best(const std::string& root, const Best& best) {
 }
 
 void remove_best(const std::string& root) {
+  // a stale best.json that stays would name a checkpoint of another history: failing is an error
+  const fs::path p = fs::path(root) / "best.json";
   std::error_code ec;
-  fs::remove(fs::path(root) / "best.json", ec);
+  fs::remove(p, ec);
+  if (ec) throw std::runtime_error(p.string() + ": cannot remove the stale best checkpoint record (" + ec.message() + ")");
+  fsync_dir(root);
 }
 
 void prune(const std::string& root, int keep_last, int64_t up_to_step, std::optional<int64_t> protect) {

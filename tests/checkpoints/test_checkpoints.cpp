@@ -99,6 +99,18 @@ TEST(CheckpointDir, SaveVerifyListPruneBest) {
   ASSERT_EQ(all.size(), 3u);  // 12, 16 kept; 4 is the best; 8 removed
   EXPECT_EQ(all[0].first, 4);
   EXPECT_EQ(read_best(root.string())->val_loss, 1.5);
+  remove_best(root.string());
+  EXPECT_FALSE(read_best(root.string()));
+  remove_best(root.string());  // none: nothing to do
+  // a best.json that cannot be removed is an error naming it (issue 21: it was dropped, and the
+  // stale record outlived the run that made it)
+  fs::create_directories(root / "best.json" / "in_the_way");
+  try {
+    remove_best(root.string());
+    ADD_FAILURE() << "remove_best returned with best.json still there";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find((root / "best.json").string() + ": cannot remove"), std::string::npos) << e.what();
+  }
   fs::remove_all(root);
 }
 
