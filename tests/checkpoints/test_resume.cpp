@@ -3,6 +3,7 @@
 // uninterrupted run. Corrupt and truncated checkpoints are named and skipped. Ctrl-C stops after
 // the current step.
 #include <random>
+#include <thread>
 
 #include "common/sha256.h"
 #include "tests/checkpoints/run_fixture.h"
@@ -156,6 +157,34 @@ TEST_F(Resume, CorruptCheckpointsAreNamedAndSkipped) {
   auto v = test_util::kvmtrain("export " + run().string() + " --output " + (root / "exp_check").string(), root);
   EXPECT_EQ(v.status, 0) << v.err;
   EXPECT_NE(v.out.find("step_00000040"), std::string::npos) << v.out;
+}
+
+// SIGTERM during the set-up (as soon as config.yaml is written, before the model and the data are
+// ready): the handlers are in place already, so the run stops at the step it reached with a
+// complete checkpoint and exits 0 (issue 21: it exited 143 with nothing saved), and resumes exactly.
+TEST_F(Resume, SigtermDuringSetUpSavesAndExitsCleanly) {
+  fs::remove_all(run());
+  pid_t pid = spawn("train " + cfg(), root);
+  bool written = false;
+  for (int i = 0; i < 20000 && !written; i++) {
+    written = fs::exists(run() / "config.yaml");
+    if (!written) std::this_thread::sleep_for(std::chrono::microseconds(250));
+  }
+  kill(pid, SIGTERM);
+  const int status = wait_status(pid);
+  ASSERT_TRUE(written) << "config.yaml never appeared";
+  EXPECT_EQ(status, 0) << test_util::slurp(root / "bg.err");
+  const std::string out = test_util::slurp(root / "bg.out");
+  const size_t at = out.find("SIGTERM: stopped after step ");
+  ASSERT_NE(at, std::string::npos) << out;
+  const int step = std::stoi(out.substr(at + 27));
+  EXPECT_EQ(count_lines(run() / "log.jsonl"), size_t(step));
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08d", step);
+  EXPECT_TRUE(fs::exists(run() / "checkpoints" / name / "manifest.json")) << name;
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  expect_same_losses(run() / "log.jsonl", reference_log());
 }
 
 // A state.json with a negative count (its manifest entry rewritten to match, as a hand edit would

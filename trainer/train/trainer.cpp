@@ -256,11 +256,14 @@ void Trainer::measure() {
   unigram_nats_ = unigram.nats;
 }
 
-int Trainer::run() {
-  const auto& tc = cfg_.train;
+void install_stop_signals() {
   std::signal(SIGINT, on_sigint);
   std::signal(SIGTERM, on_save_signal);
   std::signal(SIGUSR1, on_save_signal);
+}
+
+int Trainer::run() {
+  const auto& tc = cfg_.train;
   for (; step_ < tc.steps && !stop_requested(mesh_->world()); step_++) {
     const StepStats stats = step();
     const bool last = step_ + 1 == tc.steps;
@@ -412,6 +415,7 @@ void Trainer::sample() {
 }
 
 int run_training(const config::Config& cfg, const std::string& resume) {
+  install_stop_signals();  // before the set-up, which takes seconds (issue 21: SIGTERM then exited 143)
   Trainer trainer(cfg, resume);
   return trainer.run();
 }

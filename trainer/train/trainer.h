@@ -87,5 +87,11 @@ class Trainer {
   int64_t saved_step_ = -1;  // the step of the last checkpoint this run saved
 };
 
-// Runs the whole training `cfg` describes (a Trainer); returns the process exit status.
+// SIGINT (stop after the current step, exit 130; a second leaves at once), SIGTERM and SIGUSR1
+// (stop after the current step, save a checkpoint, exit 0): installed before anything slow, so a
+// signal during set-up stops the run at step 0 with the initial weights saved.
+void install_stop_signals();
+
+// Runs the whole training `cfg` describes (a Trainer, after install_stop_signals); returns the
+// process exit status.
 int run_training(const config::Config& cfg, const std::string& resume = "");
