@@ -107,7 +107,11 @@ json::Value verify(const std::string& dir) {
   if (!fs::exists(mpath)) throw std::runtime_error(where + ": incomplete (no " + kManifest + ")");
   json::Value m;
   try {
-    m = json::parse(read_file(mpath.string()));
+    try {
+      m = json::parse(read_file(mpath.string()));
+    } catch (const std::exception& e) {  // a truncated or hand-edited manifest: name the file
+      throw std::runtime_error(mpath.string() + ": " + e.what());
+    }
     if (m.at("format_version").integer() > kFormatVersion)
       throw std::runtime_error("format_version " + std::to_string(m.at("format_version").integer()) +
                                " is newer than this kvmtrain reads (" + std::to_string(kFormatVersion) + ")");

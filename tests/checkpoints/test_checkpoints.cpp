@@ -90,6 +90,15 @@ TEST(CheckpointDir, SaveVerifyListPruneBest) {
   EXPECT_NE(warnings[0].find("sha256"), std::string::npos) << warnings[0];
   EXPECT_NE(warnings[1].find("step_00000012/b.json"), std::string::npos) << warnings[1];
   EXPECT_THROW(verify((root / "step_00000016").string()), std::runtime_error);
+  // a truncated manifest is named (issue 21: "json: unterminated string" said not which file)
+  fs::resize_file(root / "step_00000008/manifest.json", 20);
+  try {
+    verify((root / "step_00000008").string());
+    ADD_FAILURE() << "a truncated manifest verified";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find((root / "step_00000008/manifest.json").string() + ": json"), std::string::npos)
+        << e.what();
+  }
   fs::remove(root / "step_00000008/manifest.json");
   EXPECT_THROW(verify((root / "step_00000008").string()), std::runtime_error);
 
