@@ -174,7 +174,11 @@ std::string resolve(const std::string& path, bool best, std::vector<std::string>
     return dir;
   }
   std::string dir = newest_complete(root, warnings);
-  if (dir.empty()) throw std::runtime_error(root + ": no complete checkpoint");
+  if (dir.empty()) {  // one line that keeps each checkpoint's reason (issue 21: they were dropped)
+    std::string why;
+    for (const auto& w : warnings) why += (why.empty() ? " (" : "; ") + w;
+    throw std::runtime_error(root + ": no complete checkpoint" + (why.empty() ? "" : why + ")"));
+  }
   return dir;
 }
 

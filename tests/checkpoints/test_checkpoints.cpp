@@ -123,6 +123,26 @@ TEST(CheckpointDir, SaveVerifyListPruneBest) {
   fs::remove_all(root);
 }
 
+// With no complete checkpoint, resolve's one-line error keeps every checkpoint's reason (issue 21).
+TEST(CheckpointDir, NoCompleteCheckpointNamesEachReason) {
+  fs::path root = temp_dir("none");
+  for (int64_t s : {4, 8}) save(root.string(), s, {{"a.bin", std::string(100, char(s))}});
+  fs::resize_file(root / "step_00000004/a.bin", 10);
+  fs::remove(root / "step_00000008/manifest.json");
+  std::vector<std::string> warnings;
+  try {
+    resolve(root.string(), false, warnings);
+    ADD_FAILURE() << "resolved a directory without a complete checkpoint";
+  } catch (const std::runtime_error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find(root.string() + ": no complete checkpoint ("), std::string::npos) << m;
+    EXPECT_NE(m.find("step_00000004/a.bin: truncated"), std::string::npos) << m;
+    EXPECT_NE(m.find("step_00000008: incomplete"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+  }
+  fs::remove_all(root);
+}
+
 TEST(HfGpt2, NamesAndLayoutsRoundTrip) {
   const int64_t C = 4, V = 5, Vp = 8;
   std::vector<NamedTensor> ours;
