@@ -29,6 +29,10 @@ constexpr size_t kChunkCacheSlots = 10007;  // prime, ~20x the 512 chunks of 128
 // HDF5 prints its error stack to stderr by default; we report our own one-line errors instead.
 // The setting is per thread in a thread-safe build, so every entry point calls this.
 void quiet_hdf5() {
+  // No clean-up at exit: every file is closed explicitly, and after a close that failed (a full
+  // disk) HDF5's own clean-up retries the flush and crashes (issue 21: a segfault after the error).
+  static const bool no_atexit = [] { return H5dont_atexit() >= 0; }();
+  (void)no_atexit;
   thread_local bool done = false;
   if (!done) H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr), done = true;
 }
@@ -127,12 +131,17 @@ ShardWriter::ShardWriter(std::string path, ShardInfo info)
   quiet_hdf5();
   if (info_.vocab_size > 65536)
     fail(path_, "vocab_size " + std::to_string(info_.vocab_size) + " does not fit uint16 ids");
-  file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  // no object times: the same tokens make the same bytes, so a shard is checked by its sha256
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+  H5Pset_obj_track_times(fcpl, 0);
+  file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+  H5Pclose(fcpl);
   if (file_ < 0) fail(tmp_path_, "cannot create shard file");
   hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {kChunkTokens};
   hid_t space = H5Screate_simple(1, dims, maxdims);
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   H5Pset_chunk(dcpl, 1, chunk);
+  H5Pset_obj_track_times(dcpl, 0);
   tokens_ = H5Dcreate2(file_, "tokens", H5T_STD_U16LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
   H5Pclose(dcpl);
   H5Sclose(space);
@@ -179,10 +188,13 @@ void ShardWriter::finish() {
   flush();
   hsize_t n[1] = {doc_offsets_.size()};
   hid_t space = H5Screate_simple(1, n, nullptr);
-  hid_t ds = H5Dcreate2(file_, "doc_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_obj_track_times(dcpl, 0);
+  hid_t ds = H5Dcreate2(file_, "doc_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
   herr_t st = ds < 0 ? -1 : 0;
   if (st >= 0 && n[0] > 0) st = H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, doc_offsets_.data());
-  if (ds >= 0) H5Dclose(ds);
+  if (ds >= 0 && H5Dclose(ds) < 0) st = -1;
   H5Sclose(space);
   if (st < 0) fail(tmp_path_, "cannot write dataset 'doc_offsets'");
   try {
@@ -193,10 +205,24 @@ void ShardWriter::finish() {
   } catch (const std::exception& e) {
     fail(tmp_path_, e.what());
   }
-  H5Dclose(tokens_);
-  st = H5Fclose(file_);
+  // closing the dataset flushes its chunk cache: a full disk shows here (issue 21: unchecked, a
+  // shard with half its tokens zero was renamed into place)
+  st = H5Dclose(tokens_);
+  const herr_t fst = H5Fclose(file_);
   file_ = tokens_ = -1;
-  if (st < 0) fail(tmp_path_, "cannot close shard file (disk full?)");
+  if (st < 0 || fst < 0) fail(tmp_path_, "cannot close shard file (disk full?)");
+  // read back before the rename: what goes into place holds every token and document written
+  try {
+    ShardReader check(tmp_path_, info_.tokenizer, info_.vocab_size);
+    if (check.size() != tokens_written_ || check.documents() != doc_offsets_.size())
+      fail(tmp_path_, "read back " + std::to_string(check.size()) + " tokens, " + std::to_string(check.documents()) +
+                          " documents; wrote " + std::to_string(tokens_written_) + ", " +
+                          std::to_string(doc_offsets_.size()));
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    fs::remove(tmp_path_, ec);
+    throw;
+  }
   std::error_code ec;
   fs::rename(tmp_path_, path_, ec);
   if (ec) fail(path_, "cannot rename from " + tmp_path_ + ": " + ec.message());

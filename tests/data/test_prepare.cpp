@@ -5,9 +5,12 @@
 
 #include "tests/test_util.h"
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -266,6 +269,58 @@ TEST(Prepare, InputErrors) {
   EXPECT_NE(message(options(tmp.path / "corpus", {(tmp.path / "corpus" / "a.txt").string()})).find("is inside --output"),
             std::string::npos);
   EXPECT_TRUE(fs::exists(tmp.path / "corpus" / "a.txt"));
+}
+
+// The same inputs and flags give the same bytes (issue 21: HDF5 recorded object times, so two runs'
+// shards differed and could not be checked by their sha256).
+TEST(Prepare, IsByteDeterministic) {
+  TmpDir tmp("determinism");
+  write(tmp.path / "in.txt", random_text(200000, 3));
+  auto o = options(tmp.path / "a", {(tmp.path / "in.txt").string()});
+  o.shard_tokens = 30000;
+  data::prepare(o);
+  o.output = (tmp.path / "b").string();
+  data::prepare(o);
+  EXPECT_EQ(test_util::slurp(tmp.path / "a/manifest.json"), test_util::slurp(tmp.path / "b/manifest.json"));
+  for (const auto& e : fs::directory_iterator(tmp.path / "a/train"))
+    EXPECT_EQ(test_util::slurp(e.path()), test_util::slurp(tmp.path / "b/train" / e.path().filename()))
+        << e.path().filename();
+}
+
+// Disk full (a file size limit: writes past it fail as on a full disk): `prepare` exits 2 with one
+// line naming the shard and leaves no shard behind (issue 21: a shard with half its tokens read
+// back as zero was renamed into place and accepted).
+TEST(PrepareCli, DiskFullLeavesNoShard) {
+  const char* bin = std::getenv("KVMTRAIN_BIN");
+  if (!bin) GTEST_SKIP() << "KVMTRAIN_BIN not set (run through ctest)";
+  TmpDir tmp("full");
+  write(tmp.path / "in.txt", random_text(400000, 4));
+  const std::string err = (tmp.path / "err.txt").string(), in = (tmp.path / "in.txt").string(),
+                    out = (tmp.path / "out").string();
+  const pid_t pid = fork();
+  if (pid == 0) {  // only async-signal-safe calls until exec: the test process may have threads
+    signal(SIGXFSZ, SIG_IGN);  // kept across exec: a write past the limit fails with EFBIG
+    const rlimit lim{150000, 150000};
+    setrlimit(RLIMIT_FSIZE, &lim);
+    const int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    execl(bin, bin, "prepare", "--quiet", "--tokenizer", "byte", "--shard-tokens", "1000000", "--input", in.c_str(),
+          "--output", out.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  const std::string m = test_util::slurp(err);
+  ASSERT_TRUE(WIFEXITED(st)) << "killed by signal " << WTERMSIG(st) << ": " << m;
+  EXPECT_EQ(WEXITSTATUS(st), 2) << m;
+  EXPECT_EQ(m.rfind("kvmtrain: error: ", 0), 0u) << m;
+  EXPECT_NE(m.find("shard_00000.h5"), std::string::npos) << m;
+  EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 1) << m;
+  size_t shards = 0;
+  if (fs::exists(tmp.path / "out/train"))
+    for (const auto& e : fs::directory_iterator(tmp.path / "out/train")) shards += e.path().extension() == ".h5";
+  EXPECT_EQ(shards, 0u) << "a shard was renamed into place";
+  EXPECT_FALSE(fs::exists(tmp.path / "out/manifest.json"));
 }
 
 // ---- the CLI -----------------------------------------------------------------------------
