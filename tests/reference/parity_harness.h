@@ -92,19 +92,23 @@ inline void run_reference(const fs::path& dir, const std::string& script, Model&
 // appended to every failure (the backbone test's word on KVM routing). unused(name): a tensor the
 // model legitimately gives no gradient (the paper's value gate of layer 0, KVM temperatures with
 // head_temps off): both sides must then give exactly 0; every other reference gradient must be nonzero.
+// logits_rel > 0: the logits within logits_rel of the reference's largest, else within 2e-5.
 inline void expect_matches_reference(Model& model, const config::Config& cfg, const Batch& batch, int B, int T,
                                      const fs::path& dir, const json::Value& result, const std::string& note = "",
-                                     const std::function<bool(const std::string&)>& unused = {}) {
+                                     const std::function<bool(const std::string&)>& unused = {},
+                                     float logits_rel = 0.0f) {
   const config::ModelConfig& m = cfg.model;
   const config::TrainConfig& tc = cfg.train;
   model.zero_grad();
   model.forward(batch.x.data(), B, T);
   const size_t NL = size_t(B) * T * m.padded_vocab_size;
   auto ref_logits = test_util::read_raw(dir / "logits.bin", NL);
-  float max_logit_diff = 0;
-  for (size_t i = 0; i < NL; i++)
+  float max_logit_diff = 0, max_logit = 0;
+  for (size_t i = 0; i < NL; i++) {
     max_logit_diff = std::max(max_logit_diff, std::fabs(model.logits()[i] - ref_logits[i]));
-  EXPECT_LE(max_logit_diff, 2e-5f) << note;
+    max_logit = std::max(max_logit, std::fabs(ref_logits[i]));
+  }
+  EXPECT_LE(max_logit_diff, logits_rel > 0 ? logits_rel * max_logit : 2e-5f) << "max |logit| " << max_logit << note;
 
   const float loss = model.loss(batch.y.data(), 1.0f / float(B * T));
   model.backward();

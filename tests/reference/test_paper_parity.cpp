@@ -9,7 +9,7 @@
 // no clipping) on a fixed batch.
 //
 // Tolerances (both sides fp32), as test_backbone_parity:
-//   logits: max |diff| <= 2e-5;   loss: |diff| <= 1e-5;
+//   logits: max |diff| <= 1e-5 * max |logit|;   loss: |diff| <= 1e-5;
 //   gradients: per tensor, max |diff| <= 1e-4 * max|g_ref| + 1e-7;
 //   10-step losses: |diff| <= 1e-4 at every step.
 // KVM routing is a hard argmax: the reference reports its smallest merge margin and novelty gap
@@ -140,7 +140,7 @@ TEST_P(PaperParity, MatchesPyTorch) {
     if (!m.kvm.head_temps && (name.ends_with("kvm.tau_front") || name.ends_with("kvm.tau_state"))) return true;
     return !m.kvm.merge_gate_keys && !m.kvm.merge_gate_values && name.ends_with("kvm.gate.weight");
   };
-  parity::expect_matches_reference(model, cfg, batch, B, T, dir, result, "", unused);
+  parity::expect_matches_reference(model, cfg, batch, B, T, dir, result, "", unused, 1e-5f);
   fs::remove_all(dir);
 }
 
