@@ -69,26 +69,36 @@ std::string save(const std::string& root, int64_t step, const std::vector<File>&
   fs::create_directory(tmp, ec);
   if (ec) throw std::runtime_error("cannot create " + tmp.string() + ": " + ec.message());
 
-  json::Object listing;
-  for (size_t i = 0; i < files.size(); i++) {
-    const File& f = files[i];
-    if (f.name == kManifest || f.name.find('/') != std::string::npos)
-      throw std::runtime_error("checkpoint file name not allowed: " + f.name);
-    write_file_synced((tmp / f.name).string(), f.bytes);
-    listing[f.name] = json::Object{{"bytes", uint64_t(f.bytes.size())}, {"sha256", data::sha256_hex(f.bytes)}};
-    if (i == 0 && crash_requested(step)) {
-      std::fprintf(stderr, "KVMTRAIN_TEST_CRASH_IN_CHECKPOINT: killing the process inside the checkpoint of step %lld\n",
-                   (long long)step);
-      std::fflush(stderr);
-      std::raise(SIGKILL);
+  // a save that fails (a full disk) removes its own temporary directory: left behind, it would
+  // hold the space a retry needs (issue 21)
+  auto write_into_tmp = [&] {
+    json::Object listing;
+    for (size_t i = 0; i < files.size(); i++) {
+      const File& f = files[i];
+      if (f.name == kManifest || f.name.find('/') != std::string::npos)
+        throw std::runtime_error("checkpoint file name not allowed: " + f.name);
+      write_file_synced((tmp / f.name).string(), f.bytes);
+      listing[f.name] = json::Object{{"bytes", uint64_t(f.bytes.size())}, {"sha256", data::sha256_hex(f.bytes)}};
+      if (i == 0 && crash_requested(step)) {
+        std::fprintf(stderr, "KVMTRAIN_TEST_CRASH_IN_CHECKPOINT: killing the process inside the checkpoint of step %lld\n",
+                     (long long)step);
+        std::fflush(stderr);
+        std::raise(SIGKILL);
+      }
     }
+    json::Object manifest = extra;
+    manifest["format_version"] = kFormatVersion;
+    manifest["step"] = step;
+    manifest["files"] = listing;
+    write_file_synced((tmp / kManifest).string(), json::dump(manifest, 2) + "\n");
+    fsync_dir(tmp.string());
+  };
+  try {
+    write_into_tmp();
+  } catch (...) {
+    remove_tree(tmp);
+    throw;
   }
-  json::Object manifest = extra;
-  manifest["format_version"] = kFormatVersion;
-  manifest["step"] = step;
-  manifest["files"] = listing;
-  write_file_synced((tmp / kManifest).string(), json::dump(manifest, 2) + "\n");
-  fsync_dir(tmp.string());
 
   // an older checkpoint of this step (a run resumed from before it) is replaced
   if (fs::exists(final_dir)) {

@@ -2,9 +2,12 @@
 // checkpoint directory (manifest, verification naming the bad file, listing, pruning, best.json)
 // and the GPT-2 name mapping's round trip.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -140,6 +143,37 @@ TEST(CheckpointDir, NoCompleteCheckpointNamesEachReason) {
     EXPECT_NE(m.find("step_00000008: incomplete"), std::string::npos) << m;
     EXPECT_EQ(m.find('\n'), std::string::npos) << m;
   }
+  fs::remove_all(root);
+}
+
+// A save that fails on a full disk (a file size limit) removes its own temporary directory and
+// leaves the checkpoints before it as they were (issue 21: the .tmp-* stayed and filled the disk).
+// The save runs in a forked child (this test binary has no other threads at that point).
+TEST(CheckpointDir, FailedSaveRemovesItsTemporaryDirectory) {
+  fs::path root = temp_dir("full");
+  save(root.string(), 4, {{"a.bin", std::string(1000, 'a')}});
+  const pid_t pid = fork();
+  if (pid == 0) {
+    signal(SIGXFSZ, SIG_IGN);  // a write past the limit then fails with EFBIG, as on a full disk
+    const rlimit lim{100000, 100000};
+    setrlimit(RLIMIT_FSIZE, &lim);
+    int status = 0;
+    try {
+      save(root.string(), 8, {{"a.bin", std::string(1000, 'a')}, {"big.bin", std::string(300000, 'b')}});
+    } catch (const std::exception&) {
+      status = 2;
+    }
+    _exit(status);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 2) << "the save past the limit did not fail";
+  for (const auto& e : fs::directory_iterator(root))
+    EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u) << e.path() << " left behind";
+  auto all = list(root.string());
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_NO_THROW(verify(all[0].second));
   fs::remove_all(root);
 }
 
