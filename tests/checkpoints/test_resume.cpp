@@ -187,6 +187,32 @@ TEST_F(Resume, SigtermDuringSetUpSavesAndExitsCleanly) {
   expect_same_losses(run() / "log.jsonl", reference_log());
 }
 
+// One process at a time in a run directory: while a run trains, a second `train` into its log.dir
+// (fresh or --resume auto) is refused naming the holder's pid, and the run goes on untouched
+// (issue 21: two runs interleaved their logs and deleted each other's saves). The lock goes with
+// the process: afterwards the run resumes.
+TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
+  fs::remove_all(run());
+  pid_t pid = spawn("train " + cfg() + " --set train.steps=100000", root);
+  const bool running = wait_for_rows(pid, run() / "log.jsonl", 3);
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  kill(pid, SIGTERM);
+  const int status = wait_status(pid);
+  ASSERT_TRUE(running);
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_NE(r.err.find(run().string() + ": in use by another kvmtrain process (pid " + std::to_string(pid) + ")"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(status, 0) << test_util::slurp(root / "bg.err");
+  // the first run's log is one row per step, in order, whatever the second tried
+  auto rows = log_rows(run() / "log.jsonl");
+  for (size_t i = 0; i < rows.size(); i++) EXPECT_EQ(rows[i].at("step").integer(), int64_t(i + 1));
+  r = test_util::kvmtrain("train " + cfg() + " --resume auto --set train.steps=" + std::to_string(rows.size() + 2),
+                          root);
+  EXPECT_EQ(r.status, 0) << r.err;
+}
+
 // A state.json with a negative count (its manifest entry rewritten to match, as a hand edit would
 // leave it consistent) is refused naming the file and the field (issue 21: step -3 was taken).
 TEST_F(Resume, NegativeCountsInStateAreRefused) {

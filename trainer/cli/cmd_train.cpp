@@ -13,6 +13,8 @@ int cmd_train(int argc, char** argv) {
   args.option("resume", "auto|PATH",
               "continue a run exactly: auto = the newest complete checkpoint in <log.dir>/checkpoints (a fresh "
               "start when there is none), PATH = a checkpoint or run directory");
+  args.flag("overwrite", "a fresh run into a log.dir that holds a run: remove that run (log.jsonl, config.yaml, "
+                        "run.json, checkpoints/) first; without it such a run is refused");
   args.flag("print-config", "print the resolved config and exit");
   args.flag("config-keys", "print every config key (type, default, meaning) as a Markdown table and exit");
   args.parse(argc, argv, 2);
@@ -26,5 +28,7 @@ int cmd_train(int argc, char** argv) {
     std::fputs(config::to_yaml(cfg).c_str(), stdout);
     return 0;
   }
-  return run_training(cfg, args.has("resume") ? args.str("resume") : "");
+  if (args.has("resume") && args.has("overwrite"))
+    throw UsageError("train: --resume continues the run in log.dir and --overwrite removes it: give one of them");
+  return run_training(cfg, args.has("resume") ? args.str("resume") : "", args.has("overwrite"));
 }

@@ -21,6 +21,7 @@
 #include "trainer/optim/optimizer.h"
 #include "trainer/train/backend_choice.h"
 #include "trainer/train/checkpointing.h"
+#include "common/usage_error.h"
 #include "version.h"
 
 namespace {
@@ -120,13 +121,14 @@ std::vector<data::Source> to_sources(const std::vector<config::DataSource>& in) 
 
 }  // namespace
 
-Trainer::Trainer(const config::Config& cfg, const std::string& resume)
+Trainer::Trainer(const config::Config& cfg, const std::string& resume, bool overwrite)
     : cfg_(cfg),
       resolved_(config::to_yaml(cfg)),
       ckpt_root_(cfg.log.dir + "/checkpoints"),
       batch_(cfg.train.batch_size, cfg.train.seq_len) {
   if (cfg_.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
   set_up_mesh();
+  claim_run_dir(resume, overwrite);
   record_run();
   set_up_data();
   set_up_model();
@@ -144,6 +146,27 @@ void Trainer::set_up_mesh() {
   mesh_ = std::make_unique<Mesh>(std::move(world), cfg_.parallel, *backend_, resolved_);
   leader_ = mesh_->rank() == 0;
   if (!leader_ && !std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence rank output");
+}
+
+// Rank 0 locks log.dir before anything is written to it (issue 21: two runs in one directory
+// interleaved their logs and deleted each other's saves), and a fresh run does not mix with a run
+// already there: it is refused, or with --overwrite that run's files are removed first.
+void Trainer::claim_run_dir(const std::string& resume, bool overwrite) {
+  if (!leader_) return;
+  const std::string& dir = cfg_.log.dir;
+  run_lock_ = std::make_unique<DirLock>(dir, "train");
+  if (!resume.empty()) return;
+  std::error_code ec;
+  const bool logged = std::filesystem::file_size(dir + "/log.jsonl", ec) > 0 && !ec;
+  if (!logged && ckpt::list(ckpt_root_).empty()) return;
+  if (!overwrite)
+    throw UsageError(dir + " holds a run (log.jsonl or checkpoints/): continue it with --resume auto, replace it "
+                           "with --overwrite, or choose another log.dir");
+  for (const char* f : {"log.jsonl", "config.yaml", "run.json", "checkpoints"}) {
+    std::filesystem::remove_all(std::filesystem::path(dir) / f, ec);
+    if (ec) throw std::runtime_error(dir + "/" + f + ": cannot remove the old run's file (" + ec.message() + ")");
+  }
+  std::printf("--overwrite: removed the run in %s\n", dir.c_str());
 }
 
 // The resolved config on stdout; config.yaml and run.json in the run directory.
@@ -414,8 +437,8 @@ void Trainer::sample() {
   std::printf("sample (temperature 0.8):\n%s\n", tokenizer_->decode(ids).c_str());
 }
 
-int run_training(const config::Config& cfg, const std::string& resume) {
+int run_training(const config::Config& cfg, const std::string& resume, bool overwrite) {
   install_stop_signals();  // before the set-up, which takes seconds (issue 21: SIGTERM then exited 143)
-  Trainer trainer(cfg, resume);
+  Trainer trainer(cfg, resume, overwrite);
   return trainer.run();
 }

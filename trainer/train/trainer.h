@@ -22,6 +22,7 @@
 #include "trainer/model/model.h"
 #include "trainer/parallel/data_parallel.h"
 #include "trainer/parallel/mesh.h"
+#include "common/dir_lock.h"
 #include "trainer/train/evaluate.h"
 #include "trainer/train/run_log.h"
 
@@ -29,7 +30,9 @@ class Trainer {
  public:
   // Sets up the run `cfg` describes. `resume`: "" (a fresh run), "auto" (the newest complete
   // checkpoint in <log.dir>/checkpoints, fresh when none) or a checkpoint or run directory.
-  Trainer(const config::Config& cfg, const std::string& resume);
+  // overwrite: a fresh run into a log.dir that holds a run removes that run first (its log,
+  // config, checkpoints); without it such a run is refused (continue it with resume "auto").
+  Trainer(const config::Config& cfg, const std::string& resume, bool overwrite = false);
   // Trains up to train.steps; returns the process exit status: 0, or 130 after Ctrl-C. SIGTERM and
   // SIGUSR1 save a checkpoint and stop with 0; divergence throws.
   int run();
@@ -45,6 +48,7 @@ class Trainer {
   };
 
   void set_up_mesh();
+  void claim_run_dir(const std::string& resume, bool overwrite);
   void record_run();
   void set_up_data();
   void set_up_model();
@@ -85,6 +89,7 @@ class Trainer {
   double unigram_nats_ = 0;
   float last_val_ = NAN;
   int64_t saved_step_ = -1;  // the step of the last checkpoint this run saved
+  std::unique_ptr<DirLock> run_lock_;  // rank 0: log.dir is this run's until it ends
 };
 
 // SIGINT (stop after the current step, exit 130; a second leaves at once), SIGTERM and SIGUSR1
@@ -94,4 +99,4 @@ void install_stop_signals();
 
 // Runs the whole training `cfg` describes (a Trainer, after install_stop_signals); returns the
 // process exit status.
-int run_training(const config::Config& cfg, const std::string& resume = "");
+int run_training(const config::Config& cfg, const std::string& resume = "", bool overwrite = false);

@@ -81,12 +81,26 @@ TEST_F(TrainCli, TrainsAndLogsEveryStep) {
   EXPECT_LT(rows[299].at("val_loss").number(), rows[99].at("val_loss").number());
   EXPECT_NE(r.out.find("sample"), std::string::npos);
 
-  // a second run into the same directory appends to the log
-  ASSERT_EQ(kvmtrain("train " + (dir / "tiny.yaml").string() + " --set train.steps=2", dir).status, 0);
-  std::ifstream again(dir / "run/log.jsonl");
-  int n = 0;
-  for (std::string line; std::getline(again, line);) n++;
-  EXPECT_EQ(n, 302);
+  // a second fresh run into the same directory is refused, the first run untouched (issue 21: it
+  // appended to the log and mixed checkpoints of two runs); --overwrite replaces the run
+  auto count_rows = [&] {
+    std::ifstream again(dir / "run/log.jsonl");
+    int n = 0;
+    for (std::string line; std::getline(again, line);) n++;
+    return n;
+  };
+  const std::string second = "train " + (dir / "tiny.yaml").string() + " --set train.steps=2";
+  auto refused = kvmtrain(second, dir);
+  EXPECT_EQ(refused.status, 2);
+  EXPECT_NE(refused.err.find((dir / "run").string() + " holds a run"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("--resume auto"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("--overwrite"), std::string::npos) << refused.err;
+  EXPECT_EQ(count_rows(), 300);
+  auto both = kvmtrain(second + " --overwrite --resume auto", dir);
+  EXPECT_EQ(both.status, 2) << both.err;
+  auto replaced = kvmtrain(second + " --overwrite", dir);
+  ASSERT_EQ(replaced.status, 0) << replaced.err;
+  EXPECT_EQ(count_rows(), 2);
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithStatus2) {

@@ -1,0 +1,40 @@
+#include "common/dir_lock.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+
+#include "common/usage_error.h"
+
+DirLock::DirLock(const std::string& dir, const std::string& what) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw UsageError(dir + ": cannot create the directory (" + ec.message() + ")");
+  const std::string path = (std::filesystem::path(dir) / kFile).string();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw UsageError(path + ": cannot open the lock file (" + std::strerror(errno) + ")");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    const std::string holder = n > 0 ? std::string(buf, size_t(n)) : std::string("unknown");
+    throw UsageError(dir + ": in use by another kvmtrain process (pid " + holder + "); " + what +
+                     " needs it alone: wait for that process to end, or choose another directory");
+  }
+  const std::string pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != ssize_t(pid.size())) {
+    const std::string why = std::strerror(errno);
+    ::close(fd_);
+    throw UsageError(path + ": cannot write the lock file (" + why + ")");
+  }
+}
+
+DirLock::~DirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing releases the lock
+}

@@ -1,0 +1,22 @@
+#pragma once
+// One kvmtrain process at a time writes a directory (a run's log.dir, an export's --output): an
+// advisory lock (flock) on DIR/.kvmtrain.lock, held for the DirLock's life and released by the
+// kernel when the process ends however it ends, so a crashed holder never blocks a retry. The lock
+// file holds the holder's pid; the descriptor is close-on-exec, so child processes (a sweep's
+// runs) do not hold it.
+#include <string>
+
+class DirLock {
+ public:
+  // Creates dir if needed and takes its lock. Throws UsageError naming dir, `what` wants it for,
+  // and the pid of the process that holds it.
+  DirLock(const std::string& dir, const std::string& what);
+  ~DirLock();
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+
+  static constexpr const char* kFile = ".kvmtrain.lock";
+
+ private:
+  int fd_ = -1;
+};
