@@ -196,7 +196,7 @@ TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
   pid_t pid = spawn("train " + cfg() + " --set train.steps=100000", root);
   const bool running = wait_for_rows(pid, run() / "log.jsonl", 3);
   auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
-  kill(pid, SIGTERM);
+  kill(pid, SIGINT);  // stops after the current step (status 130)
   const int status = wait_status(pid);
   ASSERT_TRUE(running);
   EXPECT_EQ(r.status, 2) << r.err;
@@ -204,7 +204,7 @@ TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
             std::string::npos)
       << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_EQ(status, 0) << test_util::slurp(root / "bg.err");
+  EXPECT_EQ(status, 130) << test_util::slurp(root / "bg.err");
   // the first run's log is one row per step, in order, whatever the second tried
   auto rows = log_rows(run() / "log.jsonl");
   for (size_t i = 0; i < rows.size(); i++) EXPECT_EQ(rows[i].at("step").integer(), int64_t(i + 1));
