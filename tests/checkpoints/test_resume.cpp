@@ -213,6 +213,25 @@ TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
   EXPECT_EQ(r.status, 0) << r.err;
 }
 
+// Resumed from step 36 of a finished run with another learning rate, the run's final checkpoint is
+// its own: step_00000040 from the first history is replaced (issue 21: it was kept, and export
+// then wrote the other model).
+TEST_F(Resume, TheFinalCheckpointIsThisRunsOwn) {
+  fs::copy(root / "reference", run(), fs::copy_options::recursive);
+  const fs::path ck = run() / "checkpoints";
+  auto r = test_util::kvmtrain("train " + cfg() + " --set train.lr=1e-3 --resume " + (ck / "step_00000036").string(),
+                               root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(test_util::slurp(ck / "step_00000040/model.safetensors"),
+            test_util::slurp(root / "reference/checkpoints/step_00000040/model.safetensors"));
+  EXPECT_NE(test_util::slurp(ck / "step_00000040/config.yaml").find("lr: 0.001"), std::string::npos);
+  // resumed from the final checkpoint itself, nothing is trained and it stays as it is
+  const std::string before = test_util::slurp(ck / "step_00000040/model.safetensors");
+  r = test_util::kvmtrain("train " + cfg() + " --set train.lr=1e-3 --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(test_util::slurp(ck / "step_00000040/model.safetensors"), before);
+}
+
 // A state.json with a negative count (its manifest entry rewritten to match, as a hand edit would
 // leave it consistent) is refused naming the file and the field (issue 21: step -3 was taken).
 TEST_F(Resume, NegativeCountsInStateAreRefused) {

@@ -102,14 +102,6 @@ std::string broadcast_string(Communicator& world, std::string s) {
   return s;
 }
 
-// Rank 0's decision, on every rank (collective; one rank: the value itself).
-bool agree(Communicator& world, bool leaders) {
-  if (world.size() == 1) return leaders;
-  unsigned char b = leaders ? 1 : 0;
-  world.broadcast(&b, 1, 0);
-  return b != 0;
-}
-
 // Several non-finite steps in a row mean the run has diverged: stop instead of spinning.
 constexpr int kMaxBadStepsInARow = 3;
 
@@ -253,6 +245,7 @@ void Trainer::restore(const std::string& resume) {
   }
   if (!resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step);
   step_ = int(st.step);
+  if (!resume_dir.empty()) resumed_step_ = st.step;
   sample_rng_ = st.sample_rng;
   bad_in_a_row_ = st.bad_in_a_row;
   total_time_ = st.time_s;
@@ -405,10 +398,11 @@ int Trainer::finish() {
   // The loop's last check is skipped when it ran all steps: agree once more, so that a signal
   // that reached some ranks during the last step makes every rank take part in the save.
   if (world.size() > 1) stop_requested(world);
-  // the end of a run always has a checkpoint (with train.steps: 0, that of the initial weights);
-  // rank 0 decides (the directory may be visible on its node only)
+  // the end of a run always has a checkpoint of this run (with train.steps: 0, that of the
+  // initial weights): one already there is kept only when the run resumed from it and trained no
+  // step, else it is another history's and is replaced (issue 21: it was kept)
   if (cfg_.checkpoint.every > 0 && step == tc.steps && saved_step_ != step && g_interrupts == 0 &&
-      agree(world, leader_ && !std::filesystem::exists(ckpt_root_ + "/" + ckpt::step_dir_name(step))))
+      !(step == resumed_step_ && resumed_step_ >= 0))
     save(step, std::nullopt);
   if (g_interrupts) std::printf("\ninterrupted: stopped cleanly after the current step\n");
   std::signal(SIGINT, SIG_DFL);

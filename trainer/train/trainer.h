@@ -89,6 +89,7 @@ class Trainer {
   double unigram_nats_ = 0;
   float last_val_ = NAN;
   int64_t saved_step_ = -1;  // the step of the last checkpoint this run saved
+  int64_t resumed_step_ = -1;  // the step of the checkpoint this run resumed from; -1: none
   std::unique_ptr<DirLock> run_lock_;  // rank 0: log.dir is this run's until it ends
 };
 
