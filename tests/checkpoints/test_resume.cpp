@@ -261,6 +261,20 @@ TEST_F(Resume, ResumeErrors) {
   auto r = test_util::kvmtrain("train " + cfg() + " --resume " + (root / "nothing").string(), root);
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.err.find("nothing: not a checkpoint"), std::string::npos) << r.err;
+  // another sequence length or global batch is not a continuation (issue 21: it only warned, and
+  // the data position counted windows of the old length): refused naming the key and both values
+  // (the same global batch split otherwise over ranks resumes: test_train_mpi)
+  const std::string ck = (root / "reference/checkpoints/step_00000036").string();
+  for (const auto& [set, key] : {std::pair{"train.seq_len=32", "train.seq_len is 32"},
+                                 std::pair{"train.batch_size=2", "the global batch (train.batch_size x train.grad_accum x parallel.data) is 2"}}) {
+    r = test_util::kvmtrain("train " + cfg() + " --set " + set + " --set log.dir=" + (root / "other").string() +
+                                " --resume " + ck,
+                            root);
+    EXPECT_EQ(r.status, 2) << set;
+    EXPECT_NE(r.err.find(std::string(key) + " but the checkpoint " + ck + " was trained with"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
 }
 
 // Ctrl-C: the step under way finishes and is logged, the run says so and exits with 130 (the

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <tuple>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -230,7 +231,23 @@ void Trainer::restore(const std::string& resume) {
   if (!resume_dir.empty()) {
     st = restore_run_checkpoint(resume_dir, model, *dp_);
     train_->set_position(st.loader_position);  // global windows: right for any data-parallel size
-    std::string diff = first_difference(resolved_, ckpt::read(resume_dir, "config.yaml"));
+    const std::string saved = ckpt::read(resume_dir, "config.yaml");
+    // the data position counts windows of the saved seq_len, and a step takes the saved global
+    // batch (sequences per step over every data-parallel rank and micro-step, however split):
+    // another one would not be the run it claims to continue (issue 21: it only warned)
+    const config::Config was = config::load_string(saved, resume_dir + "/config.yaml");
+    auto per_step = [](const config::Config& c) {
+      return int64_t(c.train.batch_size) * c.train.grad_accum * c.parallel.data;
+    };
+    for (const auto& [key, now, then] :
+         {std::tuple{"train.seq_len", int64_t(tc.seq_len), int64_t(was.train.seq_len)},
+          std::tuple{"the global batch (train.batch_size x train.grad_accum x parallel.data)", per_step(cfg_),
+                     per_step(was)}})
+      if (now != then)
+        throw UsageError(std::string(key) + " is " + std::to_string(now) + " but the checkpoint " + resume_dir +
+                         " was trained with " + std::to_string(then) +
+                         ": --resume continues a run exactly; start a new run (train.init_from) to change it");
+    std::string diff = first_difference(resolved_, saved);
     if (!diff.empty() && leader_)
       std::fprintf(stderr, "kvmtrain: warning: the config differs from the checkpoint's (%s); the resumed run is not "
                            "an exact continuation\n", diff.c_str());
