@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "common/dir_lock.h"
 #include "common/file_io.h"
 #include "common/sha256.h"
 
@@ -59,15 +60,20 @@ std::string save(const std::string& root, int64_t step, const std::vector<File>&
   std::error_code ec;
   fs::create_directories(root, ec);
   if (ec) throw std::runtime_error("cannot create checkpoint directory " + root + ": " + ec.message());
-  // temporary directories of saves that crashed are garbage
+  // A save holds its temporary directory locked until the rename: one whose lock is free was
+  // left by a save that died and is garbage; one still held is another live save's and stays
+  // (issue 21: a save removed whatever .tmp-* it found).
   for (const auto& e : fs::directory_iterator(root))
-    if (e.path().filename().string().rfind(".tmp-", 0) == 0) remove_tree(e.path());
+    if (e.path().filename().string().rfind(".tmp-", 0) == 0 && HeldDirectory::try_hold(e.path().string()))
+      remove_tree(e.path());
 
   const std::string name = step_dir_name(step);
   const fs::path tmp = fs::path(root) / (".tmp-" + name + "-" + std::to_string(::getpid()));
   const fs::path final_dir = fs::path(root) / name;
   fs::create_directory(tmp, ec);
   if (ec) throw std::runtime_error("cannot create " + tmp.string() + ": " + ec.message());
+  const auto held = HeldDirectory::try_hold(tmp.string());
+  if (!held) throw std::runtime_error(tmp.string() + ": held by another process");
 
   // a save that fails (a full disk) removes its own temporary directory: left behind, it would
   // hold the space a retry needs (issue 21)
@@ -103,6 +109,7 @@ std::string save(const std::string& root, int64_t step, const std::vector<File>&
   // an older checkpoint of this step (a run resumed from before it) is replaced
   if (fs::exists(final_dir)) {
     const fs::path old = fs::path(root) / (".tmp-old-" + name + "-" + std::to_string(::getpid()));
+    const auto held_old = HeldDirectory::try_hold(final_dir.string());  // held through the rename
     fs::rename(final_dir, old);
     remove_tree(old);
   }

@@ -4,7 +4,9 @@
 // A checkpoint is complete exactly when its manifest exists and every file matches it. It is
 // written as <root>/.tmp-step_NNNNNNNN-PID/, each file fsynced, the manifest last, then renamed
 // into place and the root fsynced: a crash at any moment leaves every earlier checkpoint intact
-// and at worst a temporary directory, which the next save removes.
+// and at worst a temporary directory, which the next save removes. A save holds an flock on its
+// temporary directory until the rename, and removes only leftovers whose lock is free: never the
+// directory of a save still running in another process.
 //
 // This room knows files, not training: the trainer decides what the files hold
 // (docs/checkpoint-format.md).

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 
 #include "common/usage_error.h"
@@ -38,3 +39,15 @@ DirLock::DirLock(const std::string& dir, const std::string& what) {
 DirLock::~DirLock() {
   if (fd_ >= 0) ::close(fd_);  // closing releases the lock
 }
+
+std::unique_ptr<HeldDirectory> HeldDirectory::try_hold(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(dir + ": cannot open the directory (" + std::strerror(errno) + ")");
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return nullptr;
+  }
+  return std::unique_ptr<HeldDirectory>(new HeldDirectory(fd));
+}
+
+HeldDirectory::~HeldDirectory() { ::close(fd_); }

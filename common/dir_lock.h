@@ -4,6 +4,7 @@
 // kernel when the process ends however it ends, so a crashed holder never blocks a retry. The lock
 // file holds the holder's pid; the descriptor is close-on-exec, so child processes (a sweep's
 // runs) do not hold it.
+#include <memory>
 #include <string>
 
 class DirLock {
@@ -19,4 +20,21 @@ class DirLock {
 
  private:
   int fd_ = -1;
+};
+
+// An flock on a directory's own inode (no file added to it), held for the object's life and
+// released by the kernel when the process ends. A checkpoint save holds one on its temporary
+// directory, so that a leftover one can be told apart: free means its writer is dead.
+class HeldDirectory {
+ public:
+  // Takes the lock of `dir`, or returns nullptr when another open description holds it. Throws
+  // naming dir when it cannot be opened.
+  static std::unique_ptr<HeldDirectory> try_hold(const std::string& dir);
+  ~HeldDirectory();
+  HeldDirectory(const HeldDirectory&) = delete;
+  HeldDirectory& operator=(const HeldDirectory&) = delete;
+
+ private:
+  explicit HeldDirectory(int fd) : fd_(fd) {}
+  int fd_;
 };

@@ -15,6 +15,7 @@
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/hf_gpt2.h"
 #include "checkpoints/safetensors.h"
+#include "common/dir_lock.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -174,6 +175,42 @@ TEST(CheckpointDir, FailedSaveRemovesItsTemporaryDirectory) {
   auto all = list(root.string());
   ASSERT_EQ(all.size(), 1u);
   EXPECT_NO_THROW(verify(all[0].second));
+  fs::remove_all(root);
+}
+
+// A leftover temporary directory is removed only when its lock is free (its save died): one
+// another process is still writing stays (issue 21: a save deleted any .tmp-* it found).
+TEST(CheckpointDir, ASaveLeavesALiveSavesTemporaryDirectory) {
+  fs::path root = temp_dir("live");
+  const fs::path live = root / ".tmp-step_00000002-999999", dead = root / ".tmp-step_00000001-999998";
+  for (const auto& d : {live, dead}) {
+    fs::create_directories(d);
+    std::ofstream(d / "model.bin") << "partial";
+  }
+  // a child holds `live` as a running save does (flock on the directory) until told to go
+  int go[2], ready[2];
+  ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const auto held = HeldDirectory::try_hold(live.string());
+    char c = held ? '1' : '0';
+    if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1) _exit(3);
+    _exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, '1') << "the child could not hold the directory";
+  save(root.string(), 4, {{"a.bin", "a"}});
+  EXPECT_TRUE(fs::exists(live / "model.bin")) << "a live save's directory was removed";
+  EXPECT_FALSE(fs::exists(dead)) << "a dead save's directory was kept";
+  ASSERT_EQ(write(go[1], "x", 1), 1);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  save(root.string(), 8, {{"a.bin", "a"}});  // its holder has ended: now it is garbage
+  EXPECT_FALSE(fs::exists(live));
+  EXPECT_EQ(list(root.string()).size(), 2u);
   fs::remove_all(root);
 }
 

@@ -196,6 +196,8 @@ TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
   pid_t pid = spawn("train " + cfg() + " --set train.steps=100000", root);
   const bool running = wait_for_rows(pid, run() / "log.jsonl", 3);
   auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  // an export into the live run's directory is refused the same way, and writes nothing there
+  auto ex = test_util::kvmtrain("export " + (root / "reference").string() + " --output " + run().string(), root);
   kill(pid, SIGINT);  // stops after the current step (status 130)
   const int status = wait_status(pid);
   ASSERT_TRUE(running);
@@ -204,6 +206,11 @@ TEST_F(Resume, ASecondProcessInTheRunDirectoryIsRefused) {
             std::string::npos)
       << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(ex.status, 2) << ex.err;
+  EXPECT_NE(ex.err.find("in use by another kvmtrain process (pid " + std::to_string(pid) + "); export --output needs it"),
+            std::string::npos)
+      << ex.err;
+  EXPECT_FALSE(fs::exists(run() / "model.safetensors"));
   EXPECT_EQ(status, 130) << test_util::slurp(root / "bg.err");
   // the first run's log is one row per step, in order, whatever the second tried
   auto rows = log_rows(run() / "log.jsonl");

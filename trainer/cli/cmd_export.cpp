@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "common/dir_lock.h"
 #include "common/file_io.h"
 #include "checkpoints/hf_gpt2.h"
 #include "checkpoints/safetensors.h"
@@ -122,9 +123,8 @@ int cmd_export(int argc, char** argv) {
   }
 
   const fs::path od = args.str("output");
-  std::error_code ec;
-  fs::create_directories(od, ec);
-  if (ec) throw std::runtime_error("cannot create " + od.string() + ": " + ec.message());
+  // one writer at a time, as in a run directory (a training run's own log.dir included)
+  const DirLock lock(od.string(), "export --output");
   write(od, "model.safetensors",
         ckpt::safetensors_bytes(out, dtype == "bf16" ? ckpt::DType::BF16 : ckpt::DType::F32,
                                 {{"format", "pt"}, {"source", "kvmtrain " + dir}}));

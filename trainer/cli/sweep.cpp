@@ -14,9 +14,11 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
+#include "common/dir_lock.h"
 #include "common/json.h"
 #include "kernels/kvm.h"
 #include "trainer/model/model.h"
@@ -230,8 +232,8 @@ config::Config run_config(const Sweep& s, const Run& r) {
 std::vector<std::string> train_overrides(const Sweep& s, const Run& r) {
   const config::Config cfg = run_config(s, r);
   std::vector<std::string> sets = config_sets(s, r);
-  // multi-rank runs cannot checkpoint yet (the trainer refuses): an interrupted one restarts
-  if (s.mpirun_np == 0 && cfg.checkpoint.every == 0) {
+  // checkpoints let a rerun of the sweep continue an interrupted run
+  if (cfg.checkpoint.every == 0) {
     const int every = cfg.train.eval_every > 0 ? cfg.train.eval_every : std::max(1, cfg.train.steps / 10);
     sets.push_back("checkpoint.every=" + std::to_string(every));
   }
@@ -355,7 +357,7 @@ std::vector<std::string> train_argv(const Sweep& s, const Run& run, const std::s
   }
   argv.insert(argv.end(), {self, "train", s.base});
   for (const auto& o : train_overrides(s, run)) argv.insert(argv.end(), {"--set", o});
-  if (s.mpirun_np == 0) argv.insert(argv.end(), {"--resume", "auto"});
+  argv.insert(argv.end(), {"--resume", "auto"});
   return argv;
 }
 
@@ -392,7 +394,9 @@ int run_child(const std::vector<std::string>& argv, const std::string& log) {
 }  // namespace
 
 int run(const Sweep& s, bool dry_run) {
-  fs::create_directories(s.out);
+  // one sweep at a time writes its out directory (each run's train holds its own run directory)
+  std::optional<DirLock> lock;
+  if (!dry_run) lock.emplace(s.out, "sweep");
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   std::vector<std::string> failed;
   int status = 0;
@@ -423,7 +427,6 @@ int run(const Sweep& s, bool dry_run) {
     std::fflush(stdout);
     if (dry_run) continue;
     fs::create_directories(cfg.log.dir);
-    if (s.mpirun_np > 0 && before.steps_done > 0) fs::remove(cfg.log.dir + "/log.jsonl");  // no multi-rank resume
     const auto t0 = std::chrono::steady_clock::now();
     const int code = run_child(argv, cfg.log.dir + "/train.out");
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

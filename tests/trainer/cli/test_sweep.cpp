@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/dir_lock.h"
 #include "common/json.h"
 #include "tests/test_util.h"
 
@@ -95,6 +96,20 @@ TEST_F(SweepCli, RunsSummarisesSkipsAndResumes) {
   EXPECT_NE(r.out.find("no_sink: continuing from step 3"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--resume auto"), std::string::npos) << r.out;
   EXPECT_EQ(log_rows("no_sink"), 5u);
+}
+
+// One sweep at a time in an out directory: a second is refused in one line naming the holder,
+// before any run starts.
+TEST_F(SweepCli, ASecondSweepOnTheSameOutIsRefused) {
+  const DirLock held((dir / "sw").string(), "this test");  // as a running sweep holds it
+  auto r = kvmtrain("sweep " + (dir / "sweep.yaml").string(), dir);
+  EXPECT_EQ(r.status, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("kvmtrain: error: " + (dir / "sw").string() + ": in use by another kvmtrain process (pid " +
+                       std::to_string(::getpid()) + "); sweep needs it alone"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(fs::exists(dir / "sw/base")) << "a run started although the sweep was refused";
 }
 
 TEST_F(SweepCli, GridNamesAndDryRun) {
