@@ -1,9 +1,10 @@
 #pragma once
-// One kvmtrain process at a time writes a directory (a run's log.dir, an export's --output): an
-// advisory lock (flock) on DIR/.kvmtrain.lock, held for the DirLock's life and released by the
-// kernel when the process ends however it ends, so a crashed holder never blocks a retry. The lock
-// file holds the holder's pid; the descriptor is close-on-exec, so child processes (a sweep's
-// runs) do not hold it.
+// One kvmtrain process at a time writes a directory (a run's log.dir, an export's --output, a
+// sweep's out): an advisory lock (flock) on DIR/.kvmtrain.lock, held for the DirLock's life and
+// released by the kernel when the process ends however it ends, so a crashed holder never blocks
+// a retry. The lock file holds the holder's pid and is removed on release (one left by a killed
+// process is harmless); the descriptor is close-on-exec, so child processes (a sweep's runs) do
+// not hold it.
 #include <memory>
 #include <string>
 
@@ -19,6 +20,7 @@ class DirLock {
   static constexpr const char* kFile = ".kvmtrain.lock";
 
  private:
+  std::string path_;
   int fd_ = -1;
 };
 

@@ -179,6 +179,7 @@ class SplitWriter {
                                   {"split", name_},
                                   {"tokens", cur_->tokens()},
                                   {"documents", cur_->documents()},
+                                  {"bytes", uint64_t(fs::file_size(cur_->path()))},
                                   {"sha256", sha256_file(cur_->path())}});
     totals_.shards++;
     cur_.reset();

@@ -348,6 +348,74 @@ TEST(PrepareCli, LayoutAndManifest) {
   EXPECT_EQ(m.at("splits").at("val").at("documents").integer(), 1);
 }
 
+// The manifest's sha256 and counts are checked: `prepare --verify` reads every byte; train's
+// start-up compares sizes and counts (issue 21: the sha256 in a manifest was never checked).
+TEST(PrepareCli, VerifyAndTrainCheckShardsAgainstTheManifest) {
+  if (!std::getenv("KVMTRAIN_BIN")) GTEST_SKIP() << "KVMTRAIN_BIN not set (run through ctest)";
+  TmpDir tmp("verify");
+  for (int i = 0; i < 8; i++) write(tmp.path / "in" / (std::to_string(i) + ".txt"), random_text(3000, i));
+  const fs::path out = tmp.path / "out", train = out / "train";
+  ASSERT_EQ(kvmtrain("prepare --quiet --tokenizer byte --shard-tokens 6000 --val-fraction 0.2 --input " +
+                         (tmp.path / "in").string() + " --output " + out.string(), tmp.path).status, 0);
+  ASSERT_TRUE(fs::exists(train / "shard_00002.h5"));
+  const fs::path pristine = tmp.path / "pristine";
+  fs::copy(out, pristine, fs::copy_options::recursive);
+  auto restore = [&] {
+    fs::remove_all(out);
+    fs::copy(pristine, out, fs::copy_options::recursive);
+  };
+  std::ofstream(tmp.path / "tiny.yaml") << "model: {vocab_size: 257, n_layer: 1, n_head: 2, d_model: 16, max_seq_len: 16}\n"
+                                           "data: {train: " << train.string() << ", val: " << (out / "val").string()
+                                        << ", tokenizer: byte}\n"
+                                           "train: {batch_size: 2, seq_len: 16, steps: 1, sample_tokens: 0}\n";
+  auto train_run = [&] {
+    return kvmtrain("train " + (tmp.path / "tiny.yaml").string() + " --overwrite --set log.dir=" +
+                        (tmp.path / "run").string(), tmp.path);
+  };
+  auto expect_one_line = [](const CliResult& r, const std::string& what) {
+    EXPECT_EQ(r.status, 2) << r.out << r.err;
+    EXPECT_EQ(r.err.rfind("kvmtrain: error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
+  };
+
+  CliResult r = kvmtrain("prepare --verify " + out.string(), tmp.path);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const size_t listed = json::parse(read(out / "manifest.json")).at("files").array().size();
+  EXPECT_NE(r.out.find(std::to_string(listed) + " shards match"), std::string::npos) << r.out;
+  EXPECT_EQ(train_run().status, 0);
+
+  {  // one token changed in place: sizes and counts agree, only the sha256 tells
+    const std::string path = (train / "shard_00001.h5").string();
+    std::vector<uint16_t> toks(8);
+    data::ShardReader(path, "byte", 257).read(100, toks.size(), toks.data());
+    std::string bytes = read(path);
+    const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(toks.data()), toks.size() * 2));
+    ASSERT_NE(at, std::string::npos);
+    bytes[at] = char(toks[0] == 'q' ? 'x' : 'q');
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  }
+  expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path),
+                  "1 of " + std::to_string(listed) + " shards do not match manifest.json; the first: "
+                  "train/shard_00001.h5: sha256 ");
+  EXPECT_EQ(train_run().status, 0) << "train's start-up check reads sizes and counts only";
+
+  restore();  // another shard in its place (the same HDF5 size here): counts differ
+  fs::copy_file(train / "shard_00000.h5", train / "shard_00001.h5", fs::copy_options::overwrite_existing);
+  expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path), "train/shard_00001.h5: tokens ");
+  expect_one_line(train_run(), (train / "shard_00001.h5").string() + ": tokens ");
+
+  restore();  // a shard missing
+  fs::remove(train / "shard_00002.h5");
+  expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path), "train/shard_00002.h5: missing");
+  expect_one_line(train_run(), (train / "shard_00002.h5").string() + ": missing");
+
+  restore();  // a shard the manifest does not list
+  fs::copy_file(train / "shard_00000.h5", train / "shard_00009.h5");
+  expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path), "train/shard_00009.h5: not in the manifest");
+  expect_one_line(train_run(), (train / "shard_00009.h5").string() + ": a shard the manifest does not list");
+}
+
 TEST(PrepareCli, BadInputExitsTwoWithOneLine) {
   if (!std::getenv("KVMTRAIN_BIN")) GTEST_SKIP() << "KVMTRAIN_BIN not set (run through ctest)";
   TmpDir tmp("cli_errors");

@@ -1,9 +1,31 @@
 // kvmtrain prepare: flags -> data::prepare, then a one-line summary.
 #include <cstdio>
+#include <string>
 
+#include "common/usage_error.h"
+#include "data/manifest.h"
 #include "data/prepare.h"
 #include "trainer/cli/args.h"
 #include "trainer/cli/commands.h"
+
+namespace {
+
+int verify(const std::string& dir) {
+  size_t shards = 0;
+  std::string first;
+  const size_t problems = data::verify_prepared(dir, [&](const std::string& path, const std::string& problem) {
+    shards++;
+    std::printf("%-32s %s\n", path.c_str(), problem.empty() ? "ok" : problem.c_str());
+    if (!problem.empty() && first.empty()) first = path + ": " + problem;
+  });
+  if (problems)
+    throw UsageError(dir + ": " + std::to_string(problems) + " of " + std::to_string(shards) +
+                     " shards do not match manifest.json; the first: " + first);
+  std::printf("prepare --verify: %zu shards match %s/manifest.json\n", shards, dir.c_str());
+  return 0;
+}
+
+}  // namespace
 
 int cmd_prepare(int argc, char** argv) {
   cli::Args args("prepare",
@@ -18,8 +40,11 @@ int cmd_prepare(int argc, char** argv) {
   args.option("val-fraction", "F", "share of the documents for val/, in [0, 1)", "0.1");
   args.option("shard-tokens", "N", "a shard closes at the first document end past N tokens", "134217728");
   args.option("doc-sep", "REGEX", "in text files, a line matching REGEX (ECMAScript, searched) ends a document");
+  args.option("verify", "DIR", "instead of preparing: check every shard of DIR against DIR/manifest.json (sha256, "
+                               "sizes, token and document counts, none missing or unlisted); exit 2 on a mismatch");
   args.flag("quiet", "no progress line on stderr");
   args.parse(argc, argv, 2);
+  if (args.has("verify")) return verify(args.str("verify"));
 
   data::PrepareOptions o;
   o.inputs = args.list("input");

@@ -17,6 +17,7 @@
 #include "checkpoints/checkpoint.h"
 #include "common/rng.h"
 #include "data/corpus_stats.h"
+#include "data/manifest.h"
 #include "trainer/model/flops.h"
 #include "trainer/model/sample.h"
 #include "trainer/optim/optimizer.h"
@@ -176,6 +177,9 @@ void Trainer::record_run() {
 void Trainer::set_up_data() {
   const auto& tc = cfg_.train;
   const int B = tc.batch_size, T = tc.seq_len;
+  // shards against their manifest (sizes and counts: cheap), naming the first that differs
+  for (const auto* sources : {&cfg_.data.train, &cfg_.data.val})
+    for (const auto& source : to_sources(*sources)) data::check_source(source.path);
   data::LoaderOptions lo{to_sources(cfg_.data.train), B, T, uint64_t(tc.seed), mesh_->data_rank(), mesh_->data_size(),
                          true, config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size};
   train_ = std::make_unique<data::Loader>(lo);
