@@ -55,6 +55,7 @@ class Trainer {
   std::string checkpoint_to_resume(const std::string& resume);
   void restore(const std::string& resume);
   void measure();
+  void measure_peak(double seconds);  // raises peak_ to a fresh GEMM measurement
 
   StepStats step();
   float evaluate();
@@ -84,7 +85,18 @@ class Trainer {
   int bad_in_a_row_ = 0;
   double total_time_ = 0;
 
-  double peak_ = 0;            // the GEMM peak MFU divides by, FLOP/s
+  // MFU's yardstick, FLOP/s: the highest GEMM rate seen (issue 21: one start-up measurement in a
+  // slow moment gave "mfu 152%"): measured at start-up, again every kPeakEvery seconds of
+  // training, and raised to any step's own rate above it, so MFU never exceeds 100%
+  static constexpr double kPeakEvery = 60;  // seconds of training between peak measurements
+  static constexpr int kWarmupSteps = 3;
+  double peak_ = 0;
+  double peak_measured_at_ = 0;  // total_time_ of the last measurement
+  // the first steps of a process (page faults, kernel JIT, caches) are marked warm-up in the log
+  // and the ETA counts the steady steps after them
+  int steps_this_process_ = 0;
+  double steady_seconds_ = 0;
+  int steady_steps_ = 0;
   double flops_per_step_ = 0;  // forward and backward, all micro-steps
   double unigram_nats_ = 0;
   float last_val_ = NAN;

@@ -66,6 +66,9 @@ TEST_F(TrainCli, TrainsAndLogsEveryStep) {
     for (const char* k : {"loss", "lr", "tokens_per_s", "grad_norm", "mfu", "mem_bytes"})
       EXPECT_TRUE(row.at(k).is_number()) << k;
     EXPECT_EQ(row.contains("val_loss"), (i + 1) % 100 == 0) << "step " << i + 1;
+    EXPECT_GT(row.at("mfu").number(), 0.0);
+    EXPECT_LE(row.at("mfu").number(), 1.0);
+    EXPECT_EQ(row.contains("warmup"), i < 3) << "the first 3 steps of a process are marked warm-up";
   }
   // warm-up then decay: lr rises over 5 steps to 3e-3
   EXPECT_NEAR(rows[0].at("lr").number(), 3e-3 / 5, 1e-9);
@@ -101,6 +104,27 @@ TEST_F(TrainCli, TrainsAndLogsEveryStep) {
   auto replaced = kvmtrain(second + " --overwrite", dir);
   ASSERT_EQ(replaced.status, 0) << replaced.err;
   EXPECT_EQ(count_rows(), 2);
+}
+
+// MFU against a start-up peak measured in a slow moment (a hook divides it by 1e6): the
+// yardstick rises to what the steps reach, so MFU stays <= 100% (issue 21: "mfu 152%").
+TEST_F(TrainCli, MfuNeverExceedsOneWithASlowStartUpPeak) {
+  setenv("KVMTRAIN_TEST_SLOW_PEAK", "1", 1);
+  Result r = kvmtrain("train " + (dir / "tiny.yaml").string() + " --set train.steps=8", dir);
+  unsetenv("KVMTRAIN_TEST_SLOW_PEAK");
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::ifstream log(dir / "run/log.jsonl");
+  int rows = 0;
+  double peak = 0;
+  for (std::string line; std::getline(log, line); rows++) {
+    const auto row = json::parse(line);
+    EXPECT_LE(row.at("mfu").number(), 1.0) << line;
+    EXPECT_GE(row.at("peak_flops").number(), peak) << "the yardstick never falls";
+    peak = row.at("peak_flops").number();
+    if (rows == 0) EXPECT_EQ(row.at("mfu").number(), 1.0) << "the first step outran the slow measurement";
+  }
+  EXPECT_EQ(rows, 8);
+  EXPECT_EQ(r.out.find("mfu 1000"), std::string::npos) << r.out;
 }
 
 TEST_F(TrainCli, ErrorsAreOneLineWithStatus2) {
