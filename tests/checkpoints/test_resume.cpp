@@ -82,6 +82,67 @@ TEST_F(Resume, SigkillAtARandomStep) {
   expect_same_losses(run() / "log.jsonl", reference_log());
 }
 
+// One run killed 20 times at random moments, each followed by --resume auto: SIGKILLs after a
+// random delay (set-up, steps, evaluation, saves and pruning alike), and, among them, kills
+// inside a checkpoint write and inside a log row (test hooks, as a random moment rarely hits
+// those). The log ends with exactly one row per step and the final model and optimizer state are
+// bit-identical to the uninterrupted run's.
+TEST_F(Resume, TwentySigkillsThenTheSameRunBitForBit) {
+  std::mt19937 gen(std::random_device{}());
+  const unsigned seed = gen();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  gen.seed(seed);
+  int mid_save = 0, mid_log = 0, before_end = 0;
+  for (int kill_no = 0; kill_no < 20; kill_no++) {
+    const size_t logged = count_lines(run() / "log.jsonl");
+    const int kind = kill_no % 5;  // 0: inside a save, 1: inside a log row, else after a random delay
+    const int ahead = std::uniform_int_distribution<int>(1, 6)(gen);
+    if (kind == 0) {
+      const int at = std::min(int(logged / 4 + 1 + ahead / 3) * 4, kSteps);  // a checkpoint step ahead
+      setenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT", ("after_file:" + std::to_string(at)).c_str(), 1);
+    }
+    if (kind == 1) setenv("KVMTRAIN_TEST_CRASH_IN_LOG", std::to_string(std::min(int(logged) + ahead, kSteps)).c_str(), 1);
+    fs::remove(root / "bg.err");  // a kill before the shell's redirection must not read the last one
+    pid_t pid = spawn("train " + cfg() + " --resume auto", root);
+    unsetenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT");
+    unsetenv("KVMTRAIN_TEST_CRASH_IN_LOG");
+    if (kind >= 2) {  // after a random delay, or sooner if the run nears its end (so that it does not finish)
+      const auto start = std::chrono::steady_clock::now();
+      const auto until = start + std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 700)(gen));
+      while (std::chrono::steady_clock::now() < until &&
+             (std::chrono::steady_clock::now() < start + std::chrono::milliseconds(20) ||
+              count_lines(run() / "log.jsonl") < size_t(kSteps - 2)))
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+      kill(pid, SIGKILL);
+    }
+    const int status = wait_status(pid);  // a hooked run kills itself at its moment
+    const std::string err = test_util::slurp(root / "bg.err");
+    if (status == 0) break;  // the run finished before its kill
+    before_end++;
+    ASSERT_EQ(status, 128 + SIGKILL) << err;
+    mid_save += err.find("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT") != std::string::npos;
+    mid_log += err.find("KVMTRAIN_TEST_CRASH_IN_LOG") != std::string::npos;
+  }
+  const std::string kills = std::to_string(before_end) + " kills before the end, " + std::to_string(mid_save) +
+                            " inside a save, " + std::to_string(mid_log) + " inside a log row, " +
+                            std::to_string(count_lines(run() / "log.jsonl")) + " rows logged before the last resume";
+  std::printf("%s\n", kills.c_str());
+  SCOPED_TRACE(kills);
+  EXPECT_EQ(before_end, 20) << "every kill should land before the run ends";
+  EXPECT_GE(mid_save, 1);
+  EXPECT_GE(mid_log, 1);
+  auto r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto rows = log_rows(run() / "log.jsonl");
+  ASSERT_EQ(rows.size(), size_t(kSteps));
+  for (size_t i = 0; i < rows.size(); i++) EXPECT_EQ(rows[i].at("step").integer(), int64_t(i + 1));
+  expect_same_losses(run() / "log.jsonl", reference_log());
+  for (const char* f : {"model.safetensors", "optimizer.safetensors"})
+    EXPECT_EQ(data::sha256_file((run() / "checkpoints/step_00000040" / f).string()),
+              data::sha256_file((root / "reference/checkpoints/step_00000040" / f).string()))
+        << f;
+}
+
 TEST_F(Resume, KilledInsideACheckpointWrite) {
   setenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT", "after_file:12", 1);
   auto r = test_util::kvmtrain("train " + cfg(), root);

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -13,12 +15,26 @@ RunLog::RunLog(const std::string& dir) : path_(dir + "/log.jsonl") {
   if (!f_) throw std::runtime_error("cannot open " + path_ + " for appending: " + std::strerror(errno));
 }
 
+// Test hook: KVMTRAIN_TEST_CRASH_IN_LOG=STEP writes half of step STEP's row, flushes it and
+// kills the process (SIGKILL), to test that a resume drops the cut row.
+void RunLog::crash_if_requested(const json::Object& row, const std::string& line) {
+  const char* v = std::getenv("KVMTRAIN_TEST_CRASH_IN_LOG");
+  const auto step = row.find("step");
+  if (!v || step == row.end() || step->second.integer() != std::atoll(v)) return;
+  std::fwrite(line.data(), 1, line.size() / 2, f_);
+  std::fflush(f_);
+  std::fprintf(stderr, "KVMTRAIN_TEST_CRASH_IN_LOG: killing the process inside the log row of step %s\n", v);
+  std::fflush(stderr);
+  std::raise(SIGKILL);
+}
+
 RunLog::~RunLog() {
   if (f_) std::fclose(f_);
 }
 
 void RunLog::write(const json::Object& row) {
   const std::string line = json::dump(row) + "\n";
+  crash_if_requested(row, line);
   const long before = std::ftell(f_);
   if (std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0) return;
   const int err = errno;

@@ -17,6 +17,7 @@ class RunLog {
   void write(const json::Object& row);
 
  private:
+  void crash_if_requested(const json::Object& row, const std::string& line);
   std::string path_;
   FILE* f_ = nullptr;
 };
