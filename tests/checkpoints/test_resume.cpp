@@ -143,6 +143,30 @@ TEST_F(Resume, TwentySigkillsThenTheSameRunBitForBit) {
         << f;
 }
 
+// A log write that fails (a full disk, through a hook that cuts the row of step 6 and fails as
+// ENOSPC) stops the run with status 2 and one line, after saving step 6 with the row the log
+// lacks; the resume appends it, and the run ends as the uninterrupted one (issue 21: rows were
+// dropped and the run exited 0).
+TEST_F(Resume, AFailedLogWriteStopsAfterSavingAndLosesNoRow) {
+  setenv("KVMTRAIN_TEST_FULL_LOG", "6", 1);
+  auto r = test_util::kvmtrain("train " + cfg(), root);
+  unsetenv("KVMTRAIN_TEST_FULL_LOG");
+  EXPECT_EQ(r.status, 2) << r.err;
+  EXPECT_EQ(r.err, "kvmtrain: error: cannot append to " + (run() / "log.jsonl").string() +
+                       ": No space left on device; saved " + (run() / "checkpoints/step_00000006").string() +
+                       " with the 1 log rows it lacks: free space, then --resume auto\n");
+  const auto rows = log_rows(run() / "log.jsonl");  // whole rows only: the cut one was removed
+  ASSERT_EQ(rows.size(), 5u);
+  const auto ref = log_rows(reference_log());
+  for (size_t i = 0; i < rows.size(); i++) EXPECT_EQ(rows[i].at("loss").number(), ref[i].at("loss").number());
+  EXPECT_TRUE(fs::exists(run() / "checkpoints/step_00000006/manifest.json"));
+
+  r = test_util::kvmtrain("train " + cfg() + " --resume auto", root);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("log: appended 1 rows the checkpoint kept"), std::string::npos) << r.out;
+  expect_same_losses(run() / "log.jsonl", reference_log());
+}
+
 TEST_F(Resume, KilledInsideACheckpointWrite) {
   setenv("KVMTRAIN_TEST_CRASH_IN_CHECKPOINT", "after_file:12", 1);
   auto r = test_util::kvmtrain("train " + cfg(), root);

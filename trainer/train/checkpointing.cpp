@@ -117,6 +117,7 @@ std::string save_run_checkpoint(const config::Config& cfg, const std::string& re
                      {"bad_steps_in_a_row", s.bad_in_a_row},
                      {"time_s", s.time_s}};
   if (s.val_loss) state["val_loss"] = *s.val_loss;
+  if (!s.unlogged_rows.empty()) state["unlogged_rows"] = s.unlogged_rows;
 
   std::vector<ckpt::File> files;
   files.push_back({"model.safetensors", ckpt::safetensors_bytes(weights, ckpt::DType::F32,
@@ -163,6 +164,12 @@ LoopState restore_run_checkpoint(const std::string& dir, Model& model, DataParal
     st.time_s = s.at("time_s").number();
     if (!(st.time_s >= 0)) throw std::runtime_error("time_s: expected a number at least 0");
     if (s.contains("val_loss")) st.val_loss = s.at("val_loss").number();
+    if (s.contains("unlogged_rows"))
+      for (const json::Value& row : s.at("unlogged_rows").array()) {
+        if (!row.is_object() || row.at("step").integer() < 1 || row.at("step").integer() > st.step)
+          throw std::runtime_error("unlogged_rows: expected log rows of steps 1.." + std::to_string(st.step));
+        st.unlogged_rows.push_back(row);
+      }
     dp.load_moments(m_all.data(), v_all.data(), int(count(s.at("optimizer"), "t")));
     return st;
   } catch (const std::exception& e) {

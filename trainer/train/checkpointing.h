@@ -32,6 +32,7 @@ struct LoopState {
   int bad_in_a_row = 0;            // consecutive non-finite steps
   double time_s = 0;               // training time so far (log.jsonl's time_s)
   std::optional<double> val_loss;  // when validation ran at this step
+  json::Array unlogged_rows;       // log.jsonl rows a failed write could not append: a resume appends them
 };
 
 // The model's parameters as named full tensors (table names and full shapes, padded vocabulary

@@ -1,5 +1,6 @@
 #include "trainer/train/run_log.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,36 +12,59 @@
 #include <stdexcept>
 
 RunLog::RunLog(const std::string& dir) : path_(dir + "/log.jsonl") {
-  f_ = std::fopen(path_.c_str(), "a");
-  if (!f_) throw std::runtime_error("cannot open " + path_ + " for appending: " + std::strerror(errno));
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error("cannot open " + path_ + " for appending: " + std::strerror(errno));
 }
 
-// Test hook: KVMTRAIN_TEST_CRASH_IN_LOG=STEP writes half of step STEP's row, flushes it and
-// kills the process (SIGKILL), to test that a resume drops the cut row.
-void RunLog::crash_if_requested(const json::Object& row, const std::string& line) {
-  const char* v = std::getenv("KVMTRAIN_TEST_CRASH_IN_LOG");
+RunLog::~RunLog() { ::close(fd_); }
+
+namespace {
+
+// The step a test hook (an environment variable) names for this row, or false.
+bool hook_wants(const char* variable, const json::Object& row) {
+  const char* v = std::getenv(variable);
   const auto step = row.find("step");
-  if (!v || step == row.end() || step->second.integer() != std::atoll(v)) return;
-  std::fwrite(line.data(), 1, line.size() / 2, f_);
-  std::fflush(f_);
-  std::fprintf(stderr, "KVMTRAIN_TEST_CRASH_IN_LOG: killing the process inside the log row of step %s\n", v);
-  std::fflush(stderr);
-  std::raise(SIGKILL);
+  return v && step != row.end() && step->second.integer() == std::atoll(v);
 }
 
-RunLog::~RunLog() {
-  if (f_) std::fclose(f_);
-}
+}  // namespace
 
+// Unbuffered: a row is in the file whole or, after a failed write, cut off again; nothing of it
+// waits in a buffer to be flushed later.
 void RunLog::write(const json::Object& row) {
   const std::string line = json::dump(row) + "\n";
-  crash_if_requested(row, line);
-  const long before = std::ftell(f_);
-  if (std::fwrite(line.data(), 1, line.size(), f_) == line.size() && std::fflush(f_) == 0) return;
-  const int err = errno;
-  std::clearerr(f_);
-  if (before >= 0 && ftruncate(fileno(f_), before) == 0) std::fseek(f_, 0, SEEK_END);  // drop the cut row
-  throw std::runtime_error("cannot append to " + path_ + ": " + std::strerror(err));
+  const off_t before = ::lseek(fd_, 0, SEEK_END);
+  // Test hooks. KVMTRAIN_TEST_CRASH_IN_LOG=STEP: half of step STEP's row is written, then the
+  // process is killed (SIGKILL), as a crash mid-write. KVMTRAIN_TEST_FULL_LOG=STEP: half of it is
+  // written, then the write fails as on a full disk.
+  const bool crash = hook_wants("KVMTRAIN_TEST_CRASH_IN_LOG", row), full = hook_wants("KVMTRAIN_TEST_FULL_LOG", row);
+  size_t done = 0;
+  int err = 0;
+  while (done < line.size()) {
+    const size_t want = crash || full ? line.size() / 2 - done : line.size() - done;
+    const ssize_t n = ::write(fd_, line.data() + done, want);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    done += size_t(n);
+    if (crash && done == line.size() / 2) {
+      std::fprintf(stderr, "KVMTRAIN_TEST_CRASH_IN_LOG: killing the process inside the log row of step %lld\n",
+                   (long long)row.at("step").integer());
+      std::fflush(stderr);
+      std::raise(SIGKILL);
+    }
+    if (full && done == line.size() / 2) {
+      err = ENOSPC;
+      break;
+    }
+  }
+  if (!err) return;
+  // drop the cut row (should that fail too, a resume drops it)
+  const bool dropped = before >= 0 && ::ftruncate(fd_, before) == 0;
+  throw std::runtime_error("cannot append to " + path_ + ": " + std::strerror(err) +
+                           (dropped ? "" : " (the cut row is still there)"));
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {

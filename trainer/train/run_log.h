@@ -17,9 +17,8 @@ class RunLog {
   void write(const json::Object& row);
 
  private:
-  void crash_if_requested(const json::Object& row, const std::string& line);
   std::string path_;
-  FILE* f_ = nullptr;
+  int fd_ = -1;
 };
 
 // Creates `dir` and writes config.yaml and run.json there (each through a temporary name).

@@ -44,12 +44,12 @@ const char* signal_name(int sig) { return sig == SIGTERM ? "SIGTERM" : sig == SI
 
 // A resumed run re-logs the steps after its checkpoint: rows of later steps (written before a
 // crash) are dropped so that log.jsonl stays one row per step, in order.
-void truncate_log(const std::string& dir, int64_t step) {
+void truncate_log(const std::string& dir, int64_t step, const json::Array& unlogged) {
   const std::string path = dir + "/log.jsonl";
   std::ifstream in(path);
-  if (!in) return;
   std::string kept, line;
   size_t dropped = 0;
+  int64_t last = 0;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     int64_t row_step = -1;
@@ -58,15 +58,27 @@ void truncate_log(const std::string& dir, int64_t step) {
     } catch (const std::exception&) {
       // a line cut by a crash mid-write: drop it with the rows after the checkpoint
     }
-    if (row_step >= 1 && row_step <= step) kept += line + "\n";
-    else dropped++;
+    if (row_step >= 1 && row_step <= step) {
+      kept += line + "\n";
+      last = std::max(last, row_step);
+    } else {
+      dropped++;
+    }
   }
   in.close();
-  if (dropped) {
-    write_file_atomic(path, kept);
+  // the rows a failed write could not append, which the checkpoint kept
+  size_t appended = 0;
+  for (const json::Value& row : unlogged)
+    if (row.at("step").integer() > last) {
+      kept += json::dump(row) + "\n";
+      last = row.at("step").integer();
+      appended++;
+    }
+  if (dropped || appended) write_file_atomic(path, kept);
+  if (dropped)
     std::printf("log: dropped %zu rows of %s after step %lld (they are recomputed)\n", dropped, path.c_str(),
                 (long long)step);
-  }
+  if (appended) std::printf("log: appended %zu rows the checkpoint kept for %s\n", appended, path.c_str());
 }
 
 // The first line where two resolved configs differ, or "".
@@ -87,12 +99,14 @@ std::string first_difference(const std::string& a, const std::string& b) {
 
 // A signal reaches ranks at different moments: they agree after every step, so that all stop
 // at the same one and none waits in a collective for a rank that left.
-bool stop_requested(Communicator& world) {
-  float flags[2] = {float(g_interrupts.load() > 0), float(g_save_signal.load() != 0)};
-  world.all_reduce_sum(flags, 2);
+// log_failed: in, this rank's log failed; out, some rank's did.
+bool stop_requested(Communicator& world, bool& log_failed) {
+  float flags[3] = {float(g_interrupts.load() > 0), float(g_save_signal.load() != 0), float(log_failed)};
+  world.all_reduce_sum(flags, 3);
   if (flags[0] > 0 && g_interrupts == 0) g_interrupts = 1;
   if (flags[1] > 0 && g_save_signal == 0) g_save_signal = SIGTERM;
-  return flags[0] > 0 || flags[1] > 0;
+  log_failed = flags[2] > 0;
+  return flags[0] > 0 || flags[1] > 0 || log_failed;
 }
 
 // Rank 0's string, on every rank (collective).
@@ -264,7 +278,7 @@ void Trainer::restore(const std::string& resume) {
     std::printf("initialised the weights from %s (optimizer, data position and step start fresh)\n",
                 tc.init_from.c_str());
   }
-  if (!resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step);
+  if (!resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step, st.unlogged_rows);
   step_ = int(st.step);
   if (!resume_dir.empty()) resumed_step_ = st.step;
   sample_rng_ = st.sample_rng;
@@ -311,7 +325,7 @@ void install_stop_signals() {
 
 int Trainer::run() {
   const auto& tc = cfg_.train;
-  for (; step_ < tc.steps && !stop_requested(mesh_->world()); step_++) {
+  for (; step_ < tc.steps && !stop_requested(mesh_->world(), log_failed_); step_++) {
     const StepStats stats = step();
     const bool last = step_ + 1 == tc.steps;
     std::optional<float> val_loss;
@@ -383,7 +397,15 @@ void Trainer::log(const StepStats& s, std::optional<float> val_loss) {
   if (warmup) row["warmup"] = true;
   if (val_loss) row["val_loss"] = double(*val_loss);
   if (!s.finite) row["skipped"] = true;
-  if (log_) log_->write(row);
+  if (log_ && !log_failed_) {
+    try {
+      log_->write(row);
+    } catch (const std::exception& e) {
+      log_error_ = e.what();
+      log_failed_ = true;  // the run stops after this step (stop_requested)
+    }
+  }
+  if (log_failed_) unlogged_.push_back(row);
 
   const double per_step = steady_steps_ ? steady_seconds_ / steady_steps_ : s.seconds;
   const double eta = per_step * (tc.steps - step_ - 1);
@@ -414,6 +436,7 @@ std::string Trainer::save(int64_t steps_done, std::optional<double> val_loss) {
   now.bad_in_a_row = bad_in_a_row_;
   now.time_s = total_time_;
   now.val_loss = val_loss;
+  now.unlogged_rows = unlogged_;
   std::string dir = save_run_checkpoint(cfg_, resolved_, *model_, *dp_, now, leader_);
   if (leader_) {
     auto best = ckpt::read_best(ckpt_root_);
@@ -427,6 +450,25 @@ std::string Trainer::save(int64_t steps_done, std::optional<double> val_loss) {
   return dir;
 }
 
+// The log could not take a row (a full disk): the run stops with status 2 after saving the
+// checkpoint of this step, which keeps the rows the log lacks for a resume to append, so that
+// neither the training nor its log loses a step (issue 21: rows were dropped and the run went on).
+int Trainer::stop_for_log(int step) {
+  std::string dir;
+  try {
+    dir = saved_step_ == step ? ckpt_root_ + "/" + ckpt::step_dir_name(step) : save(step, std::nullopt);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(log_error_ + "; the checkpoint of step " + std::to_string(step) +
+                             " could not be saved either (" + e.what() +
+                             "): free space, then --resume auto continues from the newest checkpoint");
+  }
+  std::fflush(stdout);
+  if (leader_)
+    std::fprintf(stderr, "kvmtrain: error: %s; saved %s with the %zu log rows it lacks: free space, then --resume auto\n",
+                 log_error_.c_str(), dir.c_str(), unlogged_.size());
+  return 2;
+}
+
 // After the loop: the final checkpoint, what stopped the run, the final validation loss and the
 // sample. Returns the exit status.
 int Trainer::finish() {
@@ -435,7 +477,8 @@ int Trainer::finish() {
   const int step = step_;
   // The loop's last check is skipped when it ran all steps: agree once more, so that a signal
   // that reached some ranks during the last step makes every rank take part in the save.
-  if (world.size() > 1) stop_requested(world);
+  if (world.size() > 1) stop_requested(world, log_failed_);
+  if (log_failed_) return stop_for_log(step);
   // the end of a run always has a checkpoint of this run (with train.steps: 0, that of the
   // initial weights): one already there is kept only when the run resumed from it and trained no
   // step, else it is another history's and is replaced (issue 21: it was kept)

@@ -62,6 +62,7 @@ class Trainer {
   void log(const StepStats& stats, std::optional<float> val_loss);
   std::string save(int64_t steps_done, std::optional<double> val_loss);
   int finish();
+  int stop_for_log(int step);
   void sample();
 
   const config::Config cfg_;
@@ -84,6 +85,11 @@ class Trainer {
   uint64_t sample_rng_ = 0;
   int bad_in_a_row_ = 0;
   double total_time_ = 0;
+  // a failed log write (rank 0's): the error, the rows not appended since, and whether any rank's
+  // log failed (agreed after every step, as the signals are)
+  std::string log_error_;
+  json::Array unlogged_;
+  bool log_failed_ = false;
 
   // MFU's yardstick, FLOP/s: the highest GEMM rate seen (issue 21: one start-up measurement in a
   // slow moment gave "mfu 152%"): measured at start-up, again every kPeakEvery seconds of
