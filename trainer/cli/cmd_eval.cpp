@@ -277,7 +277,7 @@ std::string passkey_table(const std::vector<int>& lengths, const std::vector<dou
 }
 
 int task_passkey(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
-  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
+  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer), cfg.model.vocab_size);
   const std::vector<int> lengths = passkey_lengths(args, cfg);
   const std::vector<double> depths = parse_numbers(args.str("depths"), "depths");
   for (double d : depths)

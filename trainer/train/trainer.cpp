@@ -180,7 +180,7 @@ void Trainer::set_up_data() {
                          true, config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size};
   train_ = std::make_unique<data::Loader>(lo);
   if (!cfg_.data.val.empty()) val_ = std::make_unique<eval::Validation>(cfg_, to_sources(cfg_.data.val), B, T);
-  tokenizer_ = data::make_tokenizer(config::to_string(cfg_.data.tokenizer));
+  tokenizer_ = data::make_tokenizer(config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size);
 }
 
 void Trainer::set_up_model() {
