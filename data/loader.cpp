@@ -47,6 +47,8 @@ uint64_t permute(uint64_t x, uint64_t n, uint64_t key) {
 struct Loader::Shard {
   std::string path;
   uint64_t first_window;  // windows of the source before this shard
+  uint64_t stride;        // tokens from one window's start to the next: T, or doc_len
+  bool masked;            // carries a loss_mask
 };
 
 struct Loader::SourceState {
@@ -97,9 +99,16 @@ Loader::Loader(const LoaderOptions& options) : o_(options) {
     state->name = src.path;
     for (const auto& path : list_shards(src.path)) {
       ShardReader r(path, o_.tokenizer, o_.vocab_size);  // validates every shard up front
-      uint64_t w = r.size() > 0 ? (r.size() - 1) / uint64_t(o_.seq_len) : 0;
+      const int doc_len = r.info().doc_len;
+      if (doc_len > 0 && doc_len != o_.seq_len + 1)
+        throw std::runtime_error(path + ": its documents are doc_len " + std::to_string(doc_len) +
+                                 " tokens, one window each, but train.seq_len + 1 is " + std::to_string(o_.seq_len + 1) +
+                                 " (set train.seq_len to " + std::to_string(doc_len - 1) + ")");
+      const uint64_t stride = doc_len > 0 ? uint64_t(doc_len) : uint64_t(o_.seq_len);
+      uint64_t w = doc_len > 0 ? r.size() / stride : r.size() > 0 ? (r.size() - 1) / stride : 0;
       if (w == 0) continue;
-      state->shards.push_back({path, state->windows});
+      masked_ = masked_ || r.info().loss_mask;
+      state->shards.push_back({path, state->windows, stride, r.info().loss_mask});
       state->windows += w;
     }
     if (state->windows == 0)
@@ -114,6 +123,7 @@ Loader::Loader(const LoaderOptions& options) : o_(options) {
   readers_ = std::make_unique<ReaderCache>(o_.tokenizer, o_.vocab_size);
   tokens_.resize(size_t(o_.seq_len) + 1);
   ready_.resize(size_t(o_.batch_size) * (o_.seq_len + 1));
+  ready_mask_.resize(ready_.size());
   want_ = true;  // prefetch the first batch right away
   worker_ = std::thread([this] { prefetch_loop(); });
 }
@@ -140,11 +150,12 @@ uint64_t Loader::position() const {
 
 int Loader::epoch() const { return int(position() / windows_per_epoch()); }
 
-void Loader::next(int32_t* out) {
+void Loader::next(int32_t* out, uint8_t* mask) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait(lock, [&] { return have_; });
   if (error_) std::rethrow_exception(error_);  // stays set: a failed stream keeps failing
   std::copy(ready_.begin(), ready_.end(), out);
+  if (mask) std::copy(ready_mask_.begin(), ready_mask_.end(), mask);
   position_ += uint64_t(o_.world) * o_.batch_size;
   have_ = false;
   want_ = true;
@@ -172,7 +183,7 @@ void Loader::prefetch_loop() {
     lock.unlock();
     std::exception_ptr err;
     try {
-      fill(base, ready_.data());
+      fill(base, ready_.data(), ready_mask_.data());
     } catch (...) {
       err = std::current_exception();
     }
@@ -190,7 +201,7 @@ size_t Loader::choose(uint64_t g) const {
                   cumulative_.size() - 1);
 }
 
-void Loader::fill(uint64_t base, int32_t* out) {
+void Loader::fill(uint64_t base, int32_t* out, uint8_t* mask) {
   const uint64_t n = uint64_t(o_.world) * o_.batch_size;
   if (sources_.size() == 1) {
     draws_[0] = cursor_ = base;  // one source: draw c is global window c, no replay needed
@@ -201,18 +212,23 @@ void Loader::fill(uint64_t base, int32_t* out) {
   for (uint64_t i = 0; i < n; i++, cursor_++) {
     size_t s = sources_.size() == 1 ? 0 : choose(cursor_);
     uint64_t c = draws_[s]++;
-    if (i % o_.world == uint64_t(o_.rank)) read_window(s, c, out + (i / o_.world) * (o_.seq_len + 1));
+    const size_t row = size_t(i / o_.world) * (o_.seq_len + 1);
+    if (i % o_.world == uint64_t(o_.rank)) read_window(s, c, out + row, mask + row);
   }
 }
 
-void Loader::read_window(size_t s, uint64_t c, int32_t* out) {
+void Loader::read_window(size_t s, uint64_t c, int32_t* out, uint8_t* mask) {
   const SourceState& src = *sources_[s];
   uint64_t epoch = c / src.windows, k = c % src.windows;
   if (o_.shuffle) k = permute(k, src.windows, mix(o_.seed ^ mix(s ^ mix(epoch))));
   auto it = std::upper_bound(src.shards.begin(), src.shards.end(), k,
                              [](uint64_t v, const Shard& sh) { return v < sh.first_window; }) - 1;
-  readers_->get(it->path).read((k - it->first_window) * o_.seq_len, tokens_.size(), tokens_.data());
+  ShardReader& reader = readers_->get(it->path);
+  const uint64_t offset = (k - it->first_window) * it->stride;
+  reader.read(offset, tokens_.size(), tokens_.data());
   std::copy(tokens_.begin(), tokens_.end(), out);
+  if (it->masked) reader.read_mask(offset, tokens_.size(), mask);
+  else std::fill(mask, mask + tokens_.size(), uint8_t(1));
 }
 
 }  // namespace data

@@ -13,9 +13,13 @@
 #include <regex>
 #include <stdexcept>
 #include <string_view>
+#include <tuple>
 
 #include "common/json.h"
+#include "common/rng.h"
 #include "common/sha256.h"
+#include "common/usage_error.h"
+#include "data/mqar.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
 
@@ -160,15 +164,16 @@ class SplitWriter {
   SplitWriter(std::string name, fs::path dir, ShardInfo info, uint64_t shard_tokens)
       : name_(std::move(name)), dir_(std::move(dir)), info_(std::move(info)), shard_tokens_(shard_tokens) {}
 
-  void add(const std::vector<uint32_t>& ids) {
+  // mask: the document's loss mask (shards with info.loss_mask), else null
+  void add(const std::vector<uint32_t>& ids, const uint8_t* mask = nullptr) {
     if (!cur_) {
       char file[32];
       std::snprintf(file, sizeof file, "shard_%05zu.h5", files_.size());
       cur_ = std::make_unique<ShardWriter>((dir_ / file).string(), info_);
     }
-    cur_->add_document(ids.data(), ids.size());
+    cur_->add_document(ids.data(), ids.size(), mask);
     totals_.documents++;
-    totals_.tokens += ids.size() + 1;
+    totals_.tokens += ids.size() + (info_.doc_len > 0 ? 0 : 1);
     if (cur_->tokens() >= shard_tokens_) close();
   }
 
@@ -231,6 +236,28 @@ void clear_split_dir(const fs::path& dir) {
 
 json::Value split_json(const SplitTotals& t) {
   return json::Object{{"documents", t.documents}, {"tokens", t.tokens}, {"shards", t.shards}};
+}
+
+// An output directory without a manifest (until this run writes its own) and with empty splits.
+void start_output(const fs::path& out) {
+  fs::remove(out / "manifest.json");
+  clear_split_dir(out / "train");
+  clear_split_dir(out / "val");
+}
+
+// manifest.json: `manifest` plus both splits' totals and files, written under a temporary name.
+void write_manifest(const fs::path& out, json::Object manifest, const SplitWriter& train, const SplitWriter& val) {
+  json::Array all = train.files();
+  all.insert(all.end(), val.files().begin(), val.files().end());
+  manifest["splits"] = json::Object{{"train", split_json(train.totals())}, {"val", split_json(val.totals())}};
+  manifest["files"] = all;
+  const fs::path tmp = out / "manifest.json.tmp";
+  {
+    std::ofstream f(tmp);
+    f << json::dump(manifest, 2) << "\n";
+    if (!f) throw std::runtime_error(tmp.string() + ": cannot write manifest");
+  }
+  fs::rename(tmp, out / "manifest.json");
 }
 
 }  // namespace
@@ -306,9 +333,7 @@ PrepareSummary prepare(const PrepareOptions& o) {
       throw std::runtime_error("prepare: --input " + in + " is inside --output " + o.output +
                                " (prepare clears its output first): choose an output outside it");
   }
-  fs::remove(out / "manifest.json");  // until this run writes its own, the directory has none
-  clear_split_dir(out / "train");
-  clear_split_dir(out / "val");
+  start_output(out);
   const ShardInfo info{tok->name(), tok->vocab_size(), tok->eot()};
   SplitWriter train("train", out / "train", info, o.shard_tokens), val("val", out / "val", info, o.shard_tokens);
 
@@ -329,8 +354,7 @@ PrepareSummary prepare(const PrepareOptions& o) {
   val.close();
   progress.update(stream.consumed_bytes(), true);
 
-  json::Array all = train.files(), inputs;
-  all.insert(all.end(), val.files().begin(), val.files().end());
+  json::Array inputs;
   for (const auto& in : o.inputs) inputs.push_back(in);
   json::Object manifest{{"format_version", kShardFormatVersion},
                         {"tokenizer", info.tokenizer},
@@ -341,17 +365,49 @@ PrepareSummary prepare(const PrepareOptions& o) {
                         {"text_bytes", sum.text_bytes},
                         {"doc_sep", o.doc_sep},
                         {"val_fraction", o.val_fraction},
-                        {"shard_tokens", o.shard_tokens},
-                        {"splits", json::Object{{"train", split_json(train.totals())},
-                                                {"val", split_json(val.totals())}}},
-                        {"files", all}};
-  const fs::path tmp = out / "manifest.json.tmp";
-  {
-    std::ofstream f(tmp);
-    f << json::dump(manifest, 2) << "\n";
-    if (!f) throw std::runtime_error(tmp.string() + ": cannot write manifest");
+                        {"shard_tokens", o.shard_tokens}};
+  write_manifest(out, manifest, train, val);
+  sum.train = train.totals();
+  sum.val = val.totals();
+  sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return sum;
+}
+
+PrepareSummary prepare_mqar(const MqarPrepareOptions& o) {
+  const auto t0 = Clock::now();
+  check_mqar(o.spec);
+  if (o.examples < 1) throw UsageError("prepare: --examples must be >= 1");
+  if (o.val_examples < 1) throw UsageError("prepare: --val-examples must be >= 1");
+  const fs::path out(o.output);
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw std::runtime_error(o.output + ": output exists and is not a directory");
+  start_output(out);
+  ShardInfo info{"mqar", o.spec.vocab, 0};
+  info.doc_len = o.spec.seq_len + 1;
+  info.loss_mask = true;
+  SplitWriter train("train", out / "train", info, o.shard_tokens), val("val", out / "val", info, o.shard_tokens);
+  std::vector<uint32_t> tokens(size_t(info.doc_len));
+  std::vector<uint8_t> mask(tokens.size());
+  for (auto [split, rng, n] : {std::tuple{&train, Rng(o.seed), o.examples},
+                               std::tuple{&val, Rng(mqar_val_seed(o.seed)), o.val_examples}}) {
+    for (uint64_t i = 0; i < n; i++) {
+      mqar_example(o.spec, rng, tokens.data(), mask.data());
+      split->add(tokens, mask.data());
+    }
+    split->close();
   }
-  fs::rename(tmp, out / "manifest.json");
+  json::Object manifest{{"format_version", info.format_version()},
+                        {"tokenizer", info.tokenizer},
+                        {"vocab_size", info.vocab_size},
+                        {"eot", info.eot},
+                        {"doc_len", info.doc_len},
+                        {"synthetic", json::Object{{"task", "mqar"}, {"vocab", o.spec.vocab},
+                                                   {"seq_len", o.spec.seq_len}, {"pairs", o.spec.pairs},
+                                                   {"min_gap", o.spec.min_gap}, {"examples", o.examples},
+                                                   {"val_examples", o.val_examples}, {"seed", o.seed}}},
+                        {"shard_tokens", o.shard_tokens}};
+  write_manifest(out, manifest, train, val);
+  PrepareSummary sum;
   sum.train = train.totals();
   sum.val = val.totals();
   sum.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -2,9 +2,12 @@
 // `kvmtrain prepare`: text -> tokenized HDF5 shards, a train/ and a val/ split, and a manifest.
 //   DIR/train/shard_00000.h5 ...   DIR/val/shard_00000.h5 ...   DIR/manifest.json
 // Documents are tokenized on all OpenMP threads and written in input order, each followed by EOT.
+// Or synthetic examples (prepare_mqar).
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "data/mqar.h"
 
 namespace data {
 
@@ -32,6 +35,21 @@ struct PrepareSummary {
 // Throws std::runtime_error (one line naming the file) on unreadable input, a malformed .jsonl
 // line, a bad option, or inputs with no documents at all.
 PrepareSummary prepare(const PrepareOptions& options);
+
+// `kvmtrain prepare --synthetic mqar`: `examples` training and `val_examples` validation examples
+// of data/mqar.h as shards of fixed-length documents (doc_len T+1) with loss masks, tokenizer
+// "mqar" with V ids, and the manifest (its "synthetic" object holds the flags). The training
+// examples come from one Rng (common/rng.h) started at seed, the validation ones from one started
+// at mqar_val_seed(seed), each example's draws in the order docs/recall.md gives.
+struct MqarPrepareOptions {
+  MqarSpec spec;
+  uint64_t examples = 0;
+  uint64_t val_examples = 1000;
+  uint64_t seed = 1337;
+  std::string output;
+  uint64_t shard_tokens = 1ull << 27;  // as PrepareOptions: a shard closes at the first example end past it
+};
+PrepareSummary prepare_mqar(const MqarPrepareOptions& options);
 
 // Whether document i (0-based, input order) goes to val: when ceil(i*f) > ceil((i-1)*f). Evenly
 // spaced, ceil((n-1)*f) of n documents, so the 2nd document is always val (>= 1 whenever n >= 2).

@@ -122,6 +122,32 @@ hid_t open_vector(const std::string& path, hid_t file, const char* name, hid_t d
   return ds;
 }
 
+// A 1-D dataset of `type` that grows by appends, in kChunkTokens chunks.
+hid_t create_growing(hid_t file, const char* name, hid_t type) {
+  hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {kChunkTokens};
+  hid_t space = H5Screate_simple(1, dims, maxdims);
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 1, chunk);
+  H5Pset_obj_track_times(dcpl, 0);
+  hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
+  H5Sclose(space);
+  return ds;
+}
+
+// Appends `n` values of `buf` to the 1-D dataset `ds` that holds `written` of them.
+herr_t append(hid_t ds, hid_t mem_type, uint64_t written, size_t n, const void* buf) {
+  hsize_t start[1] = {written}, count[1] = {n}, size[1] = {written + n};
+  herr_t st = H5Dset_extent(ds, size);
+  hid_t file_space = H5Dget_space(ds);
+  hid_t mem_space = H5Screate_simple(1, count, nullptr);
+  if (st >= 0) st = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  if (st >= 0) st = H5Dwrite(ds, mem_type, mem_space, file_space, H5P_DEFAULT, buf);
+  H5Sclose(mem_space);
+  H5Sclose(file_space);
+  return st;
+}
+
 }  // namespace
 
 // ---- writer ------------------------------------------------------------------------------
@@ -131,57 +157,62 @@ ShardWriter::ShardWriter(std::string path, ShardInfo info)
   quiet_hdf5();
   if (info_.vocab_size > 65536)
     fail(path_, "vocab_size " + std::to_string(info_.vocab_size) + " does not fit uint16 ids");
+  if (info_.doc_len < 0) fail(path_, "doc_len must be >= 0 (0: documents of any length), got " + std::to_string(info_.doc_len));
   // no object times: the same tokens make the same bytes, so a shard is checked by its sha256
   hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
   H5Pset_obj_track_times(fcpl, 0);
   file_ = H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
   H5Pclose(fcpl);
   if (file_ < 0) fail(tmp_path_, "cannot create shard file");
-  hsize_t dims[1] = {0}, maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {kChunkTokens};
-  hid_t space = H5Screate_simple(1, dims, maxdims);
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  H5Pset_chunk(dcpl, 1, chunk);
-  H5Pset_obj_track_times(dcpl, 0);
-  tokens_ = H5Dcreate2(file_, "tokens", H5T_STD_U16LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-  H5Pclose(dcpl);
-  H5Sclose(space);
+  tokens_ = create_growing(file_, "tokens", H5T_STD_U16LE);
   if (tokens_ < 0) fail(tmp_path_, "cannot create dataset 'tokens'");
+  if (info_.loss_mask) {
+    mask_ = create_growing(file_, "loss_mask", H5T_STD_U8LE);
+    if (mask_ < 0) fail(tmp_path_, "cannot create dataset 'loss_mask'");
+    mask_buf_.reserve(kFlushTokens);
+  }
   buf_.reserve(kFlushTokens);
 }
 
 ShardWriter::~ShardWriter() {
   if (file_ < 0) return;
   H5Dclose(tokens_);
+  if (mask_ >= 0) H5Dclose(mask_);
   H5Fclose(file_);
   std::error_code ec;
   fs::remove(tmp_path_, ec);
 }
 
-void ShardWriter::add_document(const uint32_t* ids, size_t n) {
+void ShardWriter::add_document(const uint32_t* ids, size_t n, const uint8_t* mask) {
+  if (info_.doc_len > 0 && n != size_t(info_.doc_len))
+    fail(path_, "a document of " + std::to_string(n) + " tokens in a shard of doc_len " + std::to_string(info_.doc_len));
+  if (info_.loss_mask != (mask != nullptr))
+    fail(path_, info_.loss_mask ? "a document without the loss mask this shard carries"
+                                : "a loss mask for a shard written without one");
   doc_offsets_.push_back(int64_t(tokens()));
+  auto push = [&](uint32_t id, uint8_t scored) {
+    buf_.push_back(uint16_t(id));
+    if (mask) mask_buf_.push_back(scored);
+    if (buf_.size() == kFlushTokens) flush();
+  };
   for (size_t i = 0; i < n; i++) {
     if (ids[i] >= uint32_t(info_.vocab_size))
       fail(path_, "token id " + std::to_string(ids[i]) + " >= vocab_size " + std::to_string(info_.vocab_size));
-    buf_.push_back(uint16_t(ids[i]));
-    if (buf_.size() == kFlushTokens) flush();
+    if (mask && mask[i] > 1) fail(path_, "loss mask value " + std::to_string(mask[i]) + " (expected 0 or 1)");
+    push(ids[i], mask ? mask[i] : 1);
   }
-  buf_.push_back(uint16_t(info_.eot));
-  if (buf_.size() == kFlushTokens) flush();
+  if (info_.doc_len == 0) push(uint32_t(info_.eot), 1);
 }
 
 void ShardWriter::flush() {
   if (buf_.empty()) return;
-  hsize_t start[1] = {tokens_written_}, count[1] = {buf_.size()}, size[1] = {tokens_written_ + buf_.size()};
-  herr_t st = H5Dset_extent(tokens_, size);
-  hid_t file_space = H5Dget_space(tokens_);
-  hid_t mem_space = H5Screate_simple(1, count, nullptr);
-  if (st >= 0) st = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, nullptr, count, nullptr);
-  if (st >= 0) st = H5Dwrite(tokens_, H5T_NATIVE_UINT16, mem_space, file_space, H5P_DEFAULT, buf_.data());
-  H5Sclose(mem_space);
-  H5Sclose(file_space);
+  herr_t st = append(tokens_, H5T_NATIVE_UINT16, tokens_written_, buf_.size(), buf_.data());
   if (st < 0) fail(tmp_path_, "cannot write tokens (disk full?)");
+  if (mask_ >= 0 && append(mask_, H5T_NATIVE_UINT8, tokens_written_, mask_buf_.size(), mask_buf_.data()) < 0)
+    fail(tmp_path_, "cannot write loss_mask (disk full?)");
   tokens_written_ += buf_.size();
   buf_.clear();
+  mask_buf_.clear();
 }
 
 void ShardWriter::finish() {
@@ -198,23 +229,26 @@ void ShardWriter::finish() {
   H5Sclose(space);
   if (st < 0) fail(tmp_path_, "cannot write dataset 'doc_offsets'");
   try {
-    write_int_attr(file_, "format_version", kShardFormatVersion);
+    write_int_attr(file_, "format_version", info_.format_version());
     write_string_attr(file_, "tokenizer", info_.tokenizer);
     write_int_attr(file_, "vocab_size", info_.vocab_size);
     write_int_attr(file_, "eot", info_.eot);
+    if (info_.doc_len > 0) write_int_attr(file_, "doc_len", info_.doc_len);
   } catch (const std::exception& e) {
     fail(tmp_path_, e.what());
   }
   // closing the dataset flushes its chunk cache: a full disk shows here (issue 21: unchecked, a
   // shard with half its tokens zero was renamed into place)
   st = H5Dclose(tokens_);
+  if (mask_ >= 0 && H5Dclose(mask_) < 0) st = -1;
   const herr_t fst = H5Fclose(file_);
-  file_ = tokens_ = -1;
+  file_ = tokens_ = mask_ = -1;
   if (st < 0 || fst < 0) fail(tmp_path_, "cannot close shard file (disk full?)");
   // read back before the rename: what goes into place holds every token and document written
   try {
     ShardReader check(tmp_path_, info_.tokenizer, info_.vocab_size);
-    if (check.size() != tokens_written_ || check.documents() != doc_offsets_.size())
+    if (check.size() != tokens_written_ || check.documents() != doc_offsets_.size() ||
+        check.info().loss_mask != info_.loss_mask || check.info().doc_len != info_.doc_len)
       fail(tmp_path_, "read back " + std::to_string(check.size()) + " tokens, " + std::to_string(check.documents()) +
                           " documents; wrote " + std::to_string(tokens_written_) + ", " +
                           std::to_string(doc_offsets_.size()));
@@ -243,9 +277,9 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
   if (file_ < 0) fail(path_, "cannot open as HDF5 (truncated or corrupt shard?)");
   try {
     int version = read_int_attr(path_, file_, "format_version");
-    if (version != kShardFormatVersion)
+    if (version != kShardFormatVersion && version != kShardFormatVersionMasked)
       fail(path_, "unknown shard format_version " + std::to_string(version) + " (this build reads " +
-                      std::to_string(kShardFormatVersion) + ")");
+                      std::to_string(kShardFormatVersion) + " and " + std::to_string(kShardFormatVersionMasked) + ")");
     info_.tokenizer = read_string_attr(path_, file_, "tokenizer");
     info_.vocab_size = read_int_attr(path_, file_, "vocab_size");
     info_.eot = read_int_attr(path_, file_, "eot");
@@ -273,7 +307,24 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
     H5Pclose(dapl);
     H5Dclose(open_vector(path_, file_, "doc_offsets", H5P_DEFAULT, 8, true, &n_docs_));
     space_ = H5Dget_space(tokens_);
+    if (H5Aexists(file_, "doc_len") > 0) {
+      info_.doc_len = read_int_attr(path_, file_, "doc_len");
+      if (info_.doc_len < 1 || n_tokens_ % uint64_t(info_.doc_len) != 0 ||
+          n_docs_ != n_tokens_ / uint64_t(info_.doc_len))
+        fail(path_, "doc_len " + std::to_string(info_.doc_len) + " does not divide its " + std::to_string(n_tokens_) +
+                        " tokens into its " + std::to_string(n_docs_) + " documents");
+    }
+    if (H5Lexists(file_, "loss_mask", H5P_DEFAULT) > 0) {
+      uint64_t n_mask = 0;
+      mask_ = open_vector(path_, file_, "loss_mask", H5P_DEFAULT, 1, false, &n_mask);
+      info_.loss_mask = true;
+      if (n_mask != n_tokens_)
+        fail(path_, "dataset 'loss_mask' holds " + std::to_string(n_mask) + " values for " +
+                        std::to_string(n_tokens_) + " tokens");
+    }
   } catch (...) {
+    if (space_ >= 0) H5Sclose(space_);
+    if (mask_ >= 0) H5Dclose(mask_);
     if (tokens_ >= 0) H5Dclose(tokens_);
     H5Fclose(file_);
     throw;
@@ -282,6 +333,7 @@ ShardReader::ShardReader(const std::string& path, const std::string& tokenizer, 
 
 ShardReader::~ShardReader() {
   H5Sclose(space_);
+  if (mask_ >= 0) H5Dclose(mask_);
   H5Dclose(tokens_);
   H5Fclose(file_);
 }
@@ -305,6 +357,26 @@ void ShardReader::read(uint64_t offset, size_t n, uint16_t* out) {
     fail(path_, "token id " + std::to_string(out[i]) + " >= vocab_size " + std::to_string(info_.vocab_size) +
                     " at offset " + std::to_string(offset + i));
   }
+}
+
+void ShardReader::read_mask(uint64_t offset, size_t n, uint8_t* out) {
+  quiet_hdf5();
+  if (mask_ < 0) fail(path_, "has no loss_mask");
+  if (offset + n > n_tokens_)
+    fail(path_, "read of loss_mask [" + std::to_string(offset) + ", " + std::to_string(offset + n) + ") past its " +
+                    std::to_string(n_tokens_) + " values");
+  hsize_t start[1] = {offset}, count[1] = {n};
+  hid_t mem = H5Screate_simple(1, count, nullptr);
+  hid_t space = H5Dget_space(mask_);
+  herr_t st = H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  if (st >= 0) st = H5Dread(mask_, H5T_NATIVE_UINT8, mem, space, H5P_DEFAULT, out);
+  H5Sclose(space);
+  H5Sclose(mem);
+  if (st < 0) fail(path_, "cannot read loss_mask at offset " + std::to_string(offset) + " (truncated or corrupt shard?)");
+  for (size_t i = 0; i < n; i++)
+    if (out[i] > 1)
+      fail(path_, "loss_mask value " + std::to_string(out[i]) + " (expected 0 or 1) at offset " +
+                      std::to_string(offset + i));
 }
 
 std::vector<int64_t> ShardReader::doc_offsets() {

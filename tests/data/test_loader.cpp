@@ -1,6 +1,9 @@
 // The loader: windows in order (unshuffled), an epoch covering every window once (shuffled),
 // N ranks (2, 3) reading together exactly one process's batches, exact resume (also onto another
-// rank count), a weighted mixture, and errors from shards surfacing through next().
+// rank count), a weighted mixture, and errors from shards surfacing through next(). Shards of
+// fixed-length documents with loss masks: window k is document k with its mask, a mixture with an
+// unmasked source scores all of that one, data::Batch turns unscored targets into -1, and a
+// doc_len that is not seq_len + 1 is an error naming the shard and both values.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
@@ -12,6 +15,7 @@
 #include <random>
 #include <set>
 
+#include "data/batch.h"
 #include "data/loader.h"
 #include "data/shard.h"
 
@@ -264,4 +268,100 @@ TEST(Loader, ErrorsNameTheShard) {
   o = d.options(2, false);
   o.seq_len = 1000;
   EXPECT_NE(error_of(o).find("no window of seq_len+1 = 1001 tokens"), std::string::npos);
+}
+
+namespace {
+
+// A shard of `docs` fixed-length documents of T+1 random byte tokens with random loss masks; returns
+// the documents and their masks.
+std::pair<std::vector<Window>, std::vector<std::vector<uint8_t>>> write_masked_shard(const fs::path& path, int docs,
+                                                                                       uint32_t seed) {
+  std::mt19937 rng(seed);
+  data::ShardInfo info{"byte", 257, 256};
+  info.doc_len = T + 1;
+  info.loss_mask = true;
+  data::ShardWriter w(path.string(), info);
+  std::vector<Window> windows;
+  std::vector<std::vector<uint8_t>> masks;
+  for (int d = 0; d < docs; d++) {
+    std::vector<uint32_t> ids(T + 1);
+    std::vector<uint8_t> mask(T + 1);
+    for (int i = 0; i <= T; i++) ids[i] = rng() % 256, mask[i] = uint8_t(rng() % 3 == 0);
+    w.add_document(ids.data(), ids.size(), mask.data());
+    windows.emplace_back(ids.begin(), ids.end());
+    masks.push_back(mask);
+  }
+  w.finish();
+  return {windows, masks};
+}
+
+}  // namespace
+
+TEST(Loader, FixedLengthDocumentsAreWindowsWithTheirMasks) {
+  TmpDir dir("masked");
+  fs::create_directories(dir.path / "m");
+  auto [windows, masks] = write_masked_shard(dir.path / "m" / "shard_00000.h5", 7, 5);
+  data::Loader l({{{(dir.path / "m").string(), 1.0}}, 1, T, 1, 0, 1, false, "byte", 257});
+  EXPECT_TRUE(l.masked());
+  EXPECT_EQ(l.windows_per_epoch(), 7u);  // one per document, none across two
+  for (int k = 0; k < 7; k++) {
+    Window w(T + 1);
+    std::vector<uint8_t> m(T + 1);
+    l.next(w.data(), m.data());
+    EXPECT_EQ(w, windows[size_t(k)]) << "window " << k;
+    EXPECT_EQ(m, masks[size_t(k)]) << "window " << k;
+  }
+
+  // A batch: inputs are the window's first T tokens, targets its last T, -1 where the mask says 0.
+  data::Loader l2({{{(dir.path / "m").string(), 1.0}}, 2, T, 1, 0, 1, false, "byte", 257});
+  data::Batch batch(2, T);
+  batch.load(l2);
+  int64_t scored = 0;
+  for (int b = 0; b < 2; b++)
+    for (int t = 0; t < T; t++) {
+      EXPECT_EQ(batch.inputs[size_t(b * T + t)], windows[size_t(b)][size_t(t)]);
+      const int want = masks[size_t(b)][size_t(t + 1)] ? windows[size_t(b)][size_t(t + 1)] : -1;
+      EXPECT_EQ(batch.targets[size_t(b * T + t)], want) << "b " << b << " t " << t;
+      scored += want != -1;
+    }
+  EXPECT_EQ(batch.scored, scored);
+  EXPECT_GT(scored, 0);
+  EXPECT_LT(scored, 2 * T);
+
+  // A mixture with the unmasked source 'a': its windows come with a mask of ones.
+  const auto& d = data_set();
+  data::Loader mix({{{(dir.path / "m").string(), 1.0}, {(d.dir.path / "a").string(), 1.0}}, 1, T, 3, 0, 1, true,
+                    "byte", 257});
+  int from_a = 0;
+  for (int i = 0; i < 40; i++) {
+    Window w(T + 1);
+    std::vector<uint8_t> m(T + 1);
+    mix.next(w.data(), m.data());
+    if (std::find(d.windows.begin(), d.windows.end(), w) != d.windows.end()) {
+      from_a++;
+      EXPECT_EQ(m, std::vector<uint8_t>(T + 1, 1));
+    } else {
+      auto it = std::find(windows.begin(), windows.end(), w);
+      ASSERT_NE(it, windows.end());
+      EXPECT_EQ(m, masks[size_t(it - windows.begin())]);
+    }
+  }
+  EXPECT_GT(from_a, 0);
+  EXPECT_LT(from_a, 40);
+
+  // An unmasked source alone: data::Batch scores every target, as before masks existed.
+  data::Loader plain(d.options(2, false));
+  EXPECT_FALSE(plain.masked());
+  data::Batch all(2, T);
+  all.load(plain);
+  EXPECT_EQ(all.scored, 2 * T);
+  EXPECT_TRUE(all.mask.empty());
+  for (int t = 0; t < T; t++) EXPECT_EQ(all.targets[size_t(t)], d.windows[0][size_t(t + 1)]);
+
+  // doc_len must be seq_len + 1
+  const std::string shard = (dir.path / "m" / "shard_00000.h5").string();
+  std::string m = error_of({{{shard, 1.0}}, 1, T + 2, 1, 0, 1, false, "byte", 257});
+  EXPECT_EQ(m, shard + ": its documents are doc_len " + std::to_string(T + 1) +
+                   " tokens, one window each, but train.seq_len + 1 is " + std::to_string(T + 3) + " (set train.seq_len to " +
+                   std::to_string(T) + ")");
 }

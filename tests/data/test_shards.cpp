@@ -1,12 +1,14 @@
 // Shard files: write/read round trip, listing (.tmp ignored), and every validation error names
 // the file: missing, garbage, truncated, missing dataset, unknown format_version, tokenizer or
-// vocab mismatch, token id >= vocab_size (with its offset).
+// vocab mismatch, token id >= vocab_size (with its offset). Loss masks and fixed-length documents
+// (format_version 2): round trip, a plain shard stays version 1, and their errors.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "common/sha256.h"
@@ -250,6 +252,146 @@ TEST(Shards, ErrorsNameTheFile) {
   set_int_attr(bad_ids, "vocab_size", 257);
   m = open_error(bad_ids);
   EXPECT_NE(m.find("token id 280 >= vocab_size 257 at offset " + std::to_string(offset)), std::string::npos) << m;
+}
+
+int int_attr(const std::string& path, const char* name) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+  int v = -1;
+  H5Aread(a, H5T_NATIVE_INT, &v);
+  H5Aclose(a);
+  H5Fclose(f);
+  return v;
+}
+
+TEST(Shards, MaskedFixedLengthDocumentsRoundTrip) {
+  TmpDir tmp;
+  const int doc_len = 9;
+  std::mt19937 rng(3);
+  std::vector<uint32_t> ids(40000 * doc_len);  // past a 64Ki chunk, so masks cross chunk boundaries too
+  std::vector<uint8_t> mask(ids.size());
+  for (size_t i = 0; i < ids.size(); i++) ids[i] = rng() % 256, mask[i] = uint8_t(rng() % 2);
+  data::ShardInfo info = kByte;
+  info.doc_len = doc_len;
+  info.loss_mask = true;
+  const std::string path = tmp / "masked.h5";
+  {
+    data::ShardWriter w(path, info);
+    for (size_t d = 0; d < ids.size() / doc_len; d++) w.add_document(&ids[d * doc_len], doc_len, &mask[d * doc_len]);
+    w.finish();
+  }
+  EXPECT_EQ(int_attr(path, "format_version"), 2);
+  data::ShardReader r(path, "byte", 257);
+  EXPECT_EQ(r.info().doc_len, doc_len);
+  EXPECT_TRUE(r.info().loss_mask);
+  ASSERT_EQ(r.size(), ids.size());  // no EOT after fixed-length documents
+  ASSERT_EQ(r.documents(), ids.size() / doc_len);
+  std::vector<int64_t> offsets = r.doc_offsets();
+  for (size_t d = 0; d < offsets.size(); d++) ASSERT_EQ(offsets[d], int64_t(d * doc_len));
+  std::vector<uint16_t> got(ids.size());
+  std::vector<uint8_t> got_mask(ids.size());
+  r.read(0, got.size(), got.data());
+  r.read_mask(0, got_mask.size(), got_mask.data());
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), ids.begin()));
+  EXPECT_EQ(got_mask, mask);
+  std::vector<uint8_t> window(1000);
+  r.read_mask(65000, window.size(), window.data());
+  EXPECT_TRUE(std::equal(window.begin(), window.end(), mask.begin() + 65000));
+
+  // a plain shard is version 1 without the new fields; a masked one of variable-length documents
+  // scores the EOT the writer adds
+  write_shard(tmp / "plain.h5", random_docs(3, 50, 2));
+  EXPECT_EQ(int_attr(tmp / "plain.h5", "format_version"), 1);
+  data::ShardReader plain(tmp / "plain.h5", "byte", 257);
+  EXPECT_EQ(plain.info().doc_len, 0);
+  EXPECT_FALSE(plain.info().loss_mask);
+  EXPECT_THROW(plain.read_mask(0, 1, window.data()), std::runtime_error);
+  data::ShardInfo masked_docs = kByte;
+  masked_docs.loss_mask = true;
+  {
+    data::ShardWriter w(tmp / "masked_docs.h5", masked_docs);
+    const uint32_t doc[3] = {1, 2, 3};
+    const uint8_t m[3] = {0, 1, 0};
+    w.add_document(doc, 3, m);
+    w.finish();
+  }
+  data::ShardReader md(tmp / "masked_docs.h5", "byte", 257);
+  ASSERT_EQ(md.size(), 4u);
+  uint8_t m4[4];
+  md.read_mask(0, 4, m4);
+  EXPECT_EQ(std::vector<uint8_t>(m4, m4 + 4), (std::vector<uint8_t>{0, 1, 0, 1}));
+}
+
+TEST(Shards, MaskAndDocLenErrorsNameTheFile) {
+  TmpDir tmp;
+  data::ShardInfo info = kByte;
+  info.doc_len = 4;
+  info.loss_mask = true;
+  const uint32_t ids[5] = {1, 2, 3, 4, 5};
+  const uint8_t mask[5] = {0, 1, 2, 1, 0};
+  auto writer_error = [&](const std::function<void(data::ShardWriter&)>& f, const data::ShardInfo& in) {
+    try {
+      data::ShardWriter w(tmp / "w.h5", in);
+      f(w);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(writer_error([&](auto& w) { w.add_document(ids, 5, mask); }, info).find("a document of 5 tokens in a shard of doc_len 4"),
+            std::string::npos);
+  EXPECT_NE(writer_error([&](auto& w) { w.add_document(ids, 4, nullptr); }, info).find("without the loss mask"),
+            std::string::npos);
+  EXPECT_NE(writer_error([&](auto& w) { w.add_document(ids, 4, mask); }, info).find("loss mask value 2"),
+            std::string::npos);
+  EXPECT_NE(writer_error([&](auto& w) { w.add_document(ids, 4, mask); }, kByte).find("a loss mask for a shard"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(tmp / "w.h5")) << "a failed write leaves no shard";
+
+  const uint8_t ok_mask[8] = {0, 1, 0, 1, 1, 1, 0, 0};
+  const uint32_t ids8[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const std::string good = tmp / "good.h5";
+  {
+    data::ShardWriter w(good, info);
+    w.add_document(ids8, 4, ok_mask);
+    w.add_document(ids8 + 4, 4, ok_mask + 4);
+    w.finish();
+  }
+  EXPECT_EQ(open_error(good), "");
+  fs::copy_file(good, tmp / "doc_len3.h5");
+  set_int_attr(tmp / "doc_len3.h5", "doc_len", 3);
+  std::string m = open_error(tmp / "doc_len3.h5");
+  EXPECT_NE(m.find("doc_len 3 does not divide its 8 tokens into its 2 documents"), std::string::npos) << m;
+
+  // a mask value other than 0 or 1, and a mask shorter than the tokens, written behind the writer's back
+  fs::copy_file(good, tmp / "mask7.h5");
+  {
+    hid_t f = H5Fopen((tmp / "mask7.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "loss_mask", H5P_DEFAULT);
+    const uint8_t bad[8] = {0, 1, 0, 1, 7, 1, 0, 0};
+    H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, bad);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  data::ShardReader r7(tmp / "mask7.h5", "byte", 257);
+  uint8_t out[8];
+  try {
+    r7.read_mask(0, 8, out);
+    ADD_FAILURE() << "a mask value of 7 was read";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()), tmp / "mask7.h5" + ": loss_mask value 7 (expected 0 or 1) at offset 4");
+  }
+  fs::copy_file(good, tmp / "short_mask.h5");
+  {
+    hid_t f = H5Fopen((tmp / "short_mask.h5").c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "loss_mask", H5P_DEFAULT);
+    hsize_t n[1] = {5};
+    H5Dset_extent(d, n);
+    H5Dclose(d);
+    H5Fclose(f);
+  }
+  m = open_error(tmp / "short_mask.h5");
+  EXPECT_NE(m.find("dataset 'loss_mask' holds 5 values for 8 tokens"), std::string::npos) << m;
 }
 
 TEST(Sha256, KnownDigests) {

@@ -2,8 +2,8 @@
 
 Usage: /usr/bin/python3 gpt2_ref.py DIR
 DIR holds what the C++ test wrote: config.json (shapes and optimizer settings), layout.json
-(name, shape, offset of every parameter in params.bin), params.bin (float32) and tokens.bin
-(int32, (B, T+1)). Writes to DIR: logits.bin (B, T, Vp), grads.bin (the parameters' layout)
+(name, shape, offset of every parameter in params.bin), params.bin (float32), tokens.bin
+(int32, (B, T+1)) and optionally mask.bin (the loss mask, parity_io.py). Writes to DIR: logits.bin (B, T, Vp), grads.bin (the parameters' layout)
 and result.json ({"loss": first loss, "losses": the losses of `steps` AdamW steps}).
 """
 import json
@@ -71,8 +71,9 @@ class GPT(nn.Module):
         return self.ln_f(x) @ head.t()
 
     def loss(self, logits, targets):
-        # the padded vocabulary rows take no part in the softmax
-        return F.cross_entropy(logits[..., : self.V].reshape(-1, self.V), targets.reshape(-1))
+        # the padded vocabulary rows take no part in the softmax; target -1: not scored (the mean is
+        # over the scored ones)
+        return F.cross_entropy(logits[..., : self.V].reshape(-1, self.V), targets.reshape(-1), ignore_index=-1)
 
     def named_for_kvmtrain(self):
         """kvmtrain's parameter names -> this model's tensors."""

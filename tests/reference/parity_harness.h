@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -28,7 +29,9 @@ namespace fs = std::filesystem;
 
 struct Batch {
   std::vector<int32_t> tokens;  // (B, T+1)
-  std::vector<int> x, y;        // (B, T) inputs and next-token targets
+  std::vector<uint8_t> mask;    // (B, T+1) loss mask (data/shard.h); empty: every target is scored
+  std::vector<int> x, y;        // (B, T) inputs and next-token targets (-1: not scored)
+  int scored() const { return int(std::count_if(y.begin(), y.end(), [](int t) { return t != -1; })); }
 };
 
 // Adds N(0, 0.05) to every parameter (biases, LayerNorms and zero-initialised projections too, the
@@ -79,6 +82,7 @@ inline void run_reference(const fs::path& dir, const std::string& script, Model&
   std::ofstream(dir / "config.json") << json::dump(cfg);
   test_util::write_raw(dir / "params.bin", model.params(), model.table().total());
   test_util::write_raw(dir / "tokens.bin", batch.tokens.data(), batch.tokens.size());
+  if (!batch.mask.empty()) test_util::write_raw(dir / "mask.bin", batch.mask.data(), batch.mask.size());
 
   std::string python = std::getenv("KVMTRAIN_PYTHON") ? std::getenv("KVMTRAIN_PYTHON") : "/usr/bin/python3";
   std::string cmd =
@@ -110,7 +114,8 @@ inline void expect_matches_reference(Model& model, const config::Config& cfg, co
   }
   EXPECT_LE(max_logit_diff, logits_rel > 0 ? logits_rel * max_logit : 2e-5f) << "max |logit| " << max_logit << note;
 
-  const float loss = model.loss(batch.y.data(), 1.0f / float(B * T));
+  const float dloss = 1.0f / float(batch.scored());  // the mean over the scored targets
+  const float loss = model.loss(batch.y.data(), dloss);
   model.backward();
   const auto& ref_losses = result.at("losses").array();
   EXPECT_NEAR(loss, ref_losses[0].number(), 1e-5) << note;
@@ -137,7 +142,7 @@ inline void expect_matches_reference(Model& model, const config::Config& cfg, co
   for (int step = 0; step < tc.steps; step++) {
     model.zero_grad();
     model.forward(batch.x.data(), B, T);
-    float l = model.loss(batch.y.data(), 1.0f / float(B * T));
+    float l = model.loss(batch.y.data(), dloss);
     model.backward();
     EXPECT_NEAR(l, ref_losses[step].number(), 1e-4) << "step " << step << note;
     float norm = std::sqrt(cpu_backend().global_norm_squared(model.grads(), P));

@@ -3,7 +3,8 @@ kvmtrain's flat parameters into a model, writing the gradients back in kvmtrain'
 the 10-step AdamW run with kvmtrain's clipping and schedule.
 
 DIR holds config.json, layout.json (name, shape, offset of every parameter in params.bin),
-params.bin (float32) and tokens.bin (int32, (B, T+1)).
+params.bin (float32), tokens.bin (int32, (B, T+1)) and optionally mask.bin (uint8, (B, T+1): the
+loss mask, 1 where a token is a scored target).
 """
 import json
 import math
@@ -14,13 +15,19 @@ import torch
 
 
 def load_inputs(d):
-    """cfg, layout, the flat float32 parameters, inputs x (B, T) and targets y (B, T)."""
+    """cfg, layout, the flat float32 parameters, inputs x (B, T) and targets y (B, T): -1 where
+    mask.bin (when there is one) says the target is not scored."""
     cfg = json.load(open(os.path.join(d, "config.json")))
     layout = json.load(open(os.path.join(d, "layout.json")))
     flat = np.fromfile(os.path.join(d, "params.bin"), dtype=np.float32)
     tokens = torch.from_numpy(np.fromfile(os.path.join(d, "tokens.bin"), dtype=np.int32).astype(np.int64))
     tokens = tokens.view(cfg["B"], cfg["T"] + 1)
-    return cfg, layout, flat, tokens[:, :-1], tokens[:, 1:]
+    y = tokens[:, 1:]
+    mask_path = os.path.join(d, "mask.bin")
+    if os.path.exists(mask_path):
+        mask = torch.from_numpy(np.fromfile(mask_path, dtype=np.uint8).astype(np.bool_)).view(cfg["B"], cfg["T"] + 1)
+        y = torch.where(mask[:, 1:], y, torch.full_like(y, -1))
+    return cfg, layout, flat, tokens[:, :-1], y
 
 
 def load_params(named, layout, flat):

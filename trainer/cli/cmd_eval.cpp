@@ -5,10 +5,14 @@
 //                  --seq-len + 1 tokens of long documents (also past the training length)
 //   passkey        needle in a haystack: a 5-digit pass key hidden at a depth of filler text and
 //                  asked for at the end, greedy decoding, accuracy by context length and depth
+//   recall         next-token accuracy at the scored positions of (T+1)-token examples (loss-masked
+//                  shards such as MQAR's, or --jsonl), overall and by the query's gap (docs/recall.md)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -16,6 +20,7 @@
 #include <vector>
 
 #include "common/json.h"
+#include "data/batch.h"
 #include "data/loader.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
@@ -277,7 +282,7 @@ std::string passkey_table(const std::vector<int>& lengths, const std::vector<dou
 }
 
 int task_passkey(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
-  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
+  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer), cfg.model.vocab_size);
   const std::vector<int> lengths = passkey_lengths(args, cfg);
   const std::vector<double> depths = parse_numbers(args.str("depths"), "depths");
   for (double d : depths)
@@ -346,18 +351,195 @@ int task_passkey(const cli::Args& args, const config::Config& cfg, const std::st
   return 0;
 }
 
+// ---- recall ---------------------------------------------------------------------------------
+
+// Queries and correct answers, overall and by gap bucket: a query at p (its answer tokens[p+1])
+// has gap p - j for the last j < p with tokens[j] == tokens[p] (the distance back to the key's
+// earlier occurrence), or none (-1); buckets are [1, 1], [2, 3], [4, 7], ... by powers of two,
+// and one for queries whose token does not occur earlier.
+class RecallTally {
+ public:
+  void add(const int* tokens, int p, bool correct) {
+    int gap = -1;
+    for (int j = p - 1; j >= 0 && gap < 0; j--)
+      if (tokens[j] == tokens[p]) gap = p - j;
+    int64_t lo = gap;
+    if (gap > 0)
+      for (lo = 1; lo * 2 <= gap;) lo *= 2;
+    auto& [q, c] = buckets_[lo];
+    q++, c += correct;
+    queries_++, correct_ += correct;
+  }
+  int64_t queries() const { return queries_; }
+  double accuracy() const { return queries_ ? double(correct_) / double(queries_) : 0.0; }
+
+  // recall.json's fields, and the table printed
+  void write(json::Object& o, std::string& table) const {
+    o["queries"] = queries_;
+    o["correct"] = correct_;
+    o["accuracy"] = accuracy();
+    json::Array by_gap;
+    char line[160];
+    table = "  gap              queries  accuracy\n";
+    for (const auto& [lo, qc] : buckets_) {
+      const int64_t hi = lo < 0 ? -1 : 2 * lo - 1;
+      const double acc = double(qc.second) / double(qc.first);
+      by_gap.push_back(json::Object{{"min_gap", lo}, {"max_gap", hi}, {"queries", qc.first}, {"correct", qc.second},
+                                    {"accuracy", acc}});
+      const std::string range = lo < 0 ? "none earlier" : "[" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+      std::snprintf(line, sizeof line, "  %-14s %9lld  %.4f\n", range.c_str(), (long long)qc.first, acc);
+      table += line;
+    }
+    std::snprintf(line, sizeof line, "  %-14s %9lld  %.4f\n", "all", (long long)queries_, accuracy());
+    table += line;
+    o["by_gap"] = by_gap;
+  }
+
+ private:
+  std::map<int64_t, std::pair<int64_t, int64_t>> buckets_;  // lower bound (-1: none) -> queries, correct
+  int64_t queries_ = 0, correct_ = 0;
+};
+
+// Examples of T+1 tokens and their scored positions p (tokens[p+1] is the answer), in batches.
+struct RecallBatch {
+  int T;
+  std::vector<int> windows;              // (n, T+1)
+  std::vector<std::vector<int>> scored;  // per example
+  int size() const { return int(scored.size()); }
+  void clear() { windows.clear(), scored.clear(); }
+};
+
+// Scores a batch: the argmax over the real vocabulary at each scored position against its answer.
+void score(Model& model, const RecallBatch& batch, int V, RecallTally& tally) {
+  const int n = batch.size(), T = batch.T;
+  if (n == 0) return;
+  std::vector<int> inputs(size_t(n) * T);
+  for (int b = 0; b < n; b++)
+    std::copy_n(batch.windows.begin() + ptrdiff_t(b) * (T + 1), T, inputs.begin() + ptrdiff_t(b) * T);
+  model.forward(inputs.data(), n, T);
+  std::vector<float> copy;
+  const float* logits = model.logits_host(0, size_t(n) * T, copy);
+  for (int b = 0; b < n; b++) {
+    const int* tokens = batch.windows.data() + size_t(b) * (T + 1);
+    for (int p : batch.scored[size_t(b)]) {
+      const float* row = logits + (size_t(b) * T + p) * model.logits_width();
+      const int predicted = int(std::max_element(row, row + V) - row);
+      tally.add(tokens, p, predicted == tokens[p + 1]);
+    }
+  }
+}
+
+// --jsonl FILE: one {"tokens": [T+1 ids], "scored": [p, ...]} per line; a bad line is one error
+// naming FILE:LINE and what was expected.
+std::vector<RecallBatch> recall_jsonl(const std::string& path, int T, int V, int B) {
+  std::ifstream in(path);
+  if (!in) throw UsageError("eval: --jsonl " + path + ": cannot open");
+  std::vector<RecallBatch> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); n++) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto bad = [&](const std::string& what) -> void {
+      throw UsageError("eval: " + path + ":" + std::to_string(n) + ": " + what);
+    };
+    const std::string shape = "expected a JSON object {\"tokens\": [" + std::to_string(T + 1) +
+                              " ids], \"scored\": [positions]}";
+    json::Value v;
+    try {
+      v = json::parse(line);
+    } catch (const std::exception& e) {
+      bad(shape + " (" + e.what() + ")");
+    }
+    if (!v.is_object() || !v.contains("tokens") || !v.contains("scored") || !v.at("tokens").is_array() ||
+        !v.at("scored").is_array())
+      bad(shape);
+    auto integer_in = [&](const json::Value& x, int64_t lo, int64_t hi, const std::string& what) {
+      if (!x.is_number() || x.number() != std::floor(x.number()) || x.number() < double(lo) || x.number() > double(hi))
+        bad(what + " in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + json::dump(x));
+      return int(x.number());
+    };
+    const auto& tokens = v.at("tokens").array();
+    if (tokens.size() != size_t(T) + 1)
+      bad("expected \"tokens\" of T+1 = " + std::to_string(T + 1) + " ids (train.seq_len or --seq-len " +
+          std::to_string(T) + "), got " + std::to_string(tokens.size()));
+    if (out.empty() || out.back().size() == B) out.push_back(RecallBatch{T, {}, {}});
+    RecallBatch& batch = out.back();
+    for (const auto& t : tokens) batch.windows.push_back(integer_in(t, 0, V - 1, "expected token ids"));
+    std::vector<int> scored;
+    for (const auto& p : v.at("scored").array())
+      scored.push_back(integer_in(p, 0, T - 1, "expected \"scored\" positions p (tokens[p+1] is the answer)"));
+    batch.scored.push_back(std::move(scored));
+  }
+  return out;
+}
+
+int task_recall(const cli::Args& args, const config::Config& cfg, const std::string& ckpt) {
+  const int T = args.has("seq-len") ? int(args.integer("seq-len")) : cfg.train.seq_len;
+  const int B = args.has("batch") ? int(args.integer("batch")) : cfg.train.batch_size;
+  if (T < 1 || B < 1) throw UsageError("eval: expected --seq-len >= 1 and --batch >= 1");
+  if (args.has("jsonl") && args.has("data")) throw UsageError("eval: recall takes --data DIR or --jsonl FILE, not both");
+  check_length(cfg.model, T, "--seq-len " + std::to_string(T));
+  const int V = cfg.model.vocab_size;
+  Model model(cfg.model, B, T, false, nullptr, device_backend(args, cfg));
+  load_weights(ckpt, model);
+  RecallTally tally;
+  json::Array source;
+  int64_t examples = 0;
+  if (args.has("jsonl")) {
+    source.push_back(args.str("jsonl"));
+    for (const auto& batch : recall_jsonl(args.str("jsonl"), T, V, B)) {
+      score(model, batch, V, tally);
+      examples += batch.size();
+    }
+  } else {
+    // every window of the shards once, in order, with the positions their loss masks score
+    const auto sources = eval_sources(args, cfg);
+    for (const auto& s : sources) source.push_back(s.path);
+    data::Loader loader({sources, B, T, uint64_t(cfg.train.seed), 0, 1, false, config::to_string(cfg.data.tokenizer), V});
+    const int64_t windows = int64_t(loader.windows_per_epoch());
+    data::Batch batch(B, T);
+    RecallBatch rb{T, {}, {}};
+    for (int64_t done = 0; done < windows; done += B) {
+      batch.load(loader);
+      rb.clear();
+      const int n = int(std::min<int64_t>(B, windows - done));  // the last batch: the epoch's rest
+      rb.windows.assign(batch.windows.begin(), batch.windows.begin() + ptrdiff_t(n) * (T + 1));
+      for (int b = 0; b < n; b++) {
+        std::vector<int> scored;
+        for (int t = 0; t < T; t++)
+          if (batch.targets[size_t(b) * T + t] != -1) scored.push_back(t);
+        rb.scored.push_back(std::move(scored));
+      }
+      score(model, rb, V, tally);
+    }
+    examples = windows;
+  }
+  if (tally.queries() == 0)
+    throw UsageError("eval: recall: " + json::dump(source) + " holds no scored position (no loss mask or \"scored\" entry)");
+  json::Object o{{"task", "recall"}, {"checkpoint", ckpt}, {"data", source}, {"seq_len", T}, {"examples", examples}};
+  std::string table;
+  tally.write(o, table);
+  const std::string path = out_dir(args, ckpt) + "/recall.json";
+  write_file_atomic(path, json::dump(o, 2) + "\n");
+  std::printf("eval recall: %lld examples, %lld queries, accuracy %.4f (argmax next token at the scored positions; "
+              "gap: positions back to the query token's previous occurrence)\n%s-> %s\n",
+              (long long)examples, (long long)tally.queries(), tally.accuracy(), table.c_str(), path.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int cmd_eval(int argc, char** argv) {
   cli::Args args("eval", "Evaluate the model of a checkpoint: validation loss and perplexity (loss), next-token loss "
-                         "by position on long documents (position-loss), or passkey retrieval (passkey). Writes JSON "
-                         "(and Markdown, PNG) into --out.");
+                         "by position on long documents (position-loss), passkey retrieval (passkey), or recall "
+                         "accuracy at the scored positions of loss-masked examples, by gap (recall, docs/recall.md). "
+                         "Writes JSON (and Markdown, PNG) into --out.");
   args.positional("CKPT_OR_RUN", "a checkpoint directory, or a run directory (its newest complete checkpoint)");
-  args.option("task", "loss|passkey|position-loss", "what to measure", "loss");
+  args.option("task", "loss|passkey|position-loss|recall", "what to measure", "loss");
   args.option("data", "DIR", "shards to evaluate on (DIR/val when it exists); default: the config's data.val");
+  args.option("jsonl", "FILE", "recall: examples, one {\"tokens\": [T+1 ids], \"scored\": [p, ...]} per line");
   args.option("out", "DIR", "where results go; default: <run>/eval");
-  args.option("seq-len", "T", "loss, position-loss: tokens per window (default: train.seq_len; past it for RoPE models)");
-  args.option("batch", "B", "loss: windows per batch (default: train.batch_size)");
+  args.option("seq-len", "T", "loss, position-loss, recall: tokens per window (default: train.seq_len; past it for RoPE models)");
+  args.option("batch", "B", "loss, recall: windows per batch (default: train.batch_size)");
   args.option("batches", "N", "loss: batches from the first window; 0: one pass over the data", "0");
   args.option("block", "N", "position-loss: positions per block", "256");
   args.option("max-docs", "N", "position-loss: documents of at least T+1 tokens to average over", "64");
@@ -370,11 +552,12 @@ int cmd_eval(int argc, char** argv) {
   add_device_option(args);
   args.parse(argc, argv, 2);
   const std::string task = args.str("task");
-  if (task != "loss" && task != "passkey" && task != "position-loss")
-    throw UsageError("eval: --task " + task + " (expected loss, passkey or position-loss)");
+  if (task != "loss" && task != "passkey" && task != "position-loss" && task != "recall")
+    throw UsageError("eval: --task " + task + " (expected loss, passkey, position-loss or recall)");
   const std::string ckpt = resolve_checkpoint(args.str("CKPT_OR_RUN"), args.has("best"));
   const config::Config cfg = checkpoint_config(ckpt);
   if (task == "loss") return task_loss(args, cfg, ckpt);
   if (task == "position-loss") return task_position_loss(args, cfg, ckpt);
+  if (task == "recall") return task_recall(args, cfg, ckpt);
   return task_passkey(args, cfg, ckpt);
 }

@@ -139,7 +139,8 @@ int cmd_export(int argc, char** argv) {
       write(od, "tokenizer_config.json", json::dump(tok, 2) + "\n");
       break;
     }
-    case config::Tokenizer::byte: break;  // the byte tokenizer needs no files
+    case config::Tokenizer::byte:  // the byte and mqar tokenizers need no files: an id is a byte, a number
+    case config::Tokenizer::mqar: break;
   }
   ckpt::fsync_dir(od.string());
   const char* names = paper ? "the paper's" : gpt2 ? "Hugging Face GPT2LMHeadModel" : "kvmtrain";

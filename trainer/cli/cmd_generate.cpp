@@ -46,7 +46,7 @@ int cmd_generate(int argc, char** argv) {
 
   const std::string dir = resolve_checkpoint(args.str("CKPT_OR_RUN"), args.has("best"));
   const config::Config cfg = checkpoint_config(dir);
-  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer));
+  auto tok = data::make_tokenizer(config::to_string(cfg.data.tokenizer), cfg.model.vocab_size);
   const int T = cfg.model.max_seq_len;
   Model model(cfg.model, 1, T, false, nullptr, device_backend(args, cfg));
   load_weights(dir, model);

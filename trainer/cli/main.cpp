@@ -24,7 +24,7 @@ const Command kCommands[] = {
     {"export", cmd_export, "write a checkpoint as safetensors + config.json + tokenizer (Hugging Face)"},
     {"forward", cmd_forward, "logits and loss of token sequences under a checkpoint"},
     {"generate", cmd_generate, "stream text sampled from a checkpoint"},
-    {"eval", cmd_eval, "validation loss, loss by position, passkey retrieval of a checkpoint"},
+    {"eval", cmd_eval, "validation loss, loss by position, passkey retrieval, recall accuracy of a checkpoint"},
     {"sweep", cmd_sweep, "train a grid or list of config overrides, resumable, with a summary table and plot"},
 };
 

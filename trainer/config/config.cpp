@@ -205,7 +205,7 @@ Field sources(const std::string& key, Ref<std::vector<DataSource>> ref, const st
 
 const std::vector<Field>& schema() {
   static const std::vector<Field> fields = {
-      integer("model.vocab_size", REF(model.vocab_size), 2, 1 << 24, "the tokenizer's vocabulary (gpt2: 50257, byte: 257)"),
+      integer("model.vocab_size", REF(model.vocab_size), 2, 1 << 24, "the tokenizer's vocabulary (gpt2: 50257, byte: 257, mqar: the --vocab of its prepare)"),
       integer("model.padded_vocab_size", REF(model.padded_vocab_size), 0, 1 << 24,
               "the only vocabulary size kernels see; 0: vocab_size rounded up to a multiple of 128"),
       boolean("model.softmax_over_padding", REF(model.softmax_over_padding),
@@ -457,11 +457,13 @@ std::vector<Entry> parse_overrides(const std::vector<std::string>& overrides) {
   return out;
 }
 
-// The ids of the tokenizer's vocabulary, end-of-text included (data/tokenizer.h).
+// The ids of the tokenizer's vocabulary, end-of-text included (data/tokenizer.h); 0: the data's
+// (mqar: any even size, the --vocab its shards were prepared with, which the loader checks).
 int vocab_size_of(Tokenizer tokenizer) {
   switch (tokenizer) {
     case Tokenizer::gpt2: return 50257;
     case Tokenizer::byte: return 257;
+    case Tokenizer::mqar: return 0;
   }
   unreachable();
 }
@@ -511,7 +513,10 @@ void validate(Config& c, const std::map<std::string, std::string>& origins) {
                     std::to_string(hs));
   }
   const int tokenizer_vocab = vocab_size_of(c.data.tokenizer);
-  if (m.vocab_size != tokenizer_vocab)
+  if (tokenizer_vocab == 0 && (m.vocab_size % 2 != 0 || m.vocab_size < 4))
+    fail("model.vocab_size", "expected an even number >= 4 (the --vocab of prepare --synthetic mqar) for "
+                             "data.tokenizer mqar");
+  if (tokenizer_vocab != 0 && m.vocab_size != tokenizer_vocab)
     fail("model.vocab_size", "expected " + std::to_string(tokenizer_vocab) + " for data.tokenizer " +
                                  to_string(c.data.tokenizer));
 }

@@ -36,8 +36,8 @@ enum class Mixer { attn, swa, kvm, bswa };  // model.mixers
 constexpr auto names(Mixer) { return std::to_array<std::string_view>({"attn", "swa", "kvm", "bswa"}); }
 enum class KvmBudget { fixed, power_law, saturating };  // model.kvm.budget
 constexpr auto names(KvmBudget) { return std::to_array<std::string_view>({"fixed", "power_law", "saturating"}); }
-enum class Tokenizer { gpt2, byte };  // data.tokenizer (data/tokenizer.h)
-constexpr auto names(Tokenizer) { return std::to_array<std::string_view>({"gpt2", "byte"}); }
+enum class Tokenizer { gpt2, byte, mqar };  // data.tokenizer (data/tokenizer.h)
+constexpr auto names(Tokenizer) { return std::to_array<std::string_view>({"gpt2", "byte", "mqar"}); }
 enum class Device { cpu, cuda };  // train.device
 constexpr auto names(Device) { return std::to_array<std::string_view>({"cpu", "cuda"}); }
 enum class Precision { fp32, bf16 };  // train.precision

@@ -21,7 +21,7 @@ DataParallel::DataParallel(Communicator& dp, const TensorTable& table, const con
       shard_(shard_size(table.total(), dp.size())),
       sharded_(zero1 && dp.size() > 1),
       opt_(table, cfg, sharded_ ? owner_begin(dp.rank()) : 0, sharded_ ? owner_begin(dp.rank() + 1) : total_, be),
-      scalars_(be, 2),
+      scalars_(be, 8),
       bucket_(bucket_floats ? (bucket_floats + 15) / 16 * 16 : total_) {
   if (sharded_) {
     send_ = DeviceBuffer(be, shard_);
@@ -46,6 +46,16 @@ double DataParallel::sum_over(Communicator& comm, double x) const {
   float parts[2] = {float(x), float(x - double(float(x)))};
   sum_host(comm, parts, 2);
   return double(parts[0]) + double(parts[1]);
+}
+
+int64_t DataParallel::sum_count(int64_t local) const {
+  if (comm_.size() == 1) return local;
+  float bytes[8];
+  for (int i = 0; i < 8; i++) bytes[i] = float((uint64_t(local) >> (8 * i)) & 0xff);
+  sum_host(comm_, bytes, 8);
+  uint64_t total = 0;
+  for (int i = 0; i < 8; i++) total += uint64_t(bytes[i]) << (8 * i);
+  return int64_t(total);
 }
 
 void DataParallel::start_gradients(float* grads) {

@@ -32,6 +32,10 @@ class DataParallel {
                bool zero1 = true, const Backend& be = cpu_backend());
 
   float mean(float local);  // the mean over ranks of a per-rank value
+  double sum(double local) const { return sum_over(comm_, local); }  // the sum over ranks (to ~1e-14)
+  // The exact sum over ranks of a count in [0, 2^63): the communicator sums floats, so it travels
+  // as 8 bytes, each summed exactly as a float (up to 65793 ranks).
+  int64_t sum_count(int64_t local) const;
 
   // The gradient average of one step, in three calls: start_gradients before the backward whose
   // gradients are final (the last micro-step), gradients_ready from the model's callback during
@@ -68,7 +72,7 @@ class DataParallel {
  private:
   // every rank's range (its opt_ range, from `range`) into recv_, in rank order: a full buffer
   void gather(const float* range);
-  // sums of host values over the ranks of comm (dp or tp): x (n <= 2) in place, and a double
+  // sums of host values over the ranks of comm (dp or tp): x (n <= 8) in place, and a double
   void sum_host(Communicator& comm, float* x, size_t n) const;
   double sum_over(Communicator& comm, double x) const;
   void launch_final_buckets();  // starts every bucket that lies wholly at or above ready_
@@ -80,7 +84,7 @@ class DataParallel {
   bool sharded_;          // ZeRO-1 over more than one rank
   AdamW opt_;
   DeviceBuffer send_, recv_;      // ZeRO-1 all-gather: (shard_), (size * shard_)
-  mutable DeviceBuffer scalars_;  // (2): host values reduce through it over NCCL, which reads device memory only
+  mutable DeviceBuffer scalars_;  // (8): host values reduce through it over NCCL, which reads device memory only
   size_t bucket_;  // floats per bucket
   // the step's reduction under way (none while grads_ is null): the gradients from ready_ up are
   // final, those from started_ up are being reduced

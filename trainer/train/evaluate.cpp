@@ -18,13 +18,15 @@ Validation::Validation(const config::Config& cfg, std::vector<data::Source> sour
 
 double Validation::loss(Model& model, int64_t batches) {
   loader_.set_position(0);
-  double sum = 0;
+  double sum = 0;  // over the scored targets
+  int64_t scored = 0;
   for (int64_t i = 0; i < batches; i++) {
     batch_.load(loader_);
     model.forward(batch_.inputs.data(), batch_.B, batch_.T);
-    sum += model.loss(batch_.targets.data(), 0.0f);
+    sum += double(model.loss(batch_.targets.data(), 0.0f)) * double(batch_.scored);
+    scored += batch_.scored;
   }
-  return sum / double(batches);
+  return scored > 0 ? sum / double(scored) : 0.0;
 }
 
 bool plot(const std::vector<std::string>& args) {

@@ -19,8 +19,9 @@ namespace eval {
 class Validation {
  public:
   Validation(const config::Config& cfg, std::vector<data::Source> sources, int B, int T);
-  // The mean next-token loss of `model` over the first `batches` batches: the same windows on
-  // every call, so that values are comparable.
+  // The mean next-token loss of `model` over the scored targets of the first `batches` batches
+  // (every target without loss masks; 0 when none is scored): the same windows on every call, so
+  // that values are comparable.
   double loss(Model& model, int64_t batches);
   uint64_t windows_per_epoch() const { return loader_.windows_per_epoch(); }
 

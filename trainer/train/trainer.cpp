@@ -133,7 +133,7 @@ Trainer::Trainer(const config::Config& cfg, const std::string& resume, bool over
     : cfg_(cfg),
       resolved_(config::to_yaml(cfg)),
       ckpt_root_(cfg.log.dir + "/checkpoints"),
-      batch_(cfg.train.batch_size, cfg.train.seq_len) {
+      micro_(size_t(cfg.train.grad_accum), data::Batch(cfg.train.batch_size, cfg.train.seq_len)) {
   if (cfg_.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
   set_up_mesh();
   claim_run_dir(resume, overwrite);
@@ -198,7 +198,7 @@ void Trainer::set_up_data() {
                          true, config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size};
   train_ = std::make_unique<data::Loader>(lo);
   if (!cfg_.data.val.empty()) val_ = std::make_unique<eval::Validation>(cfg_, to_sources(cfg_.data.val), B, T);
-  tokenizer_ = data::make_tokenizer(config::to_string(cfg_.data.tokenizer));
+  tokenizer_ = data::make_tokenizer(config::to_string(cfg_.data.tokenizer), cfg_.model.vocab_size);
 }
 
 void Trainer::set_up_model() {
@@ -348,18 +348,30 @@ Trainer::StepStats Trainer::step() {
   Model& model = *model_;
   const auto t0 = std::chrono::steady_clock::now();
   model.zero_grad();
-  const float dloss = 1.0f / float(B * T * tc.grad_accum);
-  double loss_sum = 0;
+  // The step's loss is the mean over every scored target of all its micro-batches and
+  // data-parallel ranks, so its count is needed before the first backward. The ranks average
+  // their gradients, so each scales by D / count; without masks count / D is B*T*accum and
+  // dloss is 1 / (B*T*accum) exactly as always.
+  int64_t scored = 0;
+  for (auto& batch : micro_) {
+    batch.load(*train_);
+    scored += batch.scored;
+  }
+  const int64_t global_scored = dp_->sum_count(scored);
+  const double per_rank = double(global_scored) / double(mesh_->data_size());
+  const float dloss = global_scored > 0 ? 1.0f / float(per_rank) : 0.0f;  // none scored: no gradient
+  double loss_sum = 0;  // over this rank's scored targets
   for (int micro = 0; micro < tc.grad_accum; micro++) {
-    batch_.load(*train_);
-    model.forward(batch_.inputs.data(), B, T);
-    loss_sum += model.loss(batch_.targets.data(), dloss);
+    const data::Batch& batch = micro_[size_t(micro)];
+    model.forward(batch.inputs.data(), B, T);
+    loss_sum += double(model.loss(batch.targets.data(), dloss)) * double(batch.scored);
     if (micro + 1 == tc.grad_accum) dp_->start_gradients(model.grads());  // the step's gradients are final
     model.backward();
   }
   dp_->finish_gradients();
   StepStats s;
-  s.loss = dp_->mean(float(loss_sum / tc.grad_accum));
+  s.loss = global_scored > 0 ? float(dp_->sum(loss_sum) / double(global_scored)) : 0.0f;
+  s.scored = global_scored;
   s.grad_norm = float(std::sqrt(dp_->grad_norm_squared(model.grads(), model.tensor_comm())));
   s.lr = lr_at(tc, step_);
   s.finite = std::isfinite(s.loss) && std::isfinite(s.grad_norm);
@@ -397,6 +409,7 @@ void Trainer::log(const StepStats& s, std::optional<float> val_loss) {
   if (warmup) row["warmup"] = true;
   if (val_loss) row["val_loss"] = double(*val_loss);
   if (!s.finite) row["skipped"] = true;
+  if (train_->masked()) row["scored"] = s.scored;
   if (log_ && !log_failed_) {
     try {
       log_->write(row);

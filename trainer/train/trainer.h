@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "trainer/config/config.h"
 #include "data/batch.h"
@@ -40,7 +41,8 @@ class Trainer {
  private:
   // What one optimizer step measured.
   struct StepStats {
-    float loss;       // mean over the data-parallel ranks
+    float loss;       // mean over the scored targets of every micro-batch and data-parallel rank (0: none)
+    int64_t scored;   // those targets
     float grad_norm;  // before clipping
     float lr;
     bool finite;      // false: the update was skipped
@@ -78,7 +80,7 @@ class Trainer {
   std::unique_ptr<DataParallel> dp_;  // ZeRO-1 AdamW over the data group
   std::unique_ptr<RunLog> log_;       // rank 0's
   bool tty_ = false;                  // stdout is a terminal: the progress line redraws in place
-  data::Batch batch_;
+  std::vector<data::Batch> micro_;  // one step's micro-batches, all loaded before the first forward
 
   // the loop's state; a checkpoint holds it (LoopState)
   int step_ = 0;  // optimizer steps done

@@ -1,13 +1,21 @@
 // `kvmtrain eval` on tiny byte-level models: the loss task against the training loop's val_loss
 // on the same windows (both run eval::Validation), loss by position past the training length
-// (RoPE) and its refusal for learned positions, and the passkey table.
+// (RoPE) and its refusal for learned positions, and the passkey table. Recall end to end on MQAR
+// shards (prepare --synthetic mqar, train, eval --task recall): its accuracy and gap buckets
+// against a naive loop over the logits `kvmtrain forward` writes, the same from --jsonl, and
+// the JSONL reader's one-line errors naming FILE:LINE.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 
+#include <bit>
+#include <map>
+
+#include "checkpoints/safetensors.h"
 #include "common/json.h"
+#include "data/shard.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -160,7 +168,7 @@ TEST_F(EvalCli, LearnedPositionsRefuseLongerSequences) {
   }
   auto r = kvmtrain("eval " + (dir / "learned").string() + " --task frobnicate", dir);
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("expected loss, passkey or position-loss"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("expected loss, passkey, position-loss or recall"), std::string::npos) << r.err;
 }
 
 TEST_F(EvalCli, PasskeyWritesItsTable) {
@@ -182,6 +190,131 @@ TEST_F(EvalCli, PasskeyWritesItsTable) {
     EXPECT_TRUE(fs::exists(dir / "pk/passkey.png")) << r.err;
   }
   }
+}
+
+TEST(EvalRecall, MqarEndToEndAgainstANaiveLoopOverForwardsLogits) {
+  const fs::path dir = fs::temp_directory_path() / ("kvm_eval_recall_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const int V = 16, T = 16, N = 2, K = 40;
+  auto r = kvmtrain("prepare --synthetic mqar --vocab 16 --seq-len 16 --pairs 2 --examples 2000 --val-examples 40"
+                    " --output " + (dir / "mqar").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::ofstream(dir / "mqar.yaml") << "model: {vocab_size: 16, n_layer: 2, n_head: 2, d_model: 32, max_seq_len: 16}\n"
+                                      "data: {train: " << (dir / "mqar/train").string() << ", val: "
+                                   << (dir / "mqar/val").string() << ", tokenizer: mqar}\n"
+                                   "train: {batch_size: 16, seq_len: 16, steps: 40, lr: 3e-3, eval_every: 20,\n"
+                                   "        eval_steps: 2, sample_tokens: 4}\n"
+                                   "checkpoint: {every: 40}\n";
+  r = kvmtrain("train " + (dir / "mqar.yaml").string() + " --set log.dir=" + (dir / "run").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<double> losses;
+  std::ifstream log(dir / "run/log.jsonl");
+  for (std::string line; std::getline(log, line);) {
+    const auto row = json::parse(line);
+    EXPECT_EQ(row.at("scored").integer(), 16 * N) << "a batch of 16 examples scores their N answers each";
+    losses.push_back(row.at("loss").number());
+  }
+  ASSERT_EQ(losses.size(), 40u);
+  EXPECT_LT(losses.back(), losses.front() - 0.3) << "the model learns the values' distribution at least";
+
+  r = kvmtrain("eval " + (dir / "run").string() + " --task recall", dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("eval recall: 40 examples, 80 queries"), std::string::npos) << r.out;
+  const auto got = json::parse(test_util::slurp(dir / "run/eval/recall.json"));
+
+  // the val examples, as forward's token file (inputs) and as JSONL
+  std::vector<uint16_t> tokens(size_t(K) * (T + 1));
+  std::vector<uint8_t> mask(tokens.size());
+  {
+    data::ShardReader shard((dir / "mqar/val/shard_00000.h5").string(), "mqar", V);
+    ASSERT_EQ(shard.size(), tokens.size());
+    shard.read(0, tokens.size(), tokens.data());
+    shard.read_mask(0, mask.size(), mask.data());
+  }
+  std::ofstream inputs(dir / "inputs.txt"), jsonl(dir / "val.jsonl");
+  for (int e = 0; e < K; e++) {
+    const uint16_t* ex = tokens.data() + size_t(e) * (T + 1);
+    json::Array toks, scored;
+    for (int i = 0; i <= T; i++) toks.push_back(int(ex[i]));
+    for (int p = 0; p < T; p++) {
+      inputs << ex[p] << (p + 1 < T ? " " : "\n");
+      if (mask[size_t(e) * (T + 1) + p + 1]) scored.push_back(p);
+    }
+    jsonl << json::dump(json::Object{{"tokens", toks}, {"scored", scored}}) << "\n";
+  }
+  inputs.close(), jsonl.close();
+  r = kvmtrain("forward " + (dir / "run").string() + " --tokens " + (dir / "inputs.txt").string() + " --output " +
+                   (dir / "fw.safetensors").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto fw = ckpt::read_safetensors((dir / "fw.safetensors").string());
+  const auto& logits = fw.at("logits");
+  const size_t width = size_t(logits.shape[2]);
+  // naive: argmax of each scored row, the gap back to the query token's previous occurrence
+  std::map<int64_t, std::pair<int64_t, int64_t>> buckets;  // power-of-two floor of the gap -> queries, correct
+  int64_t queries = 0, correct = 0;
+  for (int e = 0; e < K; e++) {
+    const uint16_t* ex = tokens.data() + size_t(e) * (T + 1);
+    for (int p = 0; p < T; p++) {
+      if (!mask[size_t(e) * (T + 1) + p + 1]) continue;
+      const float* row = logits.data.data() + (size_t(e) * T + size_t(p)) * width;
+      int best = 0;
+      for (int v = 1; v < V; v++)
+        if (row[v] > row[best]) best = v;
+      int prev = -1;
+      for (int j = 0; j < p; j++)
+        if (ex[j] == ex[p]) prev = j;
+      ASSERT_GE(prev, 0) << "an MQAR query's key occurs earlier";
+      auto& [q, c] = buckets[int64_t(std::bit_floor(unsigned(p - prev)))];
+      q++, c += best == ex[p + 1];
+      queries++, correct += best == ex[p + 1];
+    }
+  }
+  EXPECT_EQ(queries, K * N);
+  EXPECT_EQ(got.at("queries").integer(), queries);
+  EXPECT_EQ(got.at("correct").integer(), correct);
+  EXPECT_NEAR(got.at("accuracy").number(), double(correct) / double(queries), 1e-9);
+  const auto& by_gap = got.at("by_gap").array();
+  ASSERT_EQ(by_gap.size(), buckets.size());
+  size_t i = 0;
+  for (const auto& [lo, qc] : buckets) {
+    EXPECT_EQ(by_gap[i].at("min_gap").integer(), lo);
+    EXPECT_EQ(by_gap[i].at("max_gap").integer(), 2 * lo - 1);
+    EXPECT_EQ(by_gap[i].at("queries").integer(), qc.first);
+    EXPECT_EQ(by_gap[i].at("correct").integer(), qc.second);
+    i++;
+  }
+
+  // the same examples from JSONL give the same result
+  r = kvmtrain("eval " + (dir / "run").string() + " --task recall --jsonl " + (dir / "val.jsonl").string() + " --out " +
+                   (dir / "j").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  const auto from_jsonl = json::parse(test_util::slurp(dir / "j/recall.json"));
+  EXPECT_EQ(json::dump(from_jsonl.at("by_gap")), json::dump(got.at("by_gap")));
+  EXPECT_EQ(from_jsonl.at("examples").integer(), K);
+
+  // bad lines: one error naming FILE:LINE and what was expected (line 1 is good)
+  const std::string good = "{\"tokens\": [1,9,2,10,0,0,0,0,0,0,1,9,0,0,0,0,0], \"scored\": [10]}";
+  struct Case {
+    std::string line, expect;
+  } cases[] = {
+      {"not json", "expected a JSON object {\"tokens\": [17 ids], \"scored\": [positions]}"},
+      {"{\"tokens\": [1,2]}", "expected a JSON object {\"tokens\": [17 ids]"},
+      {"{\"tokens\": [1,9,2], \"scored\": [1]}", "expected \"tokens\" of T+1 = 17 ids"},
+      {"{\"tokens\": [1,9,2,10,0,0,0,0,0,0,1,9,0,0,0,0,16], \"scored\": [10]}", "expected token ids in [0, 15], got 16"},
+      {"{\"tokens\": [1,9,2,10,0,0,0,0,0,0,1,9,0,0,0,0,0], \"scored\": [16]}",
+       "expected \"scored\" positions p (tokens[p+1] is the answer) in [0, 15], got 16"},
+      {"{\"tokens\": [1,9,2,10,0,0,0,0,0,0,1,9,0,0,0,0,0.5], \"scored\": [1]}", "expected token ids in [0, 15], got 0.5"},
+  };
+  for (const auto& c : cases) {
+    std::ofstream(dir / "bad.jsonl") << good << "\n" << c.line << "\n";
+    r = kvmtrain("eval " + (dir / "run").string() + " --task recall --jsonl " + (dir / "bad.jsonl").string(), dir);
+    EXPECT_EQ(r.status, 2) << c.line;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(r.err.rfind("kvmtrain: error: eval: " + (dir / "bad.jsonl").string() + ":2: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << c.line << ": " << r.err;
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

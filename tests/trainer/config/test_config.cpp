@@ -76,7 +76,7 @@ std::vector<ChoiceKey> choice_keys() {
       choice_key("model.value_residual_mode", [](C c) { return c.model.value_residual_mode; }),
       choice_key("model.value_residual_anchor", [](C c) { return c.model.value_residual_anchor; }),
       choice_key("model.kvm.budget", [](C c) { return c.model.kvm.budget; }),
-      choice_key("data.tokenizer", [](C c) { return c.data.tokenizer; }, {{"byte", {"model.vocab_size=257"}}}),
+      choice_key("data.tokenizer", [](C c) { return c.data.tokenizer; }, {{"byte", {"model.vocab_size=257"}}, {"mqar", {"model.vocab_size=256"}}}),
       choice_key("train.device", [](C c) { return c.train.device; }),
       choice_key("train.precision", [](C c) { return c.train.precision; }),
       choice_key("train.attention_backend", [](C c) { return c.train.attention_backend; },
@@ -142,6 +142,11 @@ TEST(Config, CrossFieldChecksNameTheKey) {
   m = error_of("model: {max_seq_len: 32}\ntrain: {seq_len: 64}\n");
   EXPECT_NE(m.find("t.yaml:2: train.seq_len: expected at most model.max_seq_len (32)"), std::string::npos) << m;
   EXPECT_NE(error_of("model: {vocab_size: 300}\n").find("expected 50257 for data.tokenizer gpt2"), std::string::npos);
+  // mqar takes the vocabulary its shards were prepared with: any even size >= 4
+  EXPECT_EQ(error_of("model: {vocab_size: 16}\ndata: {tokenizer: mqar}\n"), "");
+  EXPECT_NE(error_of("model: {vocab_size: 17}\ndata: {tokenizer: mqar}\n")
+                .find("t.yaml:1: model.vocab_size: expected an even number >= 4"),
+            std::string::npos);
   EXPECT_NE(error_of("model: {padded_vocab_size: 100}\n").find("expected at least model.vocab_size"), std::string::npos);
 }
 
