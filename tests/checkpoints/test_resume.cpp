@@ -357,16 +357,34 @@ TEST_F(Resume, ResumeErrors) {
   // the data position counted windows of the old length): refused naming the key and both values
   // (the same global batch split otherwise over ranks resumes: test_train_mpi)
   const std::string ck = (root / "reference/checkpoints/step_00000036").string();
-  for (const auto& [set, key] : {std::pair{"train.seq_len=32", "train.seq_len is 32"},
-                                 std::pair{"train.batch_size=2", "the global batch (train.batch_size x train.grad_accum x parallel.data) is 2"}}) {
+  const std::string glob = "data.train=" + (root / "data/train/*.h5").string();
+  for (const auto& [set, key] : {std::pair{std::string("train.seq_len=32"), std::string("train.seq_len is 32")},
+                                 std::pair{std::string("train.batch_size=2"), std::string("the global batch (train.batch_size x train.grad_accum x parallel.data) is 2")},
+                                 std::pair{glob, "data.train is " + (root / "data/train/*.h5").string() + " x1"}}) {
+    fs::remove_all(root / "other");
     r = test_util::kvmtrain("train " + cfg() + " --set " + set + " --set log.dir=" + (root / "other").string() +
                                 " --resume " + ck,
                             root);
     EXPECT_EQ(r.status, 2) << set;
-    EXPECT_NE(r.err.find(std::string(key) + " but the checkpoint " + ck + " was trained with"), std::string::npos)
-        << r.err;
+    EXPECT_NE(r.err.find(key + " but the checkpoint " + ck + " was trained with"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("add --rederive-data-position"), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    // --rederive-data-position accepts the change: the data continues at as many tokens consumed
+    r = test_util::kvmtrain("train " + cfg() + " --set " + set + " --set log.dir=" + (root / "other").string() +
+                                " --resume " + ck + " --rederive-data-position",
+                            root);
+    EXPECT_EQ(r.status, 0) << set << r.err;
+    const bool shorter = set == "train.seq_len=32";
+    EXPECT_NE(r.out.find(std::string("--rederive-data-position: 144 windows of 64 tokens consumed, continuing at window ") +
+                         (shorter ? "288 of 32" : "144 of 64")),
+              std::string::npos)
+        << r.out;
+    EXPECT_EQ(log_rows(root / "other/log.jsonl").size(), 4u) << "steps 37..40";
   }
+  fs::remove_all(root / "other");
+  r = test_util::kvmtrain("train " + cfg() + " --rederive-data-position", root);
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.err.find("--rederive-data-position applies to a resume"), std::string::npos) << r.err;
 }
 
 // Ctrl-C: the step under way finishes and is logged, the run says so and exits with 130 (the

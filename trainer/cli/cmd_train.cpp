@@ -15,6 +15,9 @@ int cmd_train(int argc, char** argv) {
               "start when there is none), PATH = a checkpoint or run directory");
   args.flag("overwrite", "a fresh run into a log.dir that holds a run: remove that run (log.jsonl, config.yaml, "
                         "run.json, checkpoints/) first; without it such a run is refused");
+  args.flag("rederive-data-position", "with --resume: accept another train.seq_len, global batch or data.train "
+                                     "than the checkpoint's, continuing the data at as many tokens consumed (not an "
+                                     "exact continuation); without it such a resume is refused");
   args.flag("print-config", "print the resolved config and exit");
   args.flag("config-keys", "print every config key (type, default, meaning) as a Markdown table and exit");
   args.parse(argc, argv, 2);
@@ -30,5 +33,11 @@ int cmd_train(int argc, char** argv) {
   }
   if (args.has("resume") && args.has("overwrite"))
     throw UsageError("train: --resume continues the run in log.dir and --overwrite removes it: give one of them");
-  return run_training(cfg, args.has("resume") ? args.str("resume") : "", args.has("overwrite"));
+  if (args.has("rederive-data-position") && !args.has("resume"))
+    throw UsageError("train: --rederive-data-position applies to a resume (add --resume auto|PATH)");
+  RunStart start;
+  start.resume = args.has("resume") ? args.str("resume") : "";
+  start.overwrite = args.has("overwrite");
+  start.rederive_data_position = args.has("rederive-data-position");
+  return run_training(cfg, start);
 }

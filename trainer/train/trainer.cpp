@@ -129,18 +129,18 @@ std::vector<data::Source> to_sources(const std::vector<config::DataSource>& in) 
 
 }  // namespace
 
-Trainer::Trainer(const config::Config& cfg, const std::string& resume, bool overwrite)
+Trainer::Trainer(const config::Config& cfg, const RunStart& start)
     : cfg_(cfg),
       resolved_(config::to_yaml(cfg)),
       ckpt_root_(cfg.log.dir + "/checkpoints"),
       micro_(size_t(cfg.train.grad_accum), data::Batch(cfg.train.batch_size, cfg.train.seq_len)) {
   if (cfg_.data.train.empty()) throw std::runtime_error("data.train: no training shards configured");
   set_up_mesh();
-  claim_run_dir(resume, overwrite);
+  claim_run_dir(start.resume, start.overwrite);
   record_run();
   set_up_data();
   set_up_model();
-  restore(resume);
+  restore(start);
   measure();
   if (leader_) log_ = std::make_unique<RunLog>(cfg_.log.dir);
   tty_ = isatty(fileno(stdout));
@@ -240,31 +240,50 @@ std::string Trainer::checkpoint_to_resume(const std::string& resume) {
 // bit-identical to an uninterrupted run (docs/checkpoint-format.md). Checkpoints are unsharded:
 // one written by any data x tensor layout resumes on any other (the same global batch gives
 // the same losses within reduction-order tolerance).
-void Trainer::restore(const std::string& resume) {
+void Trainer::restore(const RunStart& start) {
   const auto& tc = cfg_.train;
   Model& model = *model_;
   LoopState st;
   st.sample_rng = uint64_t(tc.seed) ^ 0x5A5A5A5Aull;
-  const std::string resume_dir = checkpoint_to_resume(resume);
+  const std::string resume_dir = checkpoint_to_resume(start.resume);
   if (!resume_dir.empty()) {
     st = restore_run_checkpoint(resume_dir, model, *dp_);
-    train_->set_position(st.loader_position);  // global windows: right for any data-parallel size
     const std::string saved = ckpt::read(resume_dir, "config.yaml");
-    // the data position counts windows of the saved seq_len, and a step takes the saved global
-    // batch (sequences per step over every data-parallel rank and micro-step, however split):
-    // another one would not be the run it claims to continue (issue 21: it only warned)
+    // The data position counts windows of the saved seq_len in the saved sources, and a step takes
+    // the saved global batch (sequences per step over every data-parallel rank and micro-step,
+    // however split): with another one the run is not the one it claims to continue (issue 21:
+    // it only warned). --rederive-data-position accepts the change and re-derives the position.
     const config::Config was = config::load_string(saved, resume_dir + "/config.yaml");
     auto per_step = [](const config::Config& c) {
       return int64_t(c.train.batch_size) * c.train.grad_accum * c.parallel.data;
     };
+    auto sources = [](const config::Config& c) {
+      std::string out;
+      for (const auto& s : c.data.train) {
+        char weight[32];
+        std::snprintf(weight, sizeof weight, " x%g", s.weight);
+        out += (out.empty() ? "" : ", ") + s.path + weight;
+      }
+      return out;
+    };
     for (const auto& [key, now, then] :
-         {std::tuple{"train.seq_len", int64_t(tc.seq_len), int64_t(was.train.seq_len)},
-          std::tuple{"the global batch (train.batch_size x train.grad_accum x parallel.data)", per_step(cfg_),
-                     per_step(was)}})
-      if (now != then)
-        throw UsageError(std::string(key) + " is " + std::to_string(now) + " but the checkpoint " + resume_dir +
-                         " was trained with " + std::to_string(then) +
-                         ": --resume continues a run exactly; start a new run (train.init_from) to change it");
+         {std::tuple{"train.seq_len", std::to_string(tc.seq_len), std::to_string(was.train.seq_len)},
+          std::tuple{"the global batch (train.batch_size x train.grad_accum x parallel.data)",
+                     std::to_string(per_step(cfg_)), std::to_string(per_step(was))},
+          std::tuple{"data.train", sources(cfg_), sources(was)}})
+      if (now != then && !start.rederive_data_position)
+        throw UsageError(std::string(key) + " is " + now + " but the checkpoint " + resume_dir + " was trained with " +
+                         then + ": --resume continues a run exactly; add --rederive-data-position to continue "
+                         "with the change, or start a new run (train.init_from)");
+    uint64_t position = st.loader_position;
+    if (start.rederive_data_position) {
+      // as many tokens consumed, in windows of the new length; which windows come next is the new
+      // layout's own order (docs: exact for a batch change, not for a length or a source change)
+      position = st.loader_position * uint64_t(was.train.seq_len) / uint64_t(tc.seq_len);
+      std::printf("--rederive-data-position: %llu windows of %d tokens consumed, continuing at window %llu of %d tokens\n",
+                  (unsigned long long)st.loader_position, was.train.seq_len, (unsigned long long)position, tc.seq_len);
+    }
+    train_->set_position(position);  // global windows: right for any data-parallel size
     std::string diff = first_difference(resolved_, saved);
     if (!diff.empty() && leader_)
       std::fprintf(stderr, "kvmtrain: warning: the config differs from the checkpoint's (%s); the resumed run is not "
@@ -278,7 +297,7 @@ void Trainer::restore(const std::string& resume) {
     std::printf("initialised the weights from %s (optimizer, data position and step start fresh)\n",
                 tc.init_from.c_str());
   }
-  if (!resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step, st.unlogged_rows);
+  if (!start.resume.empty() && leader_) truncate_log(cfg_.log.dir, st.step, st.unlogged_rows);
   step_ = int(st.step);
   if (!resume_dir.empty()) resumed_step_ = st.step;
   sample_rng_ = st.sample_rng;
@@ -525,8 +544,8 @@ void Trainer::sample() {
   std::printf("sample (temperature 0.8):\n%s\n", tokenizer_->decode(ids).c_str());
 }
 
-int run_training(const config::Config& cfg, const std::string& resume, bool overwrite) {
+int run_training(const config::Config& cfg, const RunStart& start) {
   install_stop_signals();  // before the set-up, which takes seconds (issue 21: SIGTERM then exited 143)
-  Trainer trainer(cfg, resume, overwrite);
+  Trainer trainer(cfg, start);
   return trainer.run();
 }

@@ -27,13 +27,23 @@
 #include "trainer/train/evaluate.h"
 #include "trainer/train/run_log.h"
 
+// How a run starts (train's flags).
+struct RunStart {
+  // "" (a fresh run), "auto" (the newest complete checkpoint in <log.dir>/checkpoints, fresh when
+  // none) or a checkpoint or run directory
+  std::string resume;
+  // a fresh run into a log.dir that holds a run removes that run first (its log, config,
+  // checkpoints); without it such a run is refused (continue it with resume "auto")
+  bool overwrite = false;
+  // a resume accepts another train.seq_len, global batch or data.train, re-deriving the data
+  // position from the tokens consumed; without it they are refused
+  bool rederive_data_position = false;
+};
+
 class Trainer {
  public:
-  // Sets up the run `cfg` describes. `resume`: "" (a fresh run), "auto" (the newest complete
-  // checkpoint in <log.dir>/checkpoints, fresh when none) or a checkpoint or run directory.
-  // overwrite: a fresh run into a log.dir that holds a run removes that run first (its log,
-  // config, checkpoints); without it such a run is refused (continue it with resume "auto").
-  Trainer(const config::Config& cfg, const std::string& resume, bool overwrite = false);
+  // Sets up the run `cfg` describes.
+  Trainer(const config::Config& cfg, const RunStart& start);
   // Trains up to train.steps; returns the process exit status: 0, or 130 after Ctrl-C. SIGTERM and
   // SIGUSR1 save a checkpoint and stop with 0; divergence throws.
   int run();
@@ -55,7 +65,7 @@ class Trainer {
   void set_up_data();
   void set_up_model();
   std::string checkpoint_to_resume(const std::string& resume);
-  void restore(const std::string& resume);
+  void restore(const RunStart& start);
   void measure();
   void measure_peak(double seconds);  // raises peak_ to a fresh GEMM measurement
 
@@ -120,4 +130,4 @@ void install_stop_signals();
 
 // Runs the whole training `cfg` describes (a Trainer, after install_stop_signals); returns the
 // process exit status.
-int run_training(const config::Config& cfg, const std::string& resume = "", bool overwrite = false);
+int run_training(const config::Config& cfg, const RunStart& start = {});
