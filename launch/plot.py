@@ -69,6 +69,45 @@ def plot_sweep(src, dst):
     fig.suptitle(os.path.basename(summary.get("sweep", "")), fontsize=10)
     fig.tight_layout()
     fig.savefig(dst, dpi=110)
+    if "plot" in summary:
+        plot_sweep_xy(summary, os.path.dirname(os.path.abspath(dst)))
+
+
+def as_number(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def plot_sweep_xy(summary, out_dir):
+    """The sweep's plot: y against the tag x, one line per value of the tag `lines`."""
+    x, y, lines = summary["plot"]["x"], summary["plot"]["y"], summary["plot"]["lines"]
+    series = {}
+    for run in summary["runs"]:
+        tags = run.get("tags", {})
+        if x in tags and lines in tags and y in run:
+            series.setdefault(tags[lines], []).append((tags[x], run[y]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = sorted({p[0] for pts in series.values() for p in pts},
+                key=lambda v: (as_number(v) is None, as_number(v) or 0, v))
+    numeric = all(as_number(v) is not None for v in xs)
+    for i, (name, pts) in enumerate(series.items()):
+        pts.sort(key=lambda p: xs.index(p[0]))
+        px = [as_number(p[0]) if numeric else xs.index(p[0]) for p in pts]
+        ax.plot(px, [p[1] for p in pts], "o-", color=f"C{i % 10}", label=name)
+    if numeric:
+        ax.set_xticks([as_number(v) for v in xs])
+    else:
+        ax.set_xticks(range(len(xs)), xs)
+    ax.set(xlabel=x, ylabel=y.replace("_", " "), title=f"{y.replace('_', ' ')} vs {x}")
+    if y == "recall_accuracy":
+        ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, f"{y}_vs_{x}.png"), dpi=110)
 
 
 def plot_position_loss(src, dst):

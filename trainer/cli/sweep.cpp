@@ -92,6 +92,13 @@ std::string overrides_text(const Overrides& o) {
   return s;
 }
 
+// The --output DIR of a prepare argument list ("" when it has none).
+std::string prepared_dir(const std::vector<std::string>& words) {
+  for (size_t i = 0; i + 1 < words.size(); i++)
+    if (words[i] == "--output") return words[i + 1];
+  return "";
+}
+
 // grid: the cartesian product of its axes, the last varying fastest; runs named by key-value.
 std::vector<Run> grid_runs(const YAML::Node& g, const std::string& path) {
   std::vector<Run> runs;
@@ -121,8 +128,10 @@ std::vector<Run> grid_runs(const YAML::Node& g, const std::string& path) {
       const std::string& v = axes[a].second[idx[a]];
       r.overrides.emplace_back(k, v);
       const size_t dot = k.rfind('.');
+      const std::string tag = dot == std::string::npos ? k : k.substr(dot + 1);
+      r.tags.emplace_back(tag, v);
       if (!r.name.empty()) r.name += '_';
-      r.name += sanitize(dot == std::string::npos ? k : k.substr(dot + 1)) + "-" + sanitize(v);
+      r.name += sanitize(tag) + "-" + sanitize(v);
     }
     runs.push_back(r);
   }
@@ -139,8 +148,8 @@ std::vector<Run> listed_runs(const YAML::Node& list, const std::string& path) {
       throw UsageError(at_line(path, item) + ": runs: each entry needs name: (and set: {key: value})");
     for (auto it = item.begin(); it != item.end(); ++it) {
       const std::string k = it->first.as<std::string>();
-      if (k != "name" && k != "set")
-        throw UsageError(at_line(path, it->first) + ": runs: unknown key '" + k + "' (expected name, set)");
+      if (k != "name" && k != "set" && k != "tags")
+        throw UsageError(at_line(path, it->first) + ": runs: unknown key '" + k + "' (expected name, set, tags)");
     }
     Run r;
     r.name = item["name"].Scalar();
@@ -148,6 +157,7 @@ std::vector<Run> listed_runs(const YAML::Node& list, const std::string& path) {
       throw UsageError(at_line(path, item["name"]) + ": runs: name '" + r.name +
                             "' must be a directory name (letters, digits, '.', '-', '_')");
     if (item["set"]) r.overrides = read_set(item["set"], path, "runs: " + r.name + ": set");
+    if (item["tags"]) r.tags = read_set(item["tags"], path, "runs: " + r.name + ": tags");
     runs.push_back(r);
   }
   return runs;
@@ -166,12 +176,12 @@ Sweep load(const std::string& path, const std::string& out) {
   if (!root.IsMap()) throw UsageError(path + ": expected a map with base: and grid: or runs:");
   Sweep s;
   s.file = path;
-  static const std::set<std::string> known = {"base", "out", "set", "grid", "runs", "mpirun_np"};
+  static const std::set<std::string> known = {"base", "out", "set", "grid", "runs", "mpirun_np", "prepare", "eval", "plot"};
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string k = it->first.as<std::string>();
     if (!known.count(k))
       throw UsageError(at_line(path, it->first) + ": unknown key '" + k +
-                            "' (expected base, out, set, grid, runs, mpirun_np)");
+                            "' (expected base, out, set, grid, runs, mpirun_np, prepare, eval, plot)");
   }
   if (!root["base"] || !root["base"].IsScalar()) throw UsageError(path + ": base: missing (the config every run starts from)");
   fs::path base = root["base"].Scalar();
@@ -191,6 +201,25 @@ Sweep load(const std::string& path, const std::string& out) {
       throw UsageError(at_line(path, root["mpirun_np"]) + ": mpirun_np: expected an integer >= 1");
     s.mpirun_np = np;
   }
+  if (const YAML::Node p = root["prepare"]) {
+    if (!p.IsSequence()) throw UsageError(at_line(path, p) + ": prepare: expected a list of argument lines");
+    for (const auto& line : p) {
+      std::vector<std::string> words;
+      std::istringstream in(line.IsScalar() ? line.Scalar() : "");
+      for (std::string w; in >> w;) words.push_back(w);
+      if (!line.IsScalar() || prepared_dir(words).empty())
+        throw UsageError(at_line(path, line) + ": prepare: expected a line of kvmtrain prepare arguments with --output DIR");
+      s.prepare.push_back(words);
+    }
+  }
+  if (const YAML::Node e = root["eval"]) {
+    if (!e.IsSequence()) throw UsageError(at_line(path, e) + ": eval: expected a list of tasks (recall)");
+    for (const auto& t : e) {
+      if (!t.IsScalar() || t.Scalar() != "recall")
+        throw UsageError(at_line(path, t) + ": eval: '" + flow(t) + "' is not a task a sweep runs (expected recall)");
+      s.evals.push_back(t.Scalar());
+    }
+  }
   const bool has_grid = bool(root["grid"]), has_runs = bool(root["runs"]);
   if (has_grid == has_runs)
     throw UsageError(path + ": expected exactly one of grid: (a cartesian product) or runs: (a list)");
@@ -198,6 +227,24 @@ Sweep load(const std::string& path, const std::string& out) {
   std::set<std::string> names;
   for (const auto& r : s.runs)
     if (!names.insert(r.name).second) throw UsageError(path + ": two runs are named '" + r.name + "'");
+  if (const YAML::Node p = root["plot"]) {
+    if (!p.IsMap() || !p["x"] || !p["y"] || !p["lines"] || p.size() != 3)
+      throw UsageError(at_line(path, p) + ": plot: expected {x: TAG, y: COLUMN, lines: TAG}");
+    Plot plot{p["x"].as<std::string>(), p["y"].as<std::string>(), p["lines"].as<std::string>()};
+    static const std::set<std::string> columns = {"recall_accuracy", "final_val_loss", "best_val_loss", "tokens_per_s"};
+    if (!columns.count(plot.y))
+      throw UsageError(at_line(path, p["y"]) + ": plot: y: '" + plot.y +
+                       "' (expected recall_accuracy, final_val_loss, best_val_loss or tokens_per_s)");
+    if (plot.y == "recall_accuracy" && s.evals.empty())
+      throw UsageError(at_line(path, p["y"]) + ": plot: y: recall_accuracy needs eval: [recall]");
+    // runs without both tags are left out of the plot
+    for (const std::string& tag : {plot.x, plot.lines})
+      if (std::none_of(s.runs.begin(), s.runs.end(), [&](const Run& r) {
+            return std::any_of(r.tags.begin(), r.tags.end(), [&](const auto& t) { return t.first == tag; });
+          }))
+        throw UsageError(at_line(path, p) + ": plot: no run has the tag '" + tag + "'");
+    s.plot = plot;
+  }
   // every run's config must resolve before anything trains
   for (const auto& r : s.runs) run_config(s, r);
   return s;
@@ -303,15 +350,28 @@ Result summarize(const std::string& run_dir, const config::Config& cfg) {
   for (std::string line; std::getline(out, line);)
     if (line.rfind(tag, 0) == 0 && line.find(" parameters") != std::string::npos) r.params = std::atoll(line.c_str() + tag.size());
   r.status = r.steps_done >= r.steps_total ? "done" : r.steps_done > 0 ? "partial" : "pending";
+  std::ifstream recall(run_dir + "/eval/recall.json");
+  if (recall) {
+    std::stringstream text;
+    text << recall.rdbuf();
+    try {
+      r.recall_accuracy = json::parse(text.str()).at("accuracy").number();
+    } catch (const std::exception&) {
+      // a half-written file: the sweep evaluates the run again
+    }
+  }
   return r;
 }
 
 void write_summary(const Sweep& s, const std::vector<std::string>& failed) {
   fs::create_directories(s.out);
   std::ostringstream csv, md;
-  csv << "run,status,overrides,steps,final_val_loss,best_val_loss,tokens_per_s,parameters,state_slots\n";
-  md << "| run | status | overrides | steps | final val loss | best val loss | tokens/s | parameters | state slots |\n"
-        "|---|---|---|---|---|---|---|---|---|\n";
+  const bool recall = std::find(s.evals.begin(), s.evals.end(), "recall") != s.evals.end();
+  csv << "run,status,overrides,steps,final_val_loss,best_val_loss,tokens_per_s,parameters,state_slots"
+      << (recall ? ",recall_accuracy" : "") << "\n";
+  md << "| run | status | overrides | steps | final val loss | best val loss | tokens/s | parameters | state slots |"
+     << (recall ? " recall accuracy |" : "") << "\n|---|---|---|---|---|---|---|---|---|" << (recall ? "---|" : "")
+     << "\n";
   json::Array runs;
   for (const auto& run : s.runs) {
     const config::Config cfg = run_config(s, run);
@@ -322,18 +382,23 @@ void write_summary(const Sweep& s, const std::vector<std::string>& failed) {
     const std::string tps = r.tokens_per_s > 0 ? fmt(r.tokens_per_s, "%.0f") : "";
     const std::string params = r.params ? std::to_string(r.params) : "";
     csv << csv_field(run.name) << "," << r.status << "," << csv_field(ov) << "," << steps << "," << fmt(r.final_val)
-        << "," << fmt(r.best_val) << "," << tps << "," << params << "," << csv_field(r.state) << "\n";
+        << "," << fmt(r.best_val) << "," << tps << "," << params << "," << csv_field(r.state)
+        << (recall ? "," + fmt(r.recall_accuracy) : "") << "\n";
     std::string ov_md = ov;
     for (size_t p = 0; (p = ov_md.find('|', p)) != std::string::npos; p += 2) ov_md.replace(p, 1, "\\|");
     md << "| " << run.name << " | " << r.status << " | " << (ov_md.empty() ? "(base)" : "`" + ov_md + "`") << " | "
        << steps << " | " << fmt(r.final_val) << " | " << fmt(r.best_val) << " | " << tps << " | " << params << " | "
-       << r.state << " |\n";
+       << r.state << " |" << (recall ? " " + fmt(r.recall_accuracy) + " |" : "") << "\n";
     json::Object o{{"name", run.name}, {"status", r.status}, {"overrides", ov},
                    {"log", cfg.log.dir + "/log.jsonl"}, {"steps_done", r.steps_done}, {"steps", r.steps_total},
                    {"tokens_per_s", r.tokens_per_s}, {"parameters", r.params}, {"state_slots", r.state},
                    {"seq_len", cfg.train.seq_len}, {"batch_size", cfg.train.batch_size}};
     if (r.final_val) o["final_val_loss"] = *r.final_val;
     if (r.best_val) o["best_val_loss"] = *r.best_val;
+    if (r.recall_accuracy) o["recall_accuracy"] = *r.recall_accuracy;
+    json::Object tags;
+    for (const auto& [k, v] : run.tags) tags[k] = v;
+    o["tags"] = tags;
     runs.push_back(o);
   }
   const std::string out = s.out;
@@ -341,8 +406,9 @@ void write_summary(const Sweep& s, const std::vector<std::string>& failed) {
   write_file_atomic(out + "/summary.md", "# Sweep " + s.file + "\n\nBase config: `" + s.base + "`" +
                                              (s.common.empty() ? "" : "; every run: `" + overrides_text(s.common) + "`") +
                                              "\n\n" + md.str());
-  write_file_atomic(out + "/summary.json",
-                    json::dump(json::Object{{"sweep", s.file}, {"base", s.base}, {"runs", runs}}, 2) + "\n");
+  json::Object summary{{"sweep", s.file}, {"base", s.base}, {"runs", runs}};
+  if (s.plot) summary["plot"] = json::Object{{"x", s.plot->x}, {"y", s.plot->y}, {"lines", s.plot->lines}};
+  write_file_atomic(out + "/summary.json", json::dump(summary, 2) + "\n");
   eval::plot({"sweep", out + "/summary.json", out + "/loss_curves.png"});
 }
 
@@ -391,6 +457,35 @@ int run_child(const std::vector<std::string>& argv, const std::string& log) {
   return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
 }
 
+std::string shown(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) out += (out.empty() ? "" : " ") + a;
+  return out;
+}
+
+// The sweep's eval tasks on a finished run, each unless its result is there; false when one failed.
+bool evaluate(const Sweep& s, const config::Config& cfg, const std::string& self, const std::string& tag,
+              bool dry_run) {
+  for (const std::string& task : s.evals) {
+    const std::string result = cfg.log.dir + "/eval/" + task + ".json";
+    if (fs::exists(result)) continue;
+    const std::vector<std::string> argv{self, "eval", cfg.log.dir, "--task", task};
+    std::printf("%s: eval %s -> %s/eval.out\n  %s\n", tag.c_str(), task.c_str(), cfg.log.dir.c_str(),
+                shown(argv).c_str());
+    std::fflush(stdout);
+    if (dry_run) continue;
+    const int code = run_child(argv, cfg.log.dir + "/eval.out");
+    if (code != 0) {
+      std::printf("%s: eval %s FAILED with status %d; see %s/eval.out\n", tag.c_str(), task.c_str(), code,
+                  cfg.log.dir.c_str());
+      return false;
+    }
+    const Result r = summarize(cfg.log.dir, cfg);
+    if (r.recall_accuracy) std::printf("%s: recall accuracy %.4f\n", tag.c_str(), *r.recall_accuracy);
+  }
+  return true;
+}
+
 }  // namespace
 
 int run(const Sweep& s, bool dry_run) {
@@ -407,6 +502,24 @@ int run(const Sweep& s, bool dry_run) {
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
   sigaction(SIGUSR1, &sa, &old_usr1);
+  // the data the runs read: each prepare line whose --output holds no manifest yet
+  for (const auto& words : s.prepare) {
+    const std::string dir = prepared_dir(words);
+    std::vector<std::string> argv{self, "prepare"};
+    argv.insert(argv.end(), words.begin(), words.end());
+    if (fs::exists(fs::path(dir) / "manifest.json")) {
+      std::printf("sweep: prepare: %s is ready, skipped\n", dir.c_str());
+      continue;
+    }
+    std::printf("sweep: prepare: %s -> %s/prepare.out\n", shown(argv).c_str(), s.out.c_str());
+    std::fflush(stdout);
+    if (dry_run) continue;
+    const int code = run_child(argv, s.out + "/prepare.out");
+    if (code != 0) {
+      std::printf("sweep: prepare FAILED with status %d; see %s/prepare.out\n", code, s.out.c_str());
+      return 1;
+    }
+  }
   const int n = int(s.runs.size());
   for (int i = 0; i < n && !g_stop; i++) {
     const Run& run = s.runs[i];
@@ -415,15 +528,14 @@ int run(const Sweep& s, bool dry_run) {
     const std::string tag = "sweep: [" + std::to_string(i + 1) + "/" + std::to_string(n) + "] " + run.name;
     if (before.status == "done") {
       std::printf("%s: done (%lld steps logged), skipped\n", tag.c_str(), (long long)before.steps_done);
+      if (!evaluate(s, cfg, self, tag, dry_run)) failed.push_back(run.name), status = 1;
       continue;
     }
     const std::vector<std::string> argv = train_argv(s, run, self);
-    std::string shown;
-    for (const auto& a : argv) shown += (shown.empty() ? "" : " ") + a;
     std::printf("%s: %s -> %s/train.out\n  %s\n", tag.c_str(),
                 before.status == "partial" ? ("continuing from step " + std::to_string(before.steps_done)).c_str()
                                            : "training",
-                cfg.log.dir.c_str(), shown.c_str());
+                cfg.log.dir.c_str(), shown(argv).c_str());
     std::fflush(stdout);
     if (dry_run) continue;
     fs::create_directories(cfg.log.dir);
@@ -434,6 +546,7 @@ int run(const Sweep& s, bool dry_run) {
     if (code == 0 && after.status == "done") {
       std::printf("%s: done in %s, final val loss %s\n", tag.c_str(), format_duration(dt).c_str(),
                   after.final_val ? fmt(after.final_val).c_str() : "(no validation)");
+      if (!evaluate(s, cfg, self, tag, dry_run)) failed.push_back(run.name), status = 1;
     } else if (code == 130 || g_stop) {
       std::printf("%s: interrupted at step %lld (rerun the sweep to continue)\n", tag.c_str(),
                   (long long)after.steps_done);

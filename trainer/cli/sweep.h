@@ -9,6 +9,13 @@
 //   grid: {model.kvm.sink: [0, 1], train.lr: [1e-3, 2e-3]}    # cartesian product, or
 //   runs: [{name: no_sink, set: {model.kvm.sink: 0}}, ...]    # an explicit list
 //   mpirun_np: 2                             # optional: each run under mpiexec -n 2
+//   prepare: ["--synthetic mqar ... --output data/x"]  # optional: `kvmtrain prepare` argument
+//                                            # lines run first, each unless its --output is ready
+//   eval: [recall]                           # optional: `kvmtrain eval RUN --task T` after each run;
+//                                            # its accuracy becomes a summary column
+//   runs: [{name: a, set: {...}, tags: {mixer: attn, pairs: 16}}]   # tags: for the plot
+//   plot: {x: pairs, y: recall_accuracy, lines: mixer}   # optional: <out>/<y>_vs_<x>.png
+// Grid runs are tagged by their axes (the key's last part: model.kvm.sink -> sink).
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -24,6 +31,11 @@ using Overrides = std::vector<std::pair<std::string, std::string>>;  // key, YAM
 struct Run {
   std::string name;     // also the directory name under Sweep::out
   Overrides overrides;  // the run's own (the sweep's `set:` comes first, then these)
+  Overrides tags;       // name, value: what the run stands for in a plot
+};
+
+struct Plot {
+  std::string x, y, lines;  // x and lines: tag names; y: a summary column
 };
 
 struct Sweep {
@@ -33,6 +45,9 @@ struct Sweep {
   Overrides common;  // `set:`
   std::vector<Run> runs;
   int mpirun_np = 0;  // 0: a plain child process
+  std::vector<std::vector<std::string>> prepare;  // argument lists of `kvmtrain prepare`
+  std::vector<std::string> evals;                  // eval tasks after each run: "recall"
+  std::optional<Plot> plot;
 };
 
 // Parses and checks a sweep file; every error is one line naming the file (and line) and throws
@@ -53,6 +68,7 @@ struct Result {
   double tokens_per_s = 0;  // median over logged steps (0: none)
   int64_t params = 0;       // from the run's train.out ("model: N parameters"); 0: unknown
   std::string state;        // per mixer kind, the decoder state at train.seq_len (state_slots)
+  std::optional<double> recall_accuracy;  // <run>/eval/recall.json, when evaluated
 };
 Result summarize(const std::string& run_dir, const config::Config& cfg);
 

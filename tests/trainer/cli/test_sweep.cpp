@@ -112,6 +112,47 @@ TEST_F(SweepCli, ASecondSweepOnTheSameOutIsRefused) {
   EXPECT_FALSE(fs::exists(dir / "sw/base")) << "a run started although the sweep was refused";
 }
 
+// The recall lab's sweep form: data prepared first (skipped once there), each finished run
+// evaluated (eval --task recall), the accuracy a summary column, tags and the plot they feed.
+TEST_F(SweepCli, PreparesEvaluatesAndPlotsByTags) {
+  const std::string data = (dir / "mqar").string();
+  std::ofstream(dir / "mq.yaml")
+      << "model: {vocab_size: 16, n_layer: 1, n_head: 2, d_model: 32, max_seq_len: 16}\n"
+         "data: {train: " << data << "/train, val: " << data << "/val, tokenizer: mqar}\n"
+         "train: {batch_size: 8, seq_len: 16, steps: 6, lr: 3e-3, eval_every: 6, eval_steps: 1, sample_tokens: 0}\n";
+  std::ofstream(dir / "recall.yaml")
+      << "base: mq.yaml\nout: " << (dir / "rs").string() << "\n"
+         "prepare: [--synthetic mqar --vocab 16 --seq-len 16 --pairs 2 --examples 200 --val-examples 20 --output " << data
+      << "]\neval: [recall]\nplot: {x: lr, y: recall_accuracy, lines: mixer}\n"
+         "runs: [{name: slow, tags: {mixer: attn, lr: 1e-3}, set: {train.lr: 1e-3}},\n"
+         "       {name: fast, tags: {mixer: attn, lr: 3e-3}}]\n";
+  auto r = kvmtrain("sweep " + (dir / "recall.yaml").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_TRUE(fs::exists(dir / "mqar/manifest.json"));
+  auto summary = json::parse(test_util::slurp(dir / "rs/summary.json"));
+  ASSERT_EQ(summary.at("runs").array().size(), 2u);
+  for (const auto& run : summary.at("runs").array()) {
+    const std::string name = run.at("name").string();
+    const auto recall = json::parse(test_util::slurp(dir / "rs" / name / "eval/recall.json"));
+    EXPECT_EQ(run.at("recall_accuracy").number(), recall.at("accuracy").number()) << name;
+    EXPECT_EQ(recall.at("queries").integer(), 40) << "20 val examples of 2 pairs";
+    EXPECT_EQ(run.at("tags").at("lr").string(), name == "slow" ? "1e-3" : "3e-3");
+  }
+  EXPECT_EQ(summary.at("plot").at("x").string(), "lr");
+  EXPECT_NE(test_util::slurp(dir / "rs/summary.md").find("| recall accuracy |"), std::string::npos);
+  const std::string csv = test_util::slurp(dir / "rs/summary.csv");
+  EXPECT_NE(csv.find(",recall_accuracy\n"), std::string::npos) << csv;
+
+  // again: the data is ready, the runs done and evaluated, nothing is redone
+  const auto before = fs::last_write_time(dir / "rs/slow/eval/recall.json");
+  r = kvmtrain("sweep " + (dir / "recall.yaml").string(), dir);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("prepare: " + data + " is ready, skipped"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("eval recall"), std::string::npos) << r.out;
+  EXPECT_EQ(fs::last_write_time(dir / "rs/slow/eval/recall.json"), before);
+  if (fs::exists("/usr/bin/python3")) EXPECT_TRUE(fs::exists(dir / "rs/recall_accuracy_vs_lr.png")) << r.err;
+}
+
 TEST_F(SweepCli, GridNamesAndDryRun) {
   std::ofstream(dir / "grid.yaml") << "base: tiny.yaml\nout: " << (dir / "g").string()
                                    << "\nset: {train.steps: 2}\ngrid: {train.lr: [1e-3, 2e-3], model.kvm.sink: [0, 1]}\n";
@@ -135,6 +176,13 @@ TEST_F(SweepCli, BadSweepFilesAreOneLineErrors) {
       {"base: tiny.yaml\nout: o\nruns: [{name: a}, {name: a}]\n", "two runs are named 'a'"},
       {"base: tiny.yaml\nout: o\nrunz: []\n", "unknown key 'runz'"},
       {"base: [\n", "not valid YAML"},
+      {"base: tiny.yaml\nout: o\nprepare: [--synthetic mqar]\nruns: [{name: a}]\n", "with --output DIR"},
+      {"base: tiny.yaml\nout: o\neval: [loss]\nruns: [{name: a}]\n", "'loss' is not a task a sweep runs"},
+      {"base: tiny.yaml\nout: o\neval: [recall]\nplot: {x: n, y: recall_accuracy, lines: m}\n"
+       "runs: [{name: a, tags: {m: x}}]\n", "no run has the tag 'n'"},
+      {"base: tiny.yaml\nout: o\nplot: {x: n, y: recall_accuracy, lines: m}\nruns: [{name: a, tags: {m: x, n: 1}}]\n",
+       "recall_accuracy needs eval: [recall]"},
+      {"base: tiny.yaml\nout: o\nruns: [{name: a, tag: {m: x}}]\n", "unknown key 'tag' (expected name, set, tags)"},
   };
   for (const auto& c : cases) {
     std::ofstream(dir / "bad.yaml", std::ios::trunc) << c.yaml;
