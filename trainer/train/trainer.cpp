@@ -376,7 +376,8 @@ Trainer::StepStats Trainer::step() {
     batch.load(*train_);
     scored += batch.scored;
   }
-  const int64_t global_scored = dp_->sum_count(scored);
+  // unmasked data scores every target on every rank: no collective needed to count them
+  const int64_t global_scored = train_->masked() ? dp_->sum_count(scored) : scored * mesh_->data_size();
   const double per_rank = double(global_scored) / double(mesh_->data_size());
   const float dloss = global_scored > 0 ? 1.0f / float(per_rank) : 0.0f;  // none scored: no gradient
   double loss_sum = 0;  // over this rank's scored targets
