@@ -414,6 +414,13 @@ TEST(PrepareCli, VerifyAndTrainCheckShardsAgainstTheManifest) {
   fs::copy_file(train / "shard_00000.h5", train / "shard_00009.h5");
   expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path), "train/shard_00009.h5: not in the manifest");
   expect_one_line(train_run(), (train / "shard_00009.h5").string() + ": a shard the manifest does not list");
+
+  restore();  // a truncated manifest is named (issue 21: "json: unterminated string")
+  const std::string text = read(out / "manifest.json");
+  std::ofstream(out / "manifest.json", std::ios::trunc) << text.substr(0, text.size() / 2);
+  const std::string named = (out / "manifest.json").string() + ": not a prepare manifest (json: ";
+  expect_one_line(kvmtrain("prepare --verify " + out.string(), tmp.path), named);
+  expect_one_line(train_run(), named);
 }
 
 TEST(PrepareCli, BadInputExitsTwoWithOneLine) {
