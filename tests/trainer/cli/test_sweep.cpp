@@ -153,6 +153,19 @@ TEST_F(SweepCli, PreparesEvaluatesAndPlotsByTags) {
   if (fs::exists("/usr/bin/python3")) EXPECT_TRUE(fs::exists(dir / "rs/recall_accuracy_vs_lr.png")) << r.err;
 }
 
+// Every shipped sweep file parses and resolves every run's config (a dry run from the source
+// directory, where its relative paths point).
+TEST_F(SweepCli, ShippedSweepsResolve) {
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(KVMTRAIN_SOURCE_DIR) / "sweeps")) {
+    if (e.path().extension() != ".yaml") continue;
+    files++;
+    auto r = kvmtrain("sweep " + e.path().string() + " --dry-run", KVMTRAIN_SOURCE_DIR);
+    EXPECT_EQ(r.status, 0) << e.path() << r.err;
+  }
+  EXPECT_GE(files, 4u);
+}
+
 TEST_F(SweepCli, GridNamesAndDryRun) {
   std::ofstream(dir / "grid.yaml") << "base: tiny.yaml\nout: " << (dir / "g").string()
                                    << "\nset: {train.steps: 2}\ngrid: {train.lr: [1e-3, 2e-3], model.kvm.sink: [0, 1]}\n";
