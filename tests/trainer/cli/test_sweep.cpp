@@ -153,14 +153,13 @@ TEST_F(SweepCli, PreparesEvaluatesAndPlotsByTags) {
   if (fs::exists("/usr/bin/python3")) EXPECT_TRUE(fs::exists(dir / "rs/recall_accuracy_vs_lr.png")) << r.err;
 }
 
-// Every shipped sweep file parses and resolves every run's config (a dry run from the source
-// directory, where its relative paths point).
+// Every shipped sweep file parses and resolves every run's config (a dry run).
 TEST_F(SweepCli, ShippedSweepsResolve) {
   size_t files = 0;
   for (const auto& e : fs::directory_iterator(fs::path(KVMTRAIN_SOURCE_DIR) / "sweeps")) {
     if (e.path().extension() != ".yaml") continue;
     files++;
-    auto r = kvmtrain("sweep " + e.path().string() + " --dry-run", KVMTRAIN_SOURCE_DIR);
+    auto r = kvmtrain("sweep " + e.path().string() + " --dry-run", dir);
     EXPECT_EQ(r.status, 0) << e.path() << r.err;
   }
   EXPECT_GE(files, 4u);
