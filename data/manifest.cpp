@@ -1,11 +1,10 @@
 #include "data/manifest.h"
 
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <stdexcept>
 
+#include "common/file_io.h"
 #include "common/json.h"
 #include "common/sha256.h"
 #include "data/shard.h"
@@ -16,14 +15,11 @@ namespace data {
 
 Manifest read_manifest(const std::string& dir) {
   const std::string path = (fs::path(dir) / "manifest.json").string();
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot read the manifest");
-  std::stringstream text;
-  text << in.rdbuf();
+  const std::string text = ckpt::read_file(path);
   Manifest m;
   m.dir = dir;
   try {
-    const json::Value v = json::parse(text.str());
+    const json::Value v = json::parse(text);
     m.tokenizer = v.at("tokenizer").string();
     m.vocab_size = int(v.at("vocab_size").integer());
     for (const json::Value& f : v.at("files").array()) {

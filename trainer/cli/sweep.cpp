@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "common/dir_lock.h"
+#include "common/file_io.h"
 #include "common/json.h"
 #include "kernels/kvm.h"
 #include "trainer/model/model.h"
@@ -90,6 +91,13 @@ std::string overrides_text(const Overrides& o) {
   std::string s;
   for (const auto& [k, v] : o) s += (s.empty() ? "" : "; ") + k + "=" + v;
   return s;
+}
+
+// The accuracy in <run_dir>/eval/recall.json, when the run was evaluated (eval writes it whole).
+std::optional<double> recall_accuracy(const std::string& run_dir) {
+  const std::string path = run_dir + "/eval/recall.json";
+  if (!fs::exists(path)) return std::nullopt;
+  return json::parse(ckpt::read_file(path)).at("accuracy").number();
 }
 
 // The --output DIR of a prepare argument list ("" when it has none).
@@ -350,16 +358,7 @@ Result summarize(const std::string& run_dir, const config::Config& cfg) {
   for (std::string line; std::getline(out, line);)
     if (line.rfind(tag, 0) == 0 && line.find(" parameters") != std::string::npos) r.params = std::atoll(line.c_str() + tag.size());
   r.status = r.steps_done >= r.steps_total ? "done" : r.steps_done > 0 ? "partial" : "pending";
-  std::ifstream recall(run_dir + "/eval/recall.json");
-  if (recall) {
-    std::stringstream text;
-    text << recall.rdbuf();
-    try {
-      r.recall_accuracy = json::parse(text.str()).at("accuracy").number();
-    } catch (const std::exception&) {
-      // a half-written file: the sweep evaluates the run again
-    }
-  }
+  r.recall_accuracy = recall_accuracy(run_dir);
   return r;
 }
 
@@ -480,8 +479,7 @@ bool evaluate(const Sweep& s, const config::Config& cfg, const std::string& self
                   cfg.log.dir.c_str());
       return false;
     }
-    const Result r = summarize(cfg.log.dir, cfg);
-    if (r.recall_accuracy) std::printf("%s: recall accuracy %.4f\n", tag.c_str(), *r.recall_accuracy);
+    if (const auto accuracy = recall_accuracy(cfg.log.dir)) std::printf("%s: recall accuracy %.4f\n", tag.c_str(), *accuracy);
   }
   return true;
 }

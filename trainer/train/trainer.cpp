@@ -8,14 +8,15 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <tuple>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 #include <unistd.h>
 
 #include "checkpoints/checkpoint.h"
 #include "common/rng.h"
+#include "common/usage_error.h"
 #include "data/corpus_stats.h"
 #include "data/manifest.h"
 #include "trainer/model/flops.h"
@@ -23,7 +24,6 @@
 #include "trainer/optim/optimizer.h"
 #include "trainer/train/backend_choice.h"
 #include "trainer/train/checkpointing.h"
-#include "common/usage_error.h"
 #include "version.h"
 
 namespace {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/dir_lock.h"
 #include "trainer/config/config.h"
 #include "data/batch.h"
 #include "data/loader.h"
@@ -23,7 +24,6 @@
 #include "trainer/model/model.h"
 #include "trainer/parallel/data_parallel.h"
 #include "trainer/parallel/mesh.h"
-#include "common/dir_lock.h"
 #include "trainer/train/evaluate.h"
 #include "trainer/train/run_log.h"
 
