@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
     auto t1 = clock::now();
     model.backward();
     auto t2 = clock::now();
-    float norm = std::sqrt(be.global_norm_squared(model.grads(), model.table().total()));
+    float norm = std::sqrt(norm_squared(be, model.grads(), model.table().total()));
     opt.step(model.params(), model.grads(), 1e-4f, clip_scale(norm, 1.0f));
     if (bf16) model.refresh_bf16(1, uint64_t(s + 1));
     auto t3 = clock::now();

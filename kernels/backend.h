@@ -37,6 +37,12 @@ struct Backend {
 };
 
 const Backend& cpu_backend();
+
+// The sum of squares of g's n elements (global_norm_squared over the one range [0, n)).
+inline double norm_squared(const Backend& be, const float* g, size_t n) {
+  const kernels::IndexRange all{0, n};
+  return be.global_norm_squared(g, &all, 1);
+}
 // The table of `device`. Throws std::runtime_error with one line when cuda is asked for but not
 // built in, or no CUDA device is visible. With cuda, device_index % (visible devices) becomes the
 // current device (a process per GPU: pass the rank's local index).

@@ -23,6 +23,11 @@
 #include "kernels/bf16.h"
 
 namespace kernels {
+// Elements [begin, end) of a buffer.
+struct IndexRange {
+  size_t begin, end;
+};
+
 // How rope_forward / rope_backward turn a pair (the table's entry says how each rotates).
 enum class RopeVariant {
   kvmtrain,  // pair i at frequency base^(-2i/R)
@@ -120,8 +125,9 @@ KVM_HOST_DEVICE inline double rope_exponent(int i, int R, RopeVariant variant) {
   X(void, adamw_update, (float* params /*(n)*/, const float* grads /*(n)*/, float* m /*(n)*/,       \
                          float* v /*(n)*/, size_t n, float lr, float beta1, float beta2, float eps,  \
                          float weight_decay, float grad_scale, int t))                               \
-  /* sum of g^2, accumulated in double */                                                            \
-  X(float, global_norm_squared, (const float* g /*(n)*/, size_t n))                                  \
+  /* sum of g[i]^2 over the ranges (host memory), accumulated in double: one call for all of a    \
+     model's gradient tensors (cuda: one copy back to the host, not one per tensor) */              \
+  X(double, global_norm_squared, (const float* g, const kernels::IndexRange* ranges, int count))     \
   /* relu(x)^2 */                                                                                    \
   X(void, relu2_forward, (float* out /*(N)*/, const float* inp /*(N)*/, int N))                      \
   X(void, relu2_backward, (float* dinp /*(N), written; may be dout*/, const float* inp /*(N)*/,     \

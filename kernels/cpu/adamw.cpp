@@ -21,12 +21,17 @@ void adamw_update(float* params, const float* grads, float* m, float* v, size_t 
   }
 }
 
-float global_norm_squared(const float* g, size_t n) {
-  // g: (n); double because a sum of ~1e8 squares in float loses the small ones entirely
-  double sum = 0.0;
+double global_norm_squared(const float* g, const IndexRange* ranges, int count) {
+  // double because a sum of ~1e8 squares in float loses the small ones entirely
+  double total = 0.0;
+  for (int r = 0; r < count; r++) {
+    const size_t begin = ranges[r].begin, end = ranges[r].end;
+    double sum = 0.0;
 #pragma omp parallel for simd schedule(static) reduction(+ : sum)
-  for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
-  return (float)sum;
+    for (size_t i = begin; i < end; i++) sum += (double)g[i] * g[i];
+    total += sum;
+  }
+  return total;
 }
 
 }  // namespace kernels::cpu

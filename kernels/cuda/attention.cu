@@ -234,8 +234,7 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
   Geometry g = geometry(T, C, NH, window, block);
   size_t rows = (size_t)B * NH * T;
   if (rows == 0) return;
-  attention_forward_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(out, lse, qkv, B, g);
-  cuda_check(cudaGetLastError());
+  launch(attention_forward_kernel, blocks_for(rows, kWarpsPerBlock), kThreads, 0, out, lse, qkv, B, g);
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out, const float* lse, int B,
@@ -244,10 +243,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   Geometry g = geometry(T, C, NH, window, block);
   size_t rows = (size_t)B * NH * T;
   if (rows == 0) return;
-  attention_backward_dq_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(dqkv, dout, qkv, out, lse, B, g);
-  cuda_check(cudaGetLastError());
-  attention_backward_dkv_kernel<<<blocks_for(rows, kWarpsPerBlock), kThreads>>>(dqkv, dout, qkv, out, lse, B, g);
-  cuda_check(cudaGetLastError());
+  launch(attention_backward_dq_kernel, blocks_for(rows, kWarpsPerBlock), kThreads, 0, dqkv, dout, qkv, out, lse, B, g);
+  launch(attention_backward_dkv_kernel, blocks_for(rows, kWarpsPerBlock), kThreads, 0, dqkv, dout, qkv, out, lse, B, g);
 }
 
 void attention_decode(float* out, float* k_cache, float* v_cache, const float* qkv, int B, int C, int NH, int pos,
@@ -256,8 +253,7 @@ void attention_decode(float* out, float* k_cache, float* v_cache, const float* q
   int first = attention_decode_first_key(C, NH, pos, cap, window, block);
   Geometry g = geometry(1, C, NH, window, block);
   if (B * NH == 0) return;
-  attention_decode_kernel<<<B * NH, kThreads>>>(out, k_cache, v_cache, qkv, g, pos, cap, first);
-  cuda_check(cudaGetLastError());
+  launch(attention_decode_kernel, B * NH, kThreads, 0, out, k_cache, v_cache, qkv, g, pos, cap, first);
 }
 
 }  // namespace kernels::cuda

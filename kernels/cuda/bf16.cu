@@ -21,8 +21,7 @@ __global__ void bf16_round_stochastic_kernel(bf16* out, const float* inp, size_t
 void bf16_round_stochastic(bf16* out, const float* inp, size_t n, uint64_t seed, uint64_t step, uint64_t offset) {
   // out (n) bf16, inp (n) fp32; device. offset: the global index of inp[0]
   if (n == 0) return;
-  bf16_round_stochastic_kernel<<<blocks_for(n), kThreads>>>(out, inp, n, seed, step, offset);
-  cuda_check(cudaGetLastError());
+  launch(bf16_round_stochastic_kernel, blocks_for(n), kThreads, 0, out, inp, n, seed, step, offset);
 }
 
 }  // namespace kernels::cuda

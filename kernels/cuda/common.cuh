@@ -4,6 +4,8 @@
 // cublas_check, cublaslt_check and the shared cuBLAS(Lt) handles come with it.
 #include <cuda_runtime.h>
 
+#include <utility>
+
 #include "kernels/cuda/cuda_check.cuh"
 
 namespace kernels::cuda {
@@ -13,6 +15,51 @@ constexpr int kThreads = 256;  // default block size of the elementwise kernels
 inline unsigned blocks_for(size_t n, int threads = kThreads) {
   return (unsigned)((n + threads - 1) / threads);
 }
+
+// kernel<<<grid, block, shared_bytes>>>(args...), checked. A grid with no blocks (a zero size: no
+// rows, no columns) launches nothing: CUDA would refuse it as an invalid configuration, and every
+// kernel's grid spans what it writes, so there is nothing to write.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+  kernel<<<grid, block, shared_bytes>>>(args...);
+  cuda_check(cudaGetLastError());
+}
+
+// Device memory that grows on request and never shrinks; growing drops the contents. It is
+// allocated and freed in the default stream's order (cudaMallocAsync, cudaFreeAsync), so growing
+// never waits for the device: kernels already queued there finish with the old memory before it
+// is released, and collectives in flight on a communication stream are not waited for (cudaFree
+// and cudaDeviceSynchronize would wait for them, mid-backward). Hence it is for default-stream
+// work only. Owned by a tape, a cache, a workspace or a scratch buffer.
+template <class T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFreeAsync(p_, 0); }  // unchecked: may run at exit, after the runtime's teardown
+  T* reserve(size_t n) {
+    if (n > n_) {
+      if (p_) cuda_check(cudaFreeAsync(p_, 0));
+      p_ = nullptr, n_ = 0;
+      void* p = nullptr;
+      cuda_check(cudaMallocAsync(&p, n * sizeof(T), 0));
+      p_ = static_cast<T*>(p), n_ = n;
+    }
+    return p_;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  void swap(DeviceArray& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
 
 template <class T>
 __device__ inline T warp_sum(T v) {

@@ -104,16 +104,14 @@ void crossentropy_forward_backward(float* logits, float* losses, const int* targ
                                    float dloss, int ignore_index) {
   // logits (N,Vp): in logits, out dlogits when dloss != 0; losses (N); targets (N); device
   if (N == 0) return;
-  crossentropy_kernel<<<N, kRowThreads>>>(logits, losses, targets, V, Vp, dloss, ignore_index);
-  cuda_check(cudaGetLastError());
+  launch(crossentropy_kernel, N, kRowThreads, 0, logits, losses, targets, V, Vp, dloss, ignore_index);
 }
 
 void crossentropy_shard_max(float* mx, const float* logits, int N, int V, int v0, int Vl) {
   // mx (N) out; logits (N,Vl); device
   if (N == 0) return;
   const int real = vocab_shard_real_columns(V, v0, Vl);
-  shard_max_kernel<<<N, kRowThreads>>>(mx, logits, real, Vl);
-  cuda_check(cudaGetLastError());
+  launch(shard_max_kernel, N, kRowThreads, 0, mx, logits, real, Vl);
 }
 
 void crossentropy_shard_sums(float* sums, float* mx, const float* mxs, const float* logits, const int* targets,
@@ -122,8 +120,7 @@ void crossentropy_shard_sums(float* sums, float* mx, const float* mxs, const flo
   // logits (N,Vl); targets (N); device
   if (N == 0) return;
   const int real = vocab_shard_real_columns(V, v0, Vl);
-  shard_sums_kernel<<<N, kRowThreads>>>(sums, mx, mxs, logits, targets, N, TP, real, v0, Vl, ignore_index);
-  cuda_check(cudaGetLastError());
+  launch(shard_sums_kernel, N, kRowThreads, 0, sums, mx, mxs, logits, targets, N, TP, real, v0, Vl, ignore_index);
 }
 
 void crossentropy_shard_finish(float* logits, float* losses, const float* mx, const float* sums, const int* targets,
@@ -132,8 +129,8 @@ void crossentropy_shard_finish(float* logits, float* losses, const float* mx, co
   // targets (N); device
   if (N == 0) return;
   const int real = vocab_shard_real_columns(V, v0, Vl);
-  shard_finish_kernel<<<N, kRowThreads>>>(logits, losses, mx, sums, targets, N, real, v0, Vl, dloss, ignore_index);
-  cuda_check(cudaGetLastError());
+  launch(shard_finish_kernel, N, kRowThreads, 0, logits, losses, mx, sums, targets, N, real, v0, Vl, dloss,
+         ignore_index);
 }
 
 }  // namespace kernels::cuda

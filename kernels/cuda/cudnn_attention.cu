@@ -24,8 +24,6 @@
 // direction) and kept for the process, on the device current at first use; the bf16 copies and
 // the workspace are grown on demand and shared by every layer (the kernels run in order on the
 // default stream).
-#include "kernels/cuda/cudnn_attention.h"
-
 #include <cudnn.h>
 
 #include <array>
@@ -38,11 +36,13 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "kernels/bf16.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cudnn_attention.h"
 
 namespace kernels::cuda {
 
@@ -454,12 +454,14 @@ void Graph::execute(const std::vector<std::pair<Uid, const void*>>& bound, void*
   label_ = "variant pack";
   Desc pack = nullptr;
   cudnn_check(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack));
+  // destroyed on every way out, a throw from the calls below included
+  std::unique_ptr<std::remove_pointer_t<Desc>, decltype(&cudnnBackendDestroyDescriptor)> owned(
+      pack, cudnnBackendDestroyDescriptor);
   set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, int64_t(uids.size()), uids.data());
   set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, int64_t(pointers.size()), pointers.data());
   set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
   finalize(pack);
   cudnn_check(cudnnBackendExecute(cudnn_handle(), plan_, pack));
-  cudnn_check(cudnnBackendDestroyDescriptor(pack));
 }
 
 // ---- shapes, the graph cache, scratch --------------------------------------------------------
@@ -505,25 +507,16 @@ Graph& graph_for(const Shape& s, bool backward) {
   return *cache->emplace(key, std::move(g)).first->second;
 }
 
-// A device buffer grown on demand and kept. cudaFree waits for the device, so a kernel still
-// reading the old buffer finishes first.
+// A device buffer grown on demand and kept (DeviceArray: growing waits for nothing), typed per use.
 class Scratch {
  public:
   template <class T>
   T* get(size_t n) {
-    const size_t bytes = n * sizeof(T);
-    if (bytes > bytes_) {
-      if (p_) cuda_check(cudaFree(p_));
-      p_ = nullptr;
-      cuda_check(cudaMalloc(&p_, bytes));
-      bytes_ = bytes;
-    }
-    return static_cast<T*>(p_);
+    return reinterpret_cast<T*>(bytes_.reserve(n * sizeof(T)));
   }
 
  private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
+  DeviceArray<char> bytes_;
 };
 
 struct Buffers {
@@ -546,13 +539,11 @@ __global__ void widen_bf16_kernel(float* out, const bf16* inp, size_t n, bool ac
 }
 
 void round_bf16(bf16* out, const float* inp, size_t n) {
-  round_bf16_kernel<<<blocks_for(n), kThreads>>>(out, inp, n);
-  cuda_check(cudaGetLastError());
+  launch(round_bf16_kernel, blocks_for(n), kThreads, 0, out, inp, n);
 }
 
 void widen_bf16(float* out, const bf16* inp, size_t n, bool accumulate) {
-  widen_bf16_kernel<<<blocks_for(n), kThreads>>>(out, inp, n, accumulate);
-  cuda_check(cudaGetLastError());
+  launch(widen_bf16_kernel, blocks_for(n), kThreads, 0, out, inp, n, accumulate);
 }
 
 void* workspace_for(const Graph& g) { return buffers().workspace.get<char>(size_t(g.workspace_bytes())); }

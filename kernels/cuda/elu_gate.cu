@@ -28,15 +28,13 @@ __global__ void elu_gate_backward_kernel(float* dinp, const float* inp, const fl
 void elu_gate_forward(float* out, const float* inp, int N) {
   // out, inp: (N); device
   if (N == 0) return;
-  elu_gate_forward_kernel<<<blocks_for(N), kThreads>>>(out, inp, N);
-  cuda_check(cudaGetLastError());
+  launch(elu_gate_forward_kernel, blocks_for(N), kThreads, 0, out, inp, N);
 }
 
 void elu_gate_backward(float* dinp, const float* inp, const float* dout, int N) {
   // dinp (accumulated), inp, dout: (N); device
   if (N == 0) return;
-  elu_gate_backward_kernel<<<blocks_for(N), kThreads>>>(dinp, inp, dout, N);
-  cuda_check(cudaGetLastError());
+  launch(elu_gate_backward_kernel, blocks_for(N), kThreads, 0, dinp, inp, dout, N);
 }
 
 }  // namespace kernels::cuda

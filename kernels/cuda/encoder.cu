@@ -53,8 +53,7 @@ void encoder_forward(float* out, const int* inp, const float* wte, const float* 
   // out (B,T,C), inp (B,T), wte (Vl,C), wpe (maxT,C) or nullptr; device
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  encoder_forward_kernel<<<blocks_for(total), kThreads>>>(out, inp, wte, wpe, B, T, C, v0, Vl);
-  cuda_check(cudaGetLastError());
+  launch(encoder_forward_kernel, blocks_for(total), kThreads, 0, out, inp, wte, wpe, B, T, C, v0, Vl);
 }
 
 void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* inp, int B, int T, int C, int v0,
@@ -62,11 +61,9 @@ void encoder_backward(float* dwte, float* dwpe, const float* dout, const int* in
   // dwte (Vl,C) and dwpe (maxT,C) or nullptr, accumulated; dout (B,T,C), inp (B,T); device
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  encoder_backward_wte_kernel<<<blocks_for(total), kThreads>>>(dwte, dout, inp, B, T, C, v0, Vl);
-  cuda_check(cudaGetLastError());
+  launch(encoder_backward_wte_kernel, blocks_for(total), kThreads, 0, dwte, dout, inp, B, T, C, v0, Vl);
   if (dwpe) {
-    encoder_backward_wpe_kernel<<<blocks_for((size_t)T * C), kThreads>>>(dwpe, dout, B, T, C);
-    cuda_check(cudaGetLastError());
+    launch(encoder_backward_wpe_kernel, blocks_for((size_t)T * C), kThreads, 0, dwpe, dout, B, T, C);
   }
 }
 

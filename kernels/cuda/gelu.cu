@@ -1,12 +1,11 @@
 // GELU (tanh approximation, as GPT-2), the CUDA twin of kernels/cpu/gelu.cpp: one element per thread.
-#include "kernels/cuda/cuda_check.cuh"
+#include "kernels/cuda/common.cuh"
 #include "kernels/kernels.h"
 
 namespace kernels::cuda {
 
 namespace {
 
-constexpr int kThreads = 256;
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
 
@@ -33,15 +32,13 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 void gelu_forward(float* out, const float* inp, int N) {
   // out, inp: (N), device
   if (N == 0) return;
-  gelu_forward_kernel<<<(N + kThreads - 1) / kThreads, kThreads>>>(out, inp, N);
-  cuda_check(cudaGetLastError());
+  launch(gelu_forward_kernel, blocks_for(N), kThreads, 0, out, inp, N);
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int N) {
   // dinp (written; may be dout), inp, dout: (N), device
   if (N == 0) return;
-  gelu_backward_kernel<<<(N + kThreads - 1) / kThreads, kThreads>>>(dinp, inp, dout, N);
-  cuda_check(cudaGetLastError());
+  launch(gelu_backward_kernel, blocks_for(N), kThreads, 0, dinp, inp, dout, N);
 }
 
 }  // namespace kernels::cuda

@@ -102,9 +102,8 @@ void kvm_backward(float* dq, float* dk, float* dv, float* dg, float* d_ln_s_weig
   readout_backward(dq, dk, dv, part_tf, part_ts, dout, q,
                    {.BH = BH, .H = H, .D = D, .nq = pl.F, .q0 = 0, .q_ld = ld, .k = k, .v = v, .w0 = 0, .nw = pl.F,
                     .kv_ld = ld, .ps = ps, .M = 0, .tau_front = tf, .tau_state = ts});
-  reduce_kernel<<<blocks_for(std::max(D, H)), kThreads>>>(d_ln_s_weight, d_ln_s_bias, d_tau_front, d_tau_state,
-                                                          part_w, part_b, part_tf, part_ts, B, H, D, p.head_temps);
-  cuda_check(cudaGetLastError());
+  launch(reduce_kernel, blocks_for(std::max(D, H)), kThreads, 0, d_ln_s_weight, d_ln_s_bias, d_tau_front, d_tau_state,
+         part_w, part_b, part_tf, part_ts, B, H, D, p.head_temps);
 }
 
 }  // namespace kernels::cuda

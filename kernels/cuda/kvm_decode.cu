@@ -20,10 +20,10 @@ struct kernels::KvmCache::Device {
   cuda::kvm::PreparedArrays ps;  // (H,cap,...)
   // window rows [w0, n] of k, v (H,W*C+1,D) and g (H,W*C+1); a second set to shift them into when
   // a chunk leaves (cudaMemcpy2D may not overlap)
-  cuda::kvm::DeviceArray<float> k[2], v[2], g[2];
+  cuda::DeviceArray<float> k[2], v[2], g[2];
   int cur = 0;
-  cuda::kvm::DeviceArray<int8_t> kind;  // (H,C) routing of a folded chunk: decode has no tape, so it is dropped
-  cuda::kvm::DeviceArray<int> slot;     // (H,C)
+  cuda::DeviceArray<int8_t> kind;  // (H,C) routing of a folded chunk: decode has no tape, so it is dropped
+  cuda::DeviceArray<int> slot;     // (H,C)
 };
 
 namespace kernels::cuda {

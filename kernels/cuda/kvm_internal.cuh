@@ -14,7 +14,6 @@
 // window); the views point at the first row used. States and prepared states hold `cap` slots
 // per head.
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -24,37 +23,6 @@
 namespace kernels::cuda::kvm {
 
 using namespace kernels::kvm;  // the schedule, budget, gating and Kind both twins share
-
-// A device array that grows on request and never shrinks; growing drops the contents. Owned by a
-// tape, a cache or the workspace.
-template <class T>
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { cudaFree(p_); }  // unchecked: may run at exit, after the runtime's teardown
-  T* reserve(size_t n) {
-    if (n > n_) {
-      cuda_check(cudaDeviceSynchronize());  // queued kernels may still use the old buffer
-      cuda_check(cudaFree(p_));
-      p_ = nullptr, n_ = 0;
-      cuda_check(cudaMalloc(&p_, n * sizeof(T)));
-      n_ = n;
-    }
-    return p_;
-  }
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-  void swap(DeviceArray& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(n_, o.n_);
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_ = 0;
-};
 
 // What the kernels need of KvmParams, resolved on the host (gates_key/value are host code).
 struct Flags {
@@ -233,8 +201,8 @@ struct kernels::KvmTape::Device {
   int B = 0, H = 0, T = 0, D = 0;
   int cap = 0;             // slots per head of the states below (the final count)
   bool snapshots = false;  // copy of KvmTape::snapshots at forward time
-  cuda::kvm::DeviceArray<int8_t> kind;  // (B*H,T)
-  cuda::kvm::DeviceArray<int> slot;     // (B*H,T)
+  cuda::DeviceArray<int8_t> kind;       // (B*H,T)
+  cuda::DeviceArray<int> slot;          // (B*H,T)
   cuda::kvm::StateArrays final_state;   // (B*H,cap,...)
   cuda::kvm::StateArrays states;        // snapshots only: (steps,B*H,cap,...) the state each read-out saw
   cuda::kvm::StateView snapshot(int step) const {

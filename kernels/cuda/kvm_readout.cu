@@ -99,12 +99,10 @@ void probabilities(const float* q, const Readout& r) {
   int N = r.M + r.nw;
   size_t KD = (size_t)N * r.D, SN = (size_t)r.nq * N;
   float *K = ws.K.reserve(r.BH * KD), *V = ws.V.reserve(r.BH * KD), *S = ws.S.reserve(r.BH * SN);
-  gather_kv_kernel<<<blocks_for(r.BH * KD), kThreads>>>(K, V, r);
-  cuda_check(cudaGetLastError());
+  launch(gather_kv_kernel, blocks_for(r.BH * KD), kThreads, 0, K, V, r);
   gemm(false, true, r.nq, N, r.D, 1.0f / sqrtf((float)r.D), q, r.D, (long long)r.q_ld * r.D, K, r.D, KD, 0.0f, S, N,
        SN, r.BH);
-  softmax_kernel<<<blocks_for(r.BH * (size_t)r.nq, kWarps), kThreads>>>(S, r);
-  cuda_check(cudaGetLastError());
+  launch(softmax_kernel, blocks_for(r.BH * (size_t)r.nq, kWarps), kThreads, 0, S, r);
 }
 
 }  // namespace
@@ -145,14 +143,12 @@ void readout_backward(float* dq, float* dk, float* dv, float* part_tf, float* pa
   float *dP = ws.dP.reserve(r.BH * SN), *dK = ws.dK.reserve(r.BH * KD), *dV = ws.dV.reserve(r.BH * KD);
   // dP = dout V^T, then dS = P * (dP - rowsum(P dP)) in place
   gemm(false, true, r.nq, N, r.D, 1.0f, dout, r.D, QD, V, r.D, KD, 0.0f, dP, N, SN, r.BH);
-  softmax_backward_kernel<<<blocks_for(r.BH * (size_t)r.nq, kWarps), kThreads>>>(dP, P, r.BH * r.nq, N);
-  cuda_check(cudaGetLastError());
+  launch(softmax_backward_kernel, blocks_for(r.BH * (size_t)r.nq, kWarps), kThreads, 0, dP, P, r.BH * r.nq, N);
   // dq += scale dS K; dK = scale dS^T q; dV = P^T dout
   gemm(false, false, r.nq, r.D, N, scale, dP, N, SN, K, r.D, KD, 1.0f, dq, r.D, QD, r.BH);
   gemm(true, false, N, r.D, r.nq, scale, dP, N, SN, q, r.D, QD, 0.0f, dK, r.D, KD, r.BH);
   gemm(true, false, N, r.D, r.nq, 1.0f, P, N, SN, dout, r.D, QD, 0.0f, dV, r.D, KD, r.BH);
-  split_kernel<<<r.BH, kThreads>>>(dk, dv, part_tf, part_ts, dK, dV, r);
-  cuda_check(cudaGetLastError());
+  launch(split_kernel, r.BH, kThreads, 0, dk, dv, part_tf, part_ts, dK, dV, r);
 }
 
 }  // namespace kernels::cuda::kvm

@@ -362,17 +362,15 @@ void prepare_keys(const Tokens& x, int BH, int n, int D, const float* w, const f
   float* kp = ws.kp.reserve(rows * D);
   float *mean = ws.kmean.reserve(rows), *rstd = ws.krstd.reserve(rows);
   if (rows == 0) return;
-  prepare_keys_kernel<<<warp_blocks(rows), kThreads>>>(kp, mean, rstd, x, BH, n, D, w, b, p.R, p.ln_eps);
-  cuda_check(cudaGetLastError());
+  launch(prepare_keys_kernel, warp_blocks(rows), kThreads, 0, kp, mean, rstd, x, BH, n, D, w, b, p.R, p.ln_eps);
 }
 
 void add_initial(StateView st, const Routing& r, const Tokens& x, int BH, int n, int m_first, int D, const float* w,
                  const float* b, const KvmParams& p) {
   if ((size_t)BH * n == 0) return;
   prepare_keys(x, BH, n, D, w, b, p);
-  found_kernel<<<warp_blocks((size_t)BH * n), kThreads>>>(st, r, x, workspace().kp.get(), BH, n, true, m_first, D,
-                                                           flags(p));
-  cuda_check(cudaGetLastError());
+  launch(found_kernel, warp_blocks((size_t)BH * n), kThreads, 0, st, r, x, workspace().kp.get(), BH, n, true, m_first,
+         D, flags(p));
 }
 
 int update(StateView st, PreparedView ps, const Routing& r, const Tokens& x, int BH, int n, int M, int ctx_len,
@@ -392,14 +390,11 @@ int update(StateView st, PreparedView ps, const Routing& r, const Tokens& x, int
     float* S = ws.S.reserve(rows * M);
     gemm(false, true, n, M, D, 1.0f, kp, D, (long long)n * D, ps.ks, D, (long long)ps.cap * D, 0.0f, S, M,
          (long long)n * M, BH);
-    novelty_kernel<<<warp_blocks(rows), kThreads>>>(ws.novelty.reserve(rows), S, BH, n, M);
-    cuda_check(cudaGetLastError());
+    launch(novelty_kernel, warp_blocks(rows), kThreads, 0, ws.novelty.reserve(rows), S, BH, n, M);
   }
-  select_kernel<<<BH, kThreads>>>(r, rank ? ws.novelty.get() : nullptr, n, n_app, M);
-  cuda_check(cudaGetLastError());
+  launch(select_kernel, BH, kThreads, 0, r, rank ? ws.novelty.get() : nullptr, n, n_app, M);
   if (n_app > 0) {
-    found_kernel<<<warp_blocks(rows), kThreads>>>(st, r, x, kp, BH, n, false, 0, D, f);
-    cuda_check(cudaGetLastError());
+    launch(found_kernel, warp_blocks(rows), kThreads, 0, st, r, x, kp, BH, n, false, 0, D, f);
   }
   if (n_mrg == 0) return Mn;
   // routing: every merge against the same state (after appends), then the scatter-add. The scores
@@ -408,10 +403,8 @@ int update(StateView st, PreparedView ps, const Routing& r, const Tokens& x, int
   float* S = ws.S.reserve(rows * Mn);
   gemm(false, true, n, Mn, D, 1.0f, kp, D, (long long)n * D, ps.ks, D, (long long)ps.cap * D, 0.0f, S, Mn,
        (long long)n * Mn, BH);
-  route_kernel<<<warp_blocks(rows), kThreads>>>(r, S, BH, n, Mn, p.S);
-  cuda_check(cudaGetLastError());
-  scatter_kernel<<<BH, kThreads>>>(st, r, x, kp, ws.next.reserve(rows), ws.lead.reserve(rows), n, D, f, 1.0f);
-  cuda_check(cudaGetLastError());
+  launch(route_kernel, warp_blocks(rows), kThreads, 0, r, S, BH, n, Mn, p.S);
+  launch(scatter_kernel, BH, kThreads, 0, st, r, x, kp, ws.next.reserve(rows), ws.lead.reserve(rows), n, D, f, 1.0f);
   return Mn;
 }
 
@@ -419,17 +412,16 @@ void undo_merges(StateView st, const Routing& r, const Tokens& x, int BH, int n,
   Workspace& ws = workspace();
   size_t rows = (size_t)BH * n;
   if (rows == 0) return;
-  scatter_kernel<<<BH, kThreads>>>(st, r, x, ws.kp.get(), ws.next.reserve(rows), ws.lead.reserve(rows), n, D,
-                                   flags(p), -1.0f);
-  cuda_check(cudaGetLastError());
+  launch(scatter_kernel, BH, kThreads, 0, st, r, x, ws.kp.get(), ws.next.reserve(rows), ws.lead.reserve(rows), n, D,
+         flags(p), -1.0f);
 }
 
 void prepare_state(PreparedView ps, StateView st, int BH, int lo, int hi, int D, const float* w, const float* b,
                    const KvmParams& p, bool keys_only) {
   size_t rows = (size_t)BH * (hi - lo);
   if (rows == 0) return;
-  prepare_state_kernel<<<warp_blocks(rows), kThreads>>>(ps, st, BH, lo, hi, D, w, b, p.ln_eps, p.vlens, keys_only);
-  cuda_check(cudaGetLastError());
+  launch(prepare_state_kernel, warp_blocks(rows), kThreads, 0, ps, st, BH, lo, hi, D, w, b, p.ln_eps, p.vlens,
+         keys_only);
 }
 
 void state_backward(float* Gk, float* Gv, float* Glen, float* part_w, float* part_b, const float* dks,
@@ -437,10 +429,10 @@ void state_backward(float* Gk, float* Gv, float* Glen, float* part_w, float* par
                     const KvmParams& p) {
   size_t rows = (size_t)BH * M;
   if (rows == 0) return;
-  state_backward_kernel<<<warp_blocks(rows), kThreads>>>(Gk, Gv, Glen, dks, dvs, N, st, ps, BH, M, D, w, p.vlens);
-  cuda_check(cudaGetLastError());
-  state_backward_params_kernel<<<dim3(blocks_for(D, 32), BH), dim3(32, 32)>>>(part_w, part_b, dks, N, st, ps, M, D);
-  cuda_check(cudaGetLastError());
+  launch(state_backward_kernel, warp_blocks(rows), kThreads, 0, Gk, Gv, Glen, dks, dvs, N, st, ps, BH, M, D, w,
+         p.vlens);
+  launch(state_backward_params_kernel, dim3(blocks_for(D, 32), BH), dim3(32, 32), 0, part_w, part_b, dks, N, st, ps, M,
+         D);
 }
 
 void tokens_backward(const TokenGrads& dx, float* part_w, float* part_b, const float* Gk, const float* Gv,
@@ -450,13 +442,10 @@ void tokens_backward(const TokenGrads& dx, float* part_w, float* part_b, const f
   if (rows == 0) return;
   Workspace& ws = workspace();
   Flags f = flags(p);
-  tokens_backward_kernel<<<warp_blocks(rows), kThreads>>>(dx, Gk, Gv, Glen, cap, r, x, ws.kp.get(), ws.kmean.get(),
-                                                           ws.krstd.get(), BH, n, D, w, f);
-  cuda_check(cudaGetLastError());
-  tokens_backward_params_kernel<<<dim3(blocks_for(D, 32), BH), dim3(32, 32)>>>(part_w, part_b, Gk, cap, r, x,
-                                                                                ws.kmean.get(), ws.krstd.get(), n, D,
-                                                                                f);
-  cuda_check(cudaGetLastError());
+  launch(tokens_backward_kernel, warp_blocks(rows), kThreads, 0, dx, Gk, Gv, Glen, cap, r, x, ws.kp.get(),
+         ws.kmean.get(), ws.krstd.get(), BH, n, D, w, f);
+  launch(tokens_backward_params_kernel, dim3(blocks_for(D, 32), BH), dim3(32, 32), 0, part_w, part_b, Gk, cap, r, x,
+         ws.kmean.get(), ws.krstd.get(), n, D, f);
 }
 
 }  // namespace kernels::cuda::kvm

@@ -47,20 +47,18 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
                        const float* bias, int N, int C) {
   // out, inp: (N,C); mean, rstd: (N); weight, bias: (C); device
   if (N == 0) return;
-  layernorm_forward_kernel<<<blocks_for(N, kWarpsPerBlock), kThreads>>>(out, mean, rstd, inp, weight, bias, N, C);
-  cuda_check(cudaGetLastError());
+  launch(layernorm_forward_kernel, blocks_for(N, kWarpsPerBlock), kThreads, 0, out, mean, rstd, inp, weight, bias, N,
+         C);
 }
 
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                         const float* weight, const float* mean, const float* rstd, int N, int C) {
   // dinp (N,C), dweight, dbias (C): accumulated; dout, inp (N,C); weight (C); mean, rstd (N); device
   if (N == 0) return;
-  layernorm_backward_dinp_kernel<<<blocks_for(N, kWarpsPerBlock), kThreads>>>(dinp, dout, inp, weight, mean, rstd,
-                                                                               N, C);
-  cuda_check(cudaGetLastError());
-  layernorm_backward_params_kernel<<<blocks_for(C, 32), dim3(32, 32)>>>(dweight, dbias, dout, inp, mean, rstd, N,
-                                                                         C);
-  cuda_check(cudaGetLastError());
+  launch(layernorm_backward_dinp_kernel, blocks_for(N, kWarpsPerBlock), kThreads, 0, dinp, dout, inp, weight, mean,
+         rstd, N, C);
+  launch(layernorm_backward_params_kernel, blocks_for(C, 32), dim3(32, 32), 0, dweight, dbias, dout, inp, mean, rstd, N,
+         C);
 }
 
 }  // namespace kernels::cuda

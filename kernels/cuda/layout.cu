@@ -42,24 +42,21 @@ void split_heads(float* out, const float* inp, int B, int T, int NH, int hs, int
   // out (B,NH,T,hs); inp (B,T) rows of stride ld; device
   const size_t n = size_t(B) * NH * T * hs;
   if (n == 0) return;
-  split_heads_kernel<<<blocks_for(n), kThreads>>>(out, inp, n, T, NH, hs, ld);
-  cuda_check(cudaGetLastError());
+  launch(split_heads_kernel, blocks_for(n), kThreads, 0, out, inp, n, T, NH, hs, ld);
 }
 
 void merge_heads(float* out, const float* inp, int B, int T, int NH, int hs, int ld, int accumulate) {
   // out (B,T) rows of stride ld; inp (B,NH,T,hs); device
   const size_t n = size_t(B) * NH * T * hs;
   if (n == 0) return;
-  merge_heads_kernel<<<blocks_for(n), kThreads>>>(out, inp, n, T, NH, hs, ld, accumulate);
-  cuda_check(cudaGetLastError());
+  launch(merge_heads_kernel, blocks_for(n), kThreads, 0, out, inp, n, T, NH, hs, ld, accumulate);
 }
 
 void axpby_rows(float* out, const float* inp, float a, float b, size_t N, int C, size_t ldo, size_t ldi) {
   // out (N rows of C at stride ldo); inp (N rows of C at stride ldi, or one row when ldi is 0); device
   const size_t n = N * size_t(C);
   if (n == 0) return;
-  axpby_rows_kernel<<<blocks_for(n), kThreads>>>(out, inp, a, b, n, C, ldo, ldi);
-  cuda_check(cudaGetLastError());
+  launch(axpby_rows_kernel, blocks_for(n), kThreads, 0, out, inp, a, b, n, C, ldo, ldi);
 }
 
 }  // namespace kernels::cuda

@@ -27,15 +27,13 @@ __global__ void relu2_backward_kernel(float* dinp, const float* inp, const float
 void relu2_forward(float* out, const float* inp, int N) {
   // out, inp: (N), device
   if (N == 0) return;
-  relu2_forward_kernel<<<blocks_for(N), kThreads>>>(out, inp, N);
-  cuda_check(cudaGetLastError());
+  launch(relu2_forward_kernel, blocks_for(N), kThreads, 0, out, inp, N);
 }
 
 void relu2_backward(float* dinp, const float* inp, const float* dout, int N) {
   // dinp (written; may be dout), inp, dout: (N), device
   if (N == 0) return;
-  relu2_backward_kernel<<<blocks_for(N), kThreads>>>(dinp, inp, dout, N);
-  cuda_check(cudaGetLastError());
+  launch(relu2_backward_kernel, blocks_for(N), kThreads, 0, dinp, inp, dout, N);
 }
 
 }  // namespace kernels::cuda

@@ -49,8 +49,7 @@ void rope_launch(float* out, const float* inp, int B, int T, int NH, int hs, int
                  RopeVariant variant) {
   size_t total = (size_t)B * T * NH * (R / 2 + (hs - R));
   if (total == 0) return;
-  rope_kernel<kBackward><<<blocks_for(total), kThreads>>>(out, inp, B, T, NH, hs, ld, R, base, pos0, variant);
-  cuda_check(cudaGetLastError());
+  launch(rope_kernel<kBackward>, blocks_for(total), kThreads, 0, out, inp, B, T, NH, hs, ld, R, base, pos0, variant);
 }
 
 }  // namespace

@@ -17,8 +17,7 @@ __global__ void scaled_residual_forward_kernel(float* out, const float* inp1, co
 void scaled_residual_forward(float* out, const float* inp1, const float* inp2, float scale, int N) {
   // out, inp1, inp2: (N); out may equal inp1 or inp2; device
   if (N == 0) return;
-  scaled_residual_forward_kernel<<<blocks_for(N), kThreads>>>(out, inp1, inp2, scale, N);
-  cuda_check(cudaGetLastError());
+  launch(scaled_residual_forward_kernel, blocks_for(N), kThreads, 0, out, inp1, inp2, scale, N);
 }
 
 }  // namespace kernels::cuda

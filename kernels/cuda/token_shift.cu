@@ -64,8 +64,7 @@ void token_shift_forward(float* out, const float* inp, const float* prev, const 
   // out, inp: (B,T,C); prev (B,C) or nullptr; w (C); device. out must not alias inp.
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  token_shift_forward_kernel<<<blocks_for(total), kThreads>>>(out, inp, prev, w, B, T, C, form);
-  cuda_check(cudaGetLastError());
+  launch(token_shift_forward_kernel, blocks_for(total), kThreads, 0, out, inp, prev, w, B, T, C, form);
 }
 
 void token_shift_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, int B, int T,
@@ -73,10 +72,8 @@ void token_shift_backward(float* dinp, float* dw, const float* dout, const float
   // dinp (B,T,C), dw (C): accumulated; dout, inp (B,T,C); w (C); device
   size_t total = (size_t)B * T * C;
   if (total == 0) return;
-  token_shift_backward_dinp_kernel<<<blocks_for(total), kThreads>>>(dinp, dout, w, B, T, C, form);
-  cuda_check(cudaGetLastError());
-  token_shift_backward_dw_kernel<<<blocks_for(C, 32), dim3(32, 32)>>>(dw, dout, inp, B, T, C, form);
-  cuda_check(cudaGetLastError());
+  launch(token_shift_backward_dinp_kernel, blocks_for(total), kThreads, 0, dinp, dout, w, B, T, C, form);
+  launch(token_shift_backward_dw_kernel, blocks_for(C, 32), dim3(32, 32), 0, dw, dout, inp, B, T, C, form);
 }
 
 }  // namespace kernels::cuda

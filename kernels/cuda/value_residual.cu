@@ -68,8 +68,7 @@ void value_residual_forward(float* out, int ld_out, const float* v, int ld_v, co
   // out (N rows of ld_out), v (N rows of ld_v), anchor (N,C); z (N,C), w (C) rwkv; w (1) linear; device
   size_t total = (size_t)N * C;
   if (total == 0) return;
-  value_residual_forward_kernel<<<blocks_for(total), kThreads>>>(out, ld_out, v, ld_v, anchor, z, w, N, C, mode);
-  cuda_check(cudaGetLastError());
+  launch(value_residual_forward_kernel, blocks_for(total), kThreads, 0, out, ld_out, v, ld_v, anchor, z, w, N, C, mode);
 }
 
 void value_residual_backward(float* dv, int ld_dv, float* danchor, float* dz, float* dw, const float* dout,
@@ -84,12 +83,12 @@ void value_residual_backward(float* dv, int ld_dv, float* danchor, float* dz, fl
     return p;
   }();
   const bool linear = mode == ValueResidualMode::linear;
-  value_residual_backward_kernel<<<kSumBlocks, kThreads>>>(dv, ld_dv, danchor, dz, linear ? partial : nullptr, dout,
-                                                           ld_dout, v, ld_v, anchor, z, w, N, C, mode);
-  cuda_check(cudaGetLastError());
-  if (linear) value_residual_linear_dw_kernel<<<1, 1>>>(dw, partial);
-  else value_residual_rwkv_dw_kernel<<<blocks_for(C, 32), dim3(32, 32)>>>(dw, dz, N, C);
-  cuda_check(cudaGetLastError());
+  launch(value_residual_backward_kernel, kSumBlocks, kThreads, 0, dv, ld_dv, danchor, dz, linear ? partial : nullptr,
+         dout, ld_dout, v, ld_v, anchor, z, w, N, C, mode);
+  if (linear)
+    launch(value_residual_linear_dw_kernel, 1, 1, 0, dw, partial);
+  else
+    launch(value_residual_rwkv_dw_kernel, blocks_for(C, 32), dim3(32, 32), 0, dw, dz, N, C);
 }
 
 }  // namespace kernels::cuda

@@ -275,14 +275,16 @@ DVec ref_matmul(Host& h, bool bias, bool bf16, int N, int IC, int OC) {
 }
 
 // offset 1: every operand starts one float into its buffer, as slices of a larger one do (cuBLASLt
-// must be asked for algorithms that take 4-byte aligned operands, not its default 256)
-Case matmul_forward(bool bias, int offset) {
-  const int N = kMmN, IC = kMmIC, OC = kMmOC;
+// must be asked for algorithms that take 4-byte aligned operands, not its default 256, and cuda
+// copies the bias to an aligned buffer for the epilogue). IC 0: an empty product, out = bias.
+Case matmul_forward(bool bias, int offset, int IC = kMmIC) {
+  const int N = kMmN, OC = kMmOC;
   auto lead = [&](Vec v) {
     v.insert(v.begin(), offset, 0.0f);
     return v;
   };
-  Case c{std::string("matmul_forward") + (bias ? "" : "_no_bias") + (offset ? "_unaligned" : "")};
+  Case c{std::string("matmul_forward") + (bias ? "" : "_no_bias") + (offset ? "_unaligned" : "") +
+         (IC == 0 ? "_IC0" : "")};
   c.in("inp", lead(randn((size_t)N * IC, 30))).in("weight", lead(randn((size_t)OC * IC, 31, 0.1f)));
   c.in("bias", lead(randn(OC, 32))).out("out", lead(nans((size_t)N * OC)), 1e-4, 1e-5);
   c.run = [=](const Backend& be, const Args& a) {
@@ -300,7 +302,8 @@ Case matmul_forward(bool bias, int offset) {
 
 Case matmul_forward_bf16(bool bias, int N) {
   const int IC = kMmIC, OC = kMmOC;
-  Case c{std::string("matmul_forward_bf16") + (bias ? "" : "_no_bias") + (N > kMmN ? "_grown" : "")};
+  Case c{std::string("matmul_forward_bf16") + (bias ? "" : "_no_bias") + (N > kMmN ? "_grown" : "") +
+         (N == 0 ? "_N0" : "")};
   c.in("inp", randn((size_t)N * IC, 130)).in("weight", to_bf16(randn((size_t)OC * IC, 131, 0.1f)));
   c.in("bias", randn(OC, 132)).out("out", nans((size_t)N * OC), 1e-4, 1e-5);
   c.run = [=](const Backend& be, const Args& a) {
@@ -311,12 +314,13 @@ Case matmul_forward_bf16(bool bias, int N) {
   return c;
 }
 
-// Without bias, also without dinp. Gradients written (accumulate false) start as NaN.
-Case matmul_backward(bool bias, bool accumulate, bool bf16) {
-  const int N = kMmN, IC = kMmIC, OC = kMmOC;
+// Without bias, also without dinp. Gradients written (accumulate false) start as NaN. IC 0: only
+// dbias has elements.
+Case matmul_backward(bool bias, bool accumulate, bool bf16, int IC = kMmIC) {
+  const int N = kMmN, OC = kMmOC;
   auto start = [&](Vec v) { return accumulate ? v : nans(v.size()); };
   Case c{std::string(bf16 ? "matmul_backward_bf16" : "matmul_backward") + (bias ? "" : "_no_bias_no_dinp") +
-         (accumulate ? "" : "_overwrite")};
+         (accumulate ? "" : "_overwrite") + (IC == 0 ? "_IC0" : "")};
   Vec w = randn((size_t)OC * IC, 31, 0.1f);
   c.in("inp", randn((size_t)N * IC, 30)).in("dout", randn((size_t)N * OC, 33));
   if (bf16) c.in("weight", to_bf16(w));
@@ -360,10 +364,11 @@ Case matmul_backward(bool bias, bool accumulate, bool bf16) {
 }
 
 // pre = inp w^T + bias, out = gelu(pre) (cuBLASLt's GELU_AUX_BIAS epilogue on cuda); OC a multiple
-// of 8, the auxiliary leading dimension
-Case matmul_gelu_forward(bool bias, bool bf16) {
-  const int N = 33, IC = 48, OC = 136;
-  Case c{std::string(bf16 ? "matmul_gelu_forward_bf16" : "matmul_gelu_forward") + (bias ? "" : "_no_bias")};
+// of 8, the auxiliary leading dimension. IC 0: pre = bias.
+Case matmul_gelu_forward(bool bias, bool bf16, int IC = 48) {
+  const int N = 33, OC = 136;
+  Case c{std::string(bf16 ? "matmul_gelu_forward_bf16" : "matmul_gelu_forward") + (bias ? "" : "_no_bias") +
+         (IC == 0 ? "_IC0" : "")};
   Vec w = randn((size_t)OC * IC, 151, 0.2f);
   c.in("inp", randn((size_t)N * IC, 150)).in("bias", randn(OC, 152));
   if (bf16) c.in("weight", to_bf16(w));
@@ -499,6 +504,14 @@ std::vector<Case> dense_cases() {
     matmul_gelu_forward(false, false),
     matmul_gelu_forward(true, true),
     matmul_gelu_forward(false, true),
+    // zero sizes: an empty product (the bias alone) and no rows
+    matmul_forward(true, 0, 0),
+    matmul_forward(false, 0, 0),
+    matmul_gelu_forward(true, false, 0),
+    matmul_gelu_forward(true, true, 0),
+    matmul_forward_bf16(true, 0),
+    matmul_backward(true, false, false, 0),
+    matmul_backward(true, false, true, 0),
     attention_decode(0, 48, 0),
     attention_decode(17, 17, 0),
     attention_decode(18, 18, 6),

@@ -167,18 +167,26 @@ Case adamw_update() {
   return c;
 }
 
-// sum of g^2 (returned, here written into `result`), twice: the same bits both times
-Case global_norm_squared(size_t n) {
-  Case c{cat("global_norm_squared_n", n)};
+// sum of g^2 over ranges of g (returned, here written into `result`), twice: the same bits both
+// times. One range, the whole of g; or several, as the gradient tensors a rank counts: apart,
+// adjacent and empty ones.
+Case global_norm_squared(size_t n, bool several) {
+  Case c{cat("global_norm_squared_n", n, several ? "_ranges" : "")};
+  const std::vector<kernels::IndexRange> ranges =
+      several ? std::vector<kernels::IndexRange>{{3, n / 3}, {n / 3, n / 3}, {n / 3 + 7, n / 2}, {n / 2, n}}
+              : std::vector<kernels::IndexRange>{{0, n}};
   c.in("g", randn(n, 60, 0.01f)).out("result", nans(2), 1e-6, 1e-6).relative();
   c.run = [=](const Backend& be, const Args& a) {
-    const float r[2] = {be.global_norm_squared(a.f("g"), n), be.global_norm_squared(a.f("g"), n)};
+    const int count = int(ranges.size());
+    const float r[2] = {float(be.global_norm_squared(a.f("g"), ranges.data(), count)),
+                        float(be.global_norm_squared(a.f("g"), ranges.data(), count))};
     EXPECT_EQ(r[0], r[1]) << "not deterministic, n = " << n;
     be.from_host(a.f("result"), r, sizeof(r));
   };
   c.naive = [=](Host& h) {
     double s = 0.0;
-    for (double x : h["g"]) s += x * x;
+    for (const kernels::IndexRange& r : ranges)
+      for (size_t i = r.begin; i < r.end; i++) s += h["g"][i] * h["g"][i];
     h["result"] = {s, s};
   };
   return c;
@@ -451,9 +459,11 @@ std::vector<Case> more_cases() {
     crossentropy_forward_backward(0.0f),
     crossentropy_forward_backward(1.0f / kCeN),
     adamw_update(),
-    global_norm_squared(1),
-    global_norm_squared(1000),
-    global_norm_squared(1000003),
+    global_norm_squared(1, false),
+    global_norm_squared(1000, false),
+    global_norm_squared(1000003, false),
+    global_norm_squared(1000, true),
+    global_norm_squared(1000003, true),
     rope_forward(false, kernels::RopeVariant::kvmtrain),
     rope_forward(true, kernels::RopeVariant::kvmtrain),
     rope_backward(kernels::RopeVariant::kvmtrain),

@@ -8,8 +8,6 @@
 // split_heads and merge_heads only move data (merge is split's adjoint): compared exactly.
 #include <gtest/gtest.h>
 
-#include "tests/test_util.h"
-
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -20,8 +18,10 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/gemm_route.h"
 #include "kernels/kernels.h"
 #include "tests/kernels/references.h"
+#include "tests/test_util.h"
 
 namespace cpu = kernels::cpu;
 using Vec = std::vector<float>;
@@ -458,7 +458,8 @@ TEST(GlobalNorm, SquaredSumInDouble) {
   g[5] = 1e3f;  // one large entry next to many small ones
   double want = 0.0;
   for (float x : g) want += (double)x * x;
-  EXPECT_NEAR(cpu::global_norm_squared(g.data(), n), want, 1e-6 * want);
+  const kernels::IndexRange all{0, n};
+  EXPECT_NEAR(cpu::global_norm_squared(g.data(), &all, 1), want, 1e-6 * want);
 }
 
 // ---- data movement between layouts (kernels/cpu/layout.cpp) ----------------------------------
@@ -526,3 +527,39 @@ TEST(Layout, AxpbyRowsMatchesScalarFormula) {
 }
 
 }  // namespace
+
+// ---- the CUDA GEMM's epilogue routes (kernels/gemm_route.h): host rules ----------------------
+
+TEST(GemmRoute, ABiasBelowSixteenBytesIsCopiedForTheFusedEpilogue) {
+  using kernels::GemmRoute;
+  for (uint32_t align : {4u, 8u})
+    EXPECT_EQ(kernels::gemm_routes(true, false, align), (std::vector<GemmRoute>{{true, true}, {false, false}}))
+        << align;
+  for (uint32_t align : {16u, 256u})
+    EXPECT_EQ(kernels::gemm_routes(true, true, align), (std::vector<GemmRoute>{{true, false}, {false, false}}))
+        << align;
+  // no bias: its alignment does not matter; nothing to fuse: only the plain GEMM
+  EXPECT_EQ(kernels::gemm_routes(false, true, 4), (std::vector<GemmRoute>{{true, false}, {false, false}}));
+  EXPECT_EQ(kernels::gemm_routes(false, false, 4), (std::vector<GemmRoute>{{false, false}}));
+}
+
+TEST(GemmRoute, AHeuristicRefusingTheEpilogueFallsBackToThePlainGemm) {
+  using kernels::GemmRoute;
+  std::vector<GemmRoute> asked;
+  auto refuse_fused = [&](const GemmRoute& r) {
+    asked.push_back(r);
+    return !r.fused;
+  };
+  EXPECT_EQ(kernels::first_supported_route(true, true, 4, refuse_fused), (GemmRoute{false, false}));
+  EXPECT_EQ(asked, (std::vector<GemmRoute>{{true, true}, {false, false}}));  // best first
+
+  asked.clear();
+  auto accept_all = [&](const GemmRoute& r) {
+    asked.push_back(r);
+    return true;
+  };
+  EXPECT_EQ(kernels::first_supported_route(true, false, 16, accept_all), (GemmRoute{true, false}));
+  EXPECT_EQ(asked.size(), 1u);  // the fused route taken, the fallback never planned
+
+  EXPECT_FALSE(kernels::first_supported_route(true, true, 16, [](const GemmRoute&) { return false; }).has_value());
+}

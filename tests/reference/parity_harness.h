@@ -145,7 +145,7 @@ inline void expect_matches_reference(Model& model, const config::Config& cfg, co
     float l = model.loss(batch.y.data(), dloss);
     model.backward();
     EXPECT_NEAR(l, ref_losses[step].number(), 1e-4) << "step " << step << note;
-    float norm = std::sqrt(cpu_backend().global_norm_squared(model.grads(), P));
+    float norm = std::sqrt(norm_squared(cpu_backend(), model.grads(), P));
     opt.step(model.params(), model.grads(), lr_at(tc, step), clip_scale(norm, float(tc.grad_clip)));
   }
 }

@@ -57,7 +57,9 @@ int sample_next(const float* logits, int V, const SampleOptions& o, Rng& rng) {
 }
 
 void sample_tokens(Model& model, std::vector<int>& tokens, int n, int max_context, float temperature, Rng& rng) {
-  LogitsSource source(model, max_context, false);
+  const size_t fed = tokens.size() + size_t(std::max(n, 1)) - 1;  // tokens through the model
+  const bool cache = fed <= size_t(std::min(max_context, model.cfg().max_seq_len));
+  LogitsSource source(model, max_context, cache);
   SampleOptions o;
   o.temperature = temperature;
   for (int i = 0; i < n; i++) tokens.push_back(sample_next(source.next(tokens), model.cfg().vocab_size, o, rng));

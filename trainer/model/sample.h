@@ -32,6 +32,8 @@ class LogitsSource {
 // A token drawn from softmax(logits[0..V) / temperature) restricted by top_k and top_p.
 int sample_next(const float* logits, int V, const SampleOptions& o, Rng& rng);
 
-// Appends `n` tokens to `tokens` (which holds the prompt, at least one id), recomputing the
-// context; temperature 0 takes the argmax.
+// Appends `n` tokens to `tokens` (which holds the prompt, at least one id); temperature 0 takes
+// the argmax. Through the decode caches (one token's work per token; recomputing would rebuild
+// every length's attention, on cuda a new cuDNN graph each) when the whole sequence fits in
+// max_context and model.max_seq_len, else recomputing the last max_context tokens.
 void sample_tokens(Model& model, std::vector<int>& tokens, int n, int max_context, float temperature, Rng& rng);

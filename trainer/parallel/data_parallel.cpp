@@ -109,12 +109,13 @@ void DataParallel::finish_gradients() {
 double DataParallel::grad_norm_squared(const float* grads, Communicator* tp) const {
   const bool first = !tp || tp->rank() == 0;  // a replicated tensor counts on tensor rank 0 only
   const size_t lo = grads_begin(), hi = grads_end();
-  double sum = 0;
+  std::vector<kernels::IndexRange> ranges;
   for (const auto& v : table_.views()) {
     if (!tp::is_sharded(v) && !first) continue;
     const size_t a = std::max(lo, v.offset), b = std::min(hi, v.offset + v.size);
-    if (a < b) sum += be_.global_norm_squared(grads + a, b - a);
+    if (a < b) ranges.push_back({a, b});
   }
+  double sum = be_.global_norm_squared(grads, ranges.data(), int(ranges.size()));
   if (sharded_) sum = sum_over(comm_, sum);
   if (tp && tp->size() > 1) sum = sum_over(*tp, sum);
   return sum;

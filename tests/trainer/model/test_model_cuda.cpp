@@ -101,7 +101,7 @@ void compare_adamw(const config::ModelConfig& m, bool bf16, const char* name) {
       model.forward(x.data(), B, T);
       loss[k] = model.loss(y.data(), 1.0f / BT);
       model.backward();
-      const float norm = std::sqrt(model.backend().global_norm_squared(model.grads(), model.table().total()));
+      const float norm = std::sqrt(norm_squared(model.backend(), model.grads(), model.table().total()));
       opt.step(model.params(), model.grads(), 1e-3f, clip_scale(norm, 1.0f));
       if (bf16) model.refresh_bf16(11, uint64_t(s + 1));
     }
