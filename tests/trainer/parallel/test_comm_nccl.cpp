@@ -1,4 +1,4 @@
-// The NCCL communicator under mpiexec (-n 2 and -n 4), one GPU per rank: every collective, the
+// The NCCL communicator under mpiexec (-n 1, 2 and 4), one GPU per rank: every collective, the
 // non-blocking all-reduce and uneven reduce-scatter (several in flight, waited for in another
 // order, the default stream's kernels after wait() reading their results), subgroups from split(),
 // and collectives of two communicators interleaved as data x tensor parallelism issues them,
@@ -131,8 +131,9 @@ std::vector<float> want_reduce_scatter(const std::vector<size_t>& counts, int r,
 TEST_F(CommNccl, AsyncCollectivesInFlightTogether) {
   const int N = nccl->size(), r = nccl->rank();
   const size_t big = size_t(1) << 22;  // 16 MB: long enough to race a kernel that does not wait
-  std::vector<size_t> first_empty(static_cast<size_t>(N)), last_only(static_cast<size_t>(N), 0);  // uneven pieces
-  for (int q = 0; q < N; q++) first_empty[size_t(q)] = q == 0 ? 0 : size_t(333 * q + 5);
+  // uneven pieces: rank 0's empty (but for a rank alone), or all of them the last rank's
+  std::vector<size_t> first_empty(static_cast<size_t>(N)), last_only(static_cast<size_t>(N), 0);
+  for (int q = 0; q < N; q++) first_empty[size_t(q)] = q == 0 && N > 1 ? 0 : size_t(333 * q + 5);
   last_only.back() = 4099;
 
   DeviceBuffer a = upload(values(r, big)), b = upload(values(r, 1234)),
