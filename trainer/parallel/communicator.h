@@ -62,6 +62,9 @@ std::unique_ptr<Communicator> make_world_communicator();
 
 #ifdef KVMTRAIN_HAS_CUDA
 // NCCL over the ranks of `over` (rank 0 creates the unique id and broadcasts it through `over`);
-// buffers are device pointers on the current CUDA device.
+// buffers are device pointers on the current CUDA device. Every NCCL communicator of the process
+// (split ones too) runs its collectives on one shared stream, one at a time in the order they were
+// issued: NCCL gives no progress guarantee to collectives of different communicators in flight
+// together (comm_nccl.cpp).
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& over);
 #endif

@@ -72,7 +72,10 @@ void DataParallel::gradients_ready(size_t begin, size_t end) {
   ready_ = begin;
   launch_final_buckets();
   overlapped_ = buckets_;
-  for (auto& r : inflight_) r->test();  // MPI moves a collective's data only inside MPI calls
+  // MPI moves a collective's data only inside MPI calls. The answers are not used: which bucket
+  // starts when depends on the backward's ranges alone, never on timing, so every rank issues its
+  // collectives in the same order (NCCL needs that, comm_nccl.cpp).
+  for (auto& r : inflight_) r->test();
 }
 
 void DataParallel::launch_final_buckets() {

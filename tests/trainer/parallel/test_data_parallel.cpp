@@ -1,169 +1,21 @@
-// Data parallelism under mpiexec (-n 2 and -n 4): N ranks with batch B equal one process with
-// batch N*B (loss, gradients, 10 AdamW steps), with ZeRO-1 and without; ZeRO-1 equals unsharded
-// AdamW; gradients reduced in many buckets during the backward equal one reduction after it,
-// and the buckets are the ones the sizes imply, started as the backward finishes their ranges.
-// Tolerances: gradients and losses are sums in another order than the single process's, so
-// they agree to fp32 rounding: |diff| <= 1e-5 * max|g| per tensor, losses within 1e-5; buckets
-// change only the order of the sum over ranks: 1e-6 * max|g|.
-// ZeRO-1 runs the same element-wise update on each range: parameters are bit-identical.
+// Data parallelism under mpiexec (-n 2 and -n 4) on cpu, over MPI: the checks of
+// data_parallel_checks.h (N ranks equal one process with the global batch, ZeRO-1 equals
+// unsharded AdamW, buckets during the backward equal one reduction after it).
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <vector>
-
-#include "trainer/parallel/communicator.h"
-#include "trainer/parallel/data_parallel.h"
-#include "trainer/model/model.h"
-#include "trainer/optim/optimizer.h"
-#include "common/rng.h"
 #include "tests/mpi_test_main.h"
+#include "tests/trainer/parallel/data_parallel_checks.h"
 
 namespace {
 
-// The averaged gradients of `m` (where `dp` leaves them: this rank's range under ZeRO-1) against
-// `want`, per tensor: |diff| <= tol * max|want|.
-void expect_grads_near(Model& m, const DataParallel& dp, const float* want, float tol, const char* what) {
-  for (const auto& view : m.table().views()) {
-    float max_g = 0, max_diff = 0;
-    const size_t lo = std::max(view.offset, dp.grads_begin()), hi = std::min(view.offset + view.size, dp.grads_end());
-    for (size_t i = lo; i < hi; i++) {
-      max_g = std::max(max_g, std::fabs(want[i]));
-      max_diff = std::max(max_diff, std::fabs(m.grads()[i] - want[i]));
-    }
-    EXPECT_LE(max_diff, tol * max_g + 1e-9f) << what << ": " << view.name;
-  }
-}
-
-config::Config tiny_config() {
-  config::Config cfg;
-  auto& m = cfg.model;
-  m.vocab_size = 100, m.padded_vocab_size = 128, m.n_layer = 2, m.n_head = 2, m.d_model = 32, m.max_seq_len = 16;
-  cfg.train.lr = 1e-2, cfg.train.warmup_steps = 2, cfg.train.steps = 10;
-  return cfg;
-}
-
-TEST(DataParallel, Zero1EqualsUnshardedAdamW) {
-  auto cfg = tiny_config();
-  Model a(cfg.model, 1, 4), b(cfg.model, 1, 4);
-  a.init(3);
-  b.init(3);
-  const size_t P = a.table().total();
-  AdamW full(a.table(), cfg.train);
-  DataParallel dp(*world, b.table(), cfg.train);
-  EXPECT_LT(dp.optimizer().end() - dp.optimizer().begin(), P) << "ZeRO-1 holds only a shard of the moments";
-  Rng rng(5);  // every rank draws the same gradients
-  std::vector<float> g(P);
-  for (int step = 0; step < 10; step++) {
-    for (auto& x : g) x = float(rng.normal());
-    full.step(a.params(), g.data(), lr_at(cfg.train, step), 0.7f);
-    dp.step(b.params(), g.data(), lr_at(cfg.train, step), 0.7f);
-  }
-  for (size_t i = 0; i < P; i++) ASSERT_EQ(a.params()[i], b.params()[i]) << i;
-  std::vector<float> m(P), v(P);
-  dp.gather_moments(m.data(), v.data());
-  for (size_t i = 0; i < P; i++) ASSERT_EQ(m[i], full.m()[i]) << i;
-  for (size_t i = 0; i < P; i++) ASSERT_EQ(v[i], full.v()[i]) << i;
-}
+TEST(DataParallel, Zero1EqualsUnshardedAdamW) { dp_checks::zero1_equals_unsharded_adamw(*world, cpu_backend()); }
 
 TEST(DataParallel, RanksEqualOneProcessWithTheGlobalBatch) {
-  auto cfg = tiny_config();
-  const int N = world->size(), r = world->rank(), B = 2, T = 16;
-  Model local(cfg.model, B, T), single(cfg.model, N * B, T);
-  const size_t P = local.table().total();
-  // the global batch: N*B rows; rank r takes rows r, r+N, ... as the loader does
-  Rng rng(17);
-  std::vector<int> x(N * B * T), y(N * B * T), xl(B * T), yl(B * T);
-  for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % 100), y[i] = int(rng.next_u64() % 100);
-  for (int j = 0; j < B; j++)
-    for (int t = 0; t < T; t++) xl[j * T + t] = x[(j * N + r) * T + t], yl[j * T + t] = y[(j * N + r) * T + t];
-
-  for (bool zero1 : {true, false}) {  // each rank updates its range and all-gathers; or everything
-    local.init(9);
-    single.init(9);
-    DataParallel dp(*world, local.table(), cfg.train, 0, zero1);
-    AdamW opt(single.table(), cfg.train);
-    for (int step = 0; step < 10; step++) {
-      local.zero_grad();
-      local.forward(xl.data(), B, T);
-      float loss = dp.mean(local.loss(yl.data(), 1.0f / float(B * T)));
-      local.backward();
-      dp.average_gradients(local.grads());
-
-      single.zero_grad();
-      single.forward(x.data(), N * B, T);
-      float want = single.loss(y.data(), 1.0f / float(N * B * T));
-      single.backward();
-      EXPECT_NEAR(loss, want, 1e-5) << "step " << step << (zero1 ? " (ZeRO-1)" : "");
-      const float norm = float(std::sqrt(dp.grad_norm_squared(local.grads(), nullptr)));
-      if (step == 0) {  // later steps add the drift of the parameters
-        expect_grads_near(local, dp, single.grads(), 1e-5f, zero1 ? "ZeRO-1" : "all-reduce");
-        EXPECT_NEAR(norm, std::sqrt(norm_squared(cpu_backend(), single.grads(), P)), 1e-5f * norm)
-            << (zero1 ? "ZeRO-1" : "all-reduce");
-      }
-      float lr = lr_at(cfg.train, step);
-      dp.step(local.params(), local.grads(), lr, clip_scale(norm, 1.0f));
-      opt.step(single.params(), single.grads(), lr,
-               clip_scale(std::sqrt(norm_squared(cpu_backend(), single.grads(), P)), 1.0f));
-    }
-  }
+  dp_checks::ranks_equal_one_process(*world, cpu_backend(), 0, 1e-5f);
 }
 
 TEST(DataParallel, BucketsDuringTheBackwardEqualOneReductionAfterIt) {
-  auto cfg = tiny_config();
-  cfg.model.tie_embeddings = false;  // the head's gradient is final first, at the top of the buffer
-  const int N = world->size(), r = world->rank(), B = 2, T = 16;
-  const size_t bucket = 256;  // floats: dozens of buckets over the tiny model
-  Rng rng(23 + uint64_t(r));  // each rank its own batch
-  std::vector<int> x(B * T), y(B * T);
-  for (size_t i = 0; i < x.size(); i++) x[i] = int(rng.next_u64() % 100), y[i] = int(rng.next_u64() % 100);
-  for (bool zero1 : {true, false}) {
-    const char* mode = zero1 ? "ZeRO-1" : "all-reduce";
-    Model a(cfg.model, B, T), b(cfg.model, B, T);
-    a.init(4);
-    b.init(4);
-    const size_t P = a.table().total(), expect_buckets = (P + bucket - 1) / bucket;
-    DataParallel bucketed(*world, a.table(), cfg.train, bucket, zero1), whole(*world, b.table(), cfg.train, 0, zero1);
-    std::vector<std::pair<size_t, int>> seen;  // (begin of each final range, buckets started by then)
-    a.on_grads_ready([&](size_t begin, size_t end) {
-      bucketed.gradients_ready(begin, end);
-      seen.push_back({begin, bucketed.buckets()});
-    });
-    for (int step = 0; step < 3; step++) {
-      seen.clear();
-      for (Model* m : {&a, &b}) {
-        m->zero_grad();
-        m->forward(x.data(), B, T);
-        m->loss(y.data(), 1.0f / float(N * B * T));
-      }
-      bucketed.start_gradients(a.grads());
-      a.backward();
-      bucketed.finish_gradients();
-      b.backward();
-      whole.average_gradients(b.grads());
-
-      // ln_f and the head, each block, then the embedding; each bucket starts once all of it is final
-      ASSERT_EQ(seen.size(), size_t(cfg.model.n_layer) + 2) << mode;
-      EXPECT_EQ(seen.front().first, a.table().at("ln_f.weight").offset) << mode;
-      for (const auto& [begin, started] : seen)
-        EXPECT_EQ(size_t(started), begin == 0 ? expect_buckets : (P - begin) / bucket)
-            << mode << ": range from " << begin;
-      EXPECT_EQ(bucketed.buckets(), int(expect_buckets)) << mode;
-      EXPECT_EQ(bucketed.buckets_overlapped(), int(expect_buckets)) << mode << ": all start during the backward";
-      EXPECT_EQ(whole.buckets(), 1) << mode;
-      EXPECT_EQ(whole.buckets_overlapped(), 0) << mode;
-      expect_grads_near(a, bucketed, b.grads(), 1e-6f, mode);
-
-      const float lr = lr_at(cfg.train, step);
-      bucketed.step(a.params(), a.grads(), lr, 1.0f);
-      whole.step(b.params(), b.grads(), lr, 1.0f);
-    }
-    float max_p = 0, max_diff = 0;
-    for (size_t i = 0; i < P; i++) {
-      max_p = std::max(max_p, std::fabs(b.params()[i]));
-      max_diff = std::max(max_diff, std::fabs(a.params()[i] - b.params()[i]));
-    }
-    EXPECT_LE(max_diff, 1e-5f * max_p) << mode << ": parameters after 3 steps";
-  }
+  dp_checks::buckets_equal_one_reduction(*world, cpu_backend());
 }
 
 }  // namespace
