@@ -225,8 +225,8 @@ void run_cuda(const CudaArgs& args) {
   // measurement (bf16 cuBLASLt through the backend table) at 8192 x 8192 x 8192.
   const double gemm_peak = measure_gemm_peak(native, true, 8192, 8192, 8192, 1.0);
   std::printf("B=%d, H=%d, D=%d (width %d), KVM sqrt16 (chunk %d, window %d chunks, %d sink, R %d); forward and "
-              "backward: median of %d after a warm-up; decode: one sequence, mean ms per token over the %d tokens "
-              "up to T\nbf16 GEMM peak (cuBLASLt, 8192^3): %.1f TFLOP/s\n\n",
+              "backward: median of %d after a warm-up; decode: ms per token of one sequence at T (KVM: the mean "
+              "over the %d tokens up to T)\nbf16 GEMM peak (cuBLASLt, 8192^3): %.1f TFLOP/s\n\n",
               kB, kH, kD, kWidth, kvm.C, kvm.W, kvm.S, kvm.R, args.reps, kDecodeTokens, gemm_peak / 1e12);
   std::printf("%6s  %-16s %11s %11s %11s %7s\n", "T", "layer", "forward ms", "backward ms", "decode ms", "slots");
 
@@ -249,6 +249,7 @@ void run_cuda(const CudaArgs& args) {
   json::Array rows, skipped;
   Rng rng(1);
   for (int T : args.Ts) {
+    if (std::all_of(dropped, dropped + kLayers, [](bool d) { return d; })) break;
     const size_t BT = size_t(kB) * T, N = BT * kWidth;
     // q, k, v rows as the model's projection writes them, (B,T,3*width), random normal
     std::vector<float> host(BT * 3 * kWidth);
