@@ -15,26 +15,52 @@
 set -euo pipefail
 
 # ---- steps and their time budgets (seconds); the total must stay <= 480 (8 minutes) ----------
-STEPS=(build ctest gpt2 kvm120m kvmbench)
-declare -A BUDGET=([build]=150 [ctest]=120 [gpt2]=70 [kvm120m]=90 [kvmbench]=30)
+# kvmbench runs before the training steps: its bf16 GEMM peak is their MFU's yardstick.
+STEPS=(build ctest kvmbench gpt2 kvm120m)
+# The basis of each budget, measured on the 2-core development machine (AMD EPYC, shared with
+# other jobs, nice 10; nothing on a GPU could be measured there):
+#  build    150: configure 7 s; TARGETS for one arch (sm_90) from an empty build-gpu/ took 277 s
+#           on 2 cores, 235 CPU-s (the CUDA library 66, the rest 169), which is 15 s per core on
+#           16. The Makefiles build a target only after those it links, so the floor is the
+#           longest chain of slowest files: common -> config -> data (prepare.cpp) -> train ->
+#           cli (cmd_eval.cpp) -> kvmtrain -> test_backend_ops (backend_ops_dense.cpp), 67 s of
+#           per-file wall time there at 1.6 jobs per core, about 42 s on 16 free cores. setup.sh
+#           with every package present 0.3 s, launch/corpus.sh 0.1 s, prepare of the KJV 0.3 s.
+#           So about 50 s; the rest is for slower cores and setup.sh's apt installs of missing
+#           packages (not measurable there).
+#  ctest     90: ctest -L gpu took 8.6 s there with every GPU test skipped (test_backend_ops' CPU
+#           cases); the 5 GPU test programs each start CUDA (1-2 s) and run small shapes.
+#  kvmbench  60: kvm_bench stops starting a layer at a larger T once its predicted time exceeds
+#           what is left of KVMBENCH_RUN_S (45 s); the rest covers CUDA and cuDNN start-up, the
+#           8192^3 GEMM peak (< 1 s), the host's random inputs (805M normals at T 8192, about 1 s
+#           on 16 threads) and the overrun of the last layer started.
+#  gpt2      80: 10 steps of 4x1024 tokens after the start-up (CUDA, cuBLASLt plans, the GEMM peak
+#           0.3 s, the KJV's unigram entropy); not measured on a GPU.
+#  kvm120m  100: 6 steps of 1x8192 tokens (grad_accum 1, not the config's 8) through 12 KVM layers
+#           (fp32 KVM kernels, recompute: block); not measured on a GPU.
+declare -A BUDGET=([build]=150 [ctest]=90 [kvmbench]=60 [gpt2]=80 [kvm120m]=100)
 declare -A TITLE=(
   [build]="setup + configure build-gpu/ for this GPU + build targets + KJV corpus"
   [ctest]="ctest -L gpu (kernel table cuda vs cpu, model cuda, cuDNN attention, NCCL)"
+  [kvmbench]="KVM prefill/backward/decode vs cuDNN and native attention (B 8, H 32, D 128), bf16 GEMM peak"
   [gpt2]="GPT-2 124M bf16 training on cuda, a few steps"
   [kvm120m]="120M paper KVM model (sqrt16 budget) bf16 on cuda, a few steps"
-  [kvmbench]="KVM prefill/backward/decode vs cuDNN attention (B 8, H 32, D 128)"
 )
 TOTAL_BUDGET=480
 
 # ---- what the steps run ----------------------------------------------------------------------
 BUILD_DIR=build-gpu
+# kvmtrain, every test labelled gpu (ctest counts one not built as failed) and kvm_bench: nothing else
 TARGETS=(kvmtrain test_backend_ops test_cuda_check test_cuda_kvm test_cuda_attention_cudnn
-         test_comm_nccl test_model_cuda test_tensor_parallel_cuda kvm_bench train_bench)
+         test_comm_nccl test_model_cuda test_tensor_parallel_cuda kvm_bench)
 GPT2_CONFIG=configs/gpt2-124m.yaml
 GPT2_STEPS=10
 KVM_CONFIG=configs/paper/120M/kvm_sqrt16_wd.yaml
 KVM_STEPS=6
 DATA_DIR=$BUILD_DIR/kjv   # tokenized KJV shards (train/, val/)
+KVMBENCH_T=1024,2048,4096,8192
+KVMBENCH_RUN_S=45
+KVMBENCH_JSON=$BUILD_DIR/bench/results/kvm_bench_cuda.json  # kvm_bench's default --out
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -46,7 +72,8 @@ if [ "${1:-}" = "--internal-step" ]; then
   step=$2
   case "$step" in
     build)
-      bash launch/setup.sh
+      # a machine that cannot reach apt may still hold what the build needs: cmake says what is missing
+      bash launch/setup.sh || echo "gpu_check: launch/setup.sh failed; building with the packages present"
       [ -x /usr/local/cuda/bin/nvcc ] && export CUDACXX=/usr/local/cuda/bin/nvcc
       cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON \
         -DCMAKE_CUDA_ARCHITECTURES="$GPU_ARCH"
@@ -57,6 +84,9 @@ if [ "${1:-}" = "--internal-step" ]; then
       fi ;;
     ctest)
       cd "$BUILD_DIR" && ctest -L gpu --output-on-failure ;;
+    kvmbench)
+      rm -f "$KVMBENCH_JSON"
+      "./$BUILD_DIR/bench/kvm_bench" --device cuda --T "$KVMBENCH_T" --budget-s "$KVMBENCH_RUN_S" ;;
     gpt2)
       rm -rf "$BUILD_DIR/runs/gpt2"
       "./$BUILD_DIR/kvmtrain" train "$GPT2_CONFIG" --set train.device=cuda --set train.precision=bf16 \
@@ -66,7 +96,7 @@ if [ "${1:-}" = "--internal-step" ]; then
     kvm120m)
       rm -rf "$BUILD_DIR/runs/kvm120m"
       "./$BUILD_DIR/kvmtrain" train "$KVM_CONFIG" --set train.device=cuda --set train.precision=bf16 \
-        --set train.batch_size=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS --set train.warmup_steps=2 \
+        --set train.batch_size=1 --set train.grad_accum=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS --set train.warmup_steps=2 \
         --set train.eval_every=0 --set train.eval_steps=1 --set train.sample_tokens=0 --set checkpoint.every=0 \
         --set "data.train=$DATA_DIR/train" --set "data.val=$DATA_DIR/val" --set "log.dir=$BUILD_DIR/runs/kvm120m" ;;
     *) echo "gpu_check: error: unknown internal step '$step'" >&2; exit 2 ;;
@@ -139,20 +169,30 @@ describe() {
     build) echo "bash launch/setup.sh; cmake -S . -B $BUILD_DIR -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=${GPU_ARCH:-<compute_cap>}; cmake --build $BUILD_DIR -j $(nproc) --target ${TARGETS[*]}; launch/corpus.sh + kvmtrain prepare into $DATA_DIR" ;;
     ctest) echo "cd $BUILD_DIR && ctest -L gpu --output-on-failure" ;;
     gpt2) echo "$BUILD_DIR/kvmtrain train $GPT2_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.steps=$GPT2_STEPS ... (log.dir $BUILD_DIR/runs/gpt2)" ;;
-    kvm120m) echo "$BUILD_DIR/kvmtrain train $KVM_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.batch_size=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS ... (log.dir $BUILD_DIR/runs/kvm120m)" ;;
-    kvmbench) echo "none: kvm_bench has no cuda mode (CPU only: B 1, H 1, D 64)" ;;
+    kvm120m) echo "$BUILD_DIR/kvmtrain train $KVM_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.batch_size=1 --set train.grad_accum=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS ... (log.dir $BUILD_DIR/runs/kvm120m)" ;;
+    kvmbench) echo "$BUILD_DIR/bench/kvm_bench --device cuda --T $KVMBENCH_T --budget-s $KVMBENCH_RUN_S (writes $KVMBENCH_JSON)" ;;
   esac
 }
 
-# figures from a kvmtrain log.jsonl: steps, final loss, median tokens/s and MFU over steps after the first
+# the number after "key": in file $2 (first match), or nothing
+json_field() { grep -o "\"$1\": *[-0-9.eE+]*" "$2" | head -1 | sed 's/.*: *//'; }
+
+# figures from a kvmtrain log.jsonl: steps, final loss, median tokens/s and MFU over the steps after
+# the first; the trainer's GEMM peak (its last value: it is only ever raised), and the MFU against
+# kvmbench's bf16 GEMM peak (mfu x peak_flops is a step's model FLOP/s)
 log_figures() {
-  local f=$1 n tps mfu loss
+  local f=$1 n tps mfu loss peak gemm_peak mfu_gemm=""
   [ -f "$f" ] || { printf '{}'; return; }
   n=$(grep -c '"step"' "$f" || true)
   field() { grep -o "\"$1\": *[-0-9.eE+]*" "$f" | sed 's/.*: *//'; }
   med() { tail -n +2 | sort -g | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
-  tps=$(field tokens_per_s | med); mfu=$(field mfu | med); loss=$(field loss | tail -1)
-  printf '{"steps": %s, "final_loss": %s, "tokens_per_s": %s, "mfu": %s}' "$(jnum "$n")" "$(jnum "$loss")" "$(jnum "$tps")" "$(jnum "$mfu")"
+  tps=$(field tokens_per_s | med); mfu=$(field mfu | med); loss=$(field loss | tail -1); peak=$(field peak_flops | tail -1)
+  gemm_peak=$( [ -f "$KVMBENCH_JSON" ] && json_field bf16_gemm_peak_flops "$KVMBENCH_JSON" || true)
+  if [ -n "$gemm_peak" ]; then
+    mfu_gemm=$(paste <(field mfu) <(field peak_flops) | awk -v p="$gemm_peak" '{printf "%.6g\n", $1 * $2 / p}' | med)
+  fi
+  printf '{"steps": %s, "final_loss": %s, "tokens_per_s": %s, "mfu": %s, "peak_flops": %s, "mfu_at_gemm_peak": %s}' \
+    "$(jnum "$n")" "$(jnum "$loss")" "$(jnum "$tps")" "$(jnum "$mfu")" "$(jnum "$peak")" "$(jnum "$mfu_gemm")"
 }
 
 figures() {  # $1 step, $2 log file
@@ -165,6 +205,8 @@ figures() {  # $1 step, $2 log file
       skipped=$(grep -c '(Skipped)' "$2" || true)
       passed=""; [ -n "$line" ] && passed=$((tot - failed - skipped))
       printf '{"passed": %s, "failed": %s, "skipped": %s, "total": %s}' "$(jnum "$passed")" "$(jnum "$failed")" "$(jnum "$skipped")" "$(jnum "$tot")" ;;
+    kvmbench)  # kvm_bench's JSON (rows of T, layer, forward/backward/decode ms; skipped; the GEMM peak), on one line
+      if [ -f "$KVMBENCH_JSON" ]; then tr '\n' ' ' < "$KVMBENCH_JSON" | tr -s ' '; else printf '{}'; fi ;;
     gpt2) log_figures "$BUILD_DIR/runs/gpt2/log.jsonl" ;;
     kvm120m) log_figures "$BUILD_DIR/runs/kvm120m/log.jsonl" ;;
     *) printf '{}' ;;
@@ -179,8 +221,6 @@ for s in "${STEPS[@]}"; do
   elapsed=$(( $(date +%s) - t_start ))
   if [ "$mode" = dry_run ]; then
     status=dry_run; echo "[$s] budget ${budget}s: would run: $cmd"
-  elif [ "$s" = kvmbench ]; then
-    status=skipped; note="skipped: kvm_bench has no cuda mode"
   elif [ $((elapsed + budget)) -gt "$TOTAL_BUDGET" ]; then
     status=skipped; note="skipped: ${elapsed}s elapsed leaves less than its ${budget}s budget of ${TOTAL_BUDGET}s"
   elif [ "$s" != build ] && [ "${RES_STATUS[build]:-}" != pass ]; then

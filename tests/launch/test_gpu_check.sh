@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # launch/gpu_check.sh on a machine without a GPU: a fake nvidia-smi first in PATH (failing, then
 # succeeding with no GPU listed) must give exit code 3, the one line, the no_gpu report, in < 5 s.
-# Also: --plan lists budgets summing to <= 480, --dry-run writes a dry_run report, bad usage exits 2.
+# Also: --plan lists every step's budget, summing to <= 480; --dry-run prints and reports every
+# step with what it would run (kvmbench: kvm_bench on cuda); bad usage exits 2 with one line.
+#   tests/launch/test_gpu_check.sh [KVM_BENCH]   with the kvm_bench binary: --device cuda where no
+#   GPU is visible (CUDA_VISIBLE_DEVICES=-1 hides any) and bad flags exit 2 with one error line
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
@@ -26,7 +29,9 @@ for variant in failing empty; do
   echo "ok: $variant nvidia-smi -> exit 3 in ${ms} ms"
 done
 
+steps=(build ctest kvmbench gpt2 kvm120m)
 plan=$(bash "$root/launch/gpu_check.sh" --plan) || fail "--plan exited $?"
+for s in "${steps[@]}"; do grep -Eq "^$s +[0-9]+ " <<<"$plan" || fail "--plan lacks step $s"; done
 sum=$(awk '$1 != "step" && $1 != "total" && $2 ~ /^[0-9]+$/ {s += $2} END {print s}' <<<"$plan")
 total=$(awk '$1 == "total" {print $2}' <<<"$plan")
 [ "$sum" -gt 0 ] && [ "$sum" -le 480 ] || fail "--plan budgets sum to $sum"
@@ -34,10 +39,15 @@ total=$(awk '$1 == "total" {print $2}' <<<"$plan")
 echo "ok: --plan budgets sum to $sum s"
 
 rc=0
-PATH="$tmp/bin:$PATH" GPU_CHECK_OUT="$tmp/dry" bash "$root/launch/gpu_check.sh" --dry-run >/dev/null || rc=$?
+dry=$(PATH="$tmp/bin:$PATH" GPU_CHECK_OUT="$tmp/dry" bash "$root/launch/gpu_check.sh" --dry-run) || rc=$?
 [ $rc -eq 0 ] || fail "--dry-run exit code $rc"
+for s in "${steps[@]}"; do
+  grep -q "^\[$s\] budget [0-9]*s: would run: " <<<"$dry" || fail "--dry-run does not say what $s would run"
+  grep -q "\"name\": \"$s\".*\"status\": \"dry_run\"" "$tmp/dry/gpu_check.json" || fail "--dry-run report lacks step $s"
+done
+grep -q '^\[kvmbench\] .*would run: build-gpu/bench/kvm_bench --device cuda --T [0-9,]* --budget-s [0-9]' <<<"$dry" ||
+  fail "--dry-run: kvmbench does not run kvm_bench on cuda"
 grep -q '"status": "dry_run"' "$tmp/dry/gpu_check.json" || fail "--dry-run report lacks status dry_run"
-[ "$(grep -c '"budget_s"' "$tmp/dry/gpu_check.json")" -ge 5 ] || fail "--dry-run report lacks steps"
 if command -v python3 >/dev/null; then
   for f in "$tmp/dry/gpu_check.json" "$tmp/out_failing/gpu_check.json"; do
     python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$f" || fail "$f is not valid JSON"
@@ -48,5 +58,16 @@ echo "ok: --dry-run"
 rc=0
 err=$(bash "$root/launch/gpu_check.sh" --bogus 2>&1 >/dev/null) || rc=$?
 [ $rc -eq 2 ] || fail "bad usage exit code $rc"
-[[ $err == "gpu_check: error: "* ]] || fail "bad usage message '$err'"
+[[ $err == "gpu_check: error: "* && $err != *$'\n'* ]] || fail "bad usage message '$err'"
 echo "ok: bad usage -> exit 2"
+
+if [ $# -ge 1 ]; then
+  for args in "--device cuda" "--device cuda --T 1024,512" "--bogus 1" "--max-T 4096 --device cuda"; do
+    rc=0
+    # shellcheck disable=SC2086  # the flags split on purpose
+    err=$(CUDA_VISIBLE_DEVICES=-1 "$1" $args 2>&1 >/dev/null) || rc=$?
+    [ $rc -eq 2 ] || fail "kvm_bench $args: exit code $rc, expected 2"
+    [[ $err == "kvm_bench: error: "* && $err != *$'\n'* ]] || fail "kvm_bench $args: message '$err'"
+  done
+  echo "ok: kvm_bench --device cuda without a GPU and bad flags -> exit 2, one line"
+fi
