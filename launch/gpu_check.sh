@@ -6,6 +6,12 @@
 #   launch/gpu_check.sh            run every step (needs a GPU; without one it stops in < 5 s)
 #   launch/gpu_check.sh --plan     print the steps, their budgets and the total, then exit 0
 #   launch/gpu_check.sh --dry-run  walk the steps, print what each would run, run none of them
+#   launch/gpu_check.sh --bundle   here, before the GPU session: build what the steps run (sm_80 and
+#                                  sm_90, or GPU_BUNDLE_ARCHS) and pack it with the shared libraries
+#                                  it needs beyond glibc, libstdc++ and CUDA's into
+#                                  ${GPU_BUNDLE_OUT:-gpu_bundle}/build-gpu.tar.xz. The lent machines
+#                                  cannot install packages: carry gpu_bundle there, and the build step
+#                                  unpacks it instead of building (when the sources are the same).
 #
 # Output folder: ${GPU_CHECK_OUT:-gpu_check_out} (on a lent device: GPU_CHECK_OUT=$OUT), holding
 # gpu_check.json (the report) and <step>.log for each step that ran.
@@ -49,10 +55,11 @@ declare -A TITLE=(
 TOTAL_BUDGET=480
 
 # ---- what the steps run ----------------------------------------------------------------------
-BUILD_DIR=build-gpu
+BUILD_DIR=${GPU_CHECK_BUILD_DIR:-build-gpu}
 # kvmtrain, every test labelled gpu (ctest counts one not built as failed) and kvm_bench: nothing else
 TARGETS=(kvmtrain test_backend_ops test_cuda_check test_cuda_kvm test_cuda_attention_cudnn
-         test_comm_nccl test_model_cuda test_tensor_parallel_cuda kvm_bench)
+         test_comm_nccl test_data_parallel_cuda test_model_cuda test_tensor_parallel_cuda kvm_bench)
+BUNDLE=${GPU_BUNDLE_OUT:-gpu_bundle}/build-gpu.tar.xz
 GPT2_CONFIG=configs/gpt2-124m.yaml
 GPT2_STEPS=10
 KVM_CONFIG=configs/paper/120M/kvm_sqrt16_wd.yaml
@@ -62,16 +69,49 @@ KVMBENCH_T=1024,2048,4096,8192
 KVMBENCH_RUN_S=45
 KVMBENCH_JSON=$BUILD_DIR/bench/results/kvm_bench_cuda.json  # kvm_bench's default --out
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 cd "$(dirname "$0")/.."
 SELF=launch/gpu_check.sh
+
+# A digest of the sources the build reads (the tree travels to the device without .git): a bundle
+# is used only where the sources are the ones it was built from.
+source_digest() {
+  find CMakeLists.txt cmake common data kernels trainer tests bench -type f \( -name '*.c' -o -name '*.cpp' \
+    -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.in' -o -name '*.cmake' -o -name CMakeLists.txt \) |
+    LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16
+}
+# The built TARGETS' files in BUILD_DIR
+target_files() {
+  local t
+  for t in "${TARGETS[@]}"; do
+    case $t in kvmtrain) echo "$BUILD_DIR/kvmtrain" ;; kvm_bench) echo "$BUILD_DIR/bench/kvm_bench" ;; *) echo "$BUILD_DIR/tests/$t" ;; esac
+  done
+}
+# Shared libraries the binaries load that a CUDA machine without this project's packages may lack:
+# all but glibc's, libstdc++/libgcc_s (the machine's are newer) and CUDA's (the machine's own).
+bundled_libraries() {
+  target_files | xargs ldd 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | sort -u |
+    grep -Ev '^(libc|libm|libpthread|libdl|librt|libresolv|libutil|ld-linux[^ ]*|libstdc\+\+|libgcc_s)\.so' |
+    grep -Ev '^lib(cudart|cublas|cublasLt|cudnn[^ ]*|nccl|cuda)\.so'
+}
 
 # ---- internal: one step's body, run by the parent under `timeout` ----------------------------
 if [ "${1:-}" = "--internal-step" ]; then
   step=$2
   case "$step" in
     build)
+      if [ -f "$BUNDLE" ] && [ -z "${GPU_CHECK_FROM_SOURCE:-}" ]; then
+        tar -xJf "$BUNDLE"  # BUILD_DIR: the binaries, CTestTestfile.cmake files, bundle-lib/, kjv/, bundle.env
+        . "$BUILD_DIR/bundle.env"
+        if [ "$BUNDLE_DIGEST" = "$(source_digest)" ]; then
+          find "$BUILD_DIR" -name CTestTestfile.cmake -exec sed -i "s|$BUNDLE_SOURCE_ROOT|$PWD|g" {} +
+          echo "gpu_check: unpacked $BUNDLE (built for sm $BUNDLE_ARCHS from sources $BUNDLE_DIGEST)"
+          exit 0
+        fi
+        echo "gpu_check: $BUNDLE was built from other sources ($BUNDLE_DIGEST, here $(source_digest)): building"
+        rm -rf "$BUILD_DIR"
+      fi
       # a machine that cannot reach apt may still hold what the build needs: cmake says what is missing
       bash launch/setup.sh || echo "gpu_check: launch/setup.sh failed; building with the packages present"
       [ -x /usr/local/cuda/bin/nvcc ] && export CUDACXX=/usr/local/cuda/bin/nvcc
@@ -83,7 +123,24 @@ if [ "${1:-}" = "--internal-step" ]; then
         "./$BUILD_DIR/kvmtrain" prepare --input "$BUILD_DIR/kjv_text" --output "$DATA_DIR" --tokenizer gpt2 --quiet
       fi ;;
     ctest)
-      cd "$BUILD_DIR" && ctest -L gpu --output-on-failure ;;
+      # without mpiexec (a bundle on a machine without Open MPI) the multi-rank tests cannot start
+      exclude=()
+      command -v mpiexec >/dev/null || { exclude=(-LE mpi); echo "gpu_check: no mpiexec: the mpi-labelled tests are not run"; }
+      cd "$BUILD_DIR" && ctest -L gpu "${exclude[@]}" --output-on-failure ;;
+    pack)
+      missing=$(target_files | while read -r f; do [ -x "$f" ] || echo "$f"; done)
+      [ -z "$missing" ] || { echo "gpu_check: error: --bundle: not built: $missing" >&2; exit 2; }
+      rm -rf "$BUILD_DIR/bundle-lib"
+      mkdir -p "$BUILD_DIR/bundle-lib" "$(dirname "$BUNDLE")"
+      bundled_libraries | while read -r name path; do cp -L "$path" "$BUILD_DIR/bundle-lib/$name"; done
+      archs=$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
+      printf 'BUNDLE_SOURCE_ROOT=%q\nBUNDLE_DIGEST=%q\nBUNDLE_ARCHS=%q\n' "$PWD" "$(source_digest)" "$archs" \
+        > "$BUILD_DIR/bundle.env"
+      { target_files; find "$BUILD_DIR" -name CTestTestfile.cmake; echo "$BUILD_DIR/bundle-lib";
+        echo "$DATA_DIR"; echo "$BUILD_DIR/bundle.env"; } > "$BUILD_DIR/bundle.list"
+      tar -cf - -T "$BUILD_DIR/bundle.list" | xz -T0 -6 > "$BUNDLE.tmp"
+      mv "$BUNDLE.tmp" "$BUNDLE"
+      echo "gpu_check: $BUNDLE: $(wc -l < "$BUILD_DIR/bundle.list") entries, $(ls "$BUILD_DIR/bundle-lib" | wc -l) libraries, $(( $(stat -c %s "$BUNDLE") / 1048576 )) MiB" ;;
     kvmbench)
       rm -f "$KVMBENCH_JSON"
       "./$BUILD_DIR/bench/kvm_bench" --device cuda --T "$KVMBENCH_T" --budget-s "$KVMBENCH_RUN_S" ;;
@@ -110,10 +167,21 @@ for a in "$@"; do
   case "$a" in
     --plan) mode=plan ;;
     --dry-run) mode=dry_run ;;
+    --bundle) mode=bundle ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "gpu_check: error: unknown argument '$a' (expected --plan, --dry-run or --help)" >&2; exit 2 ;;
+    *) echo "gpu_check: error: unknown argument '$a' (expected --plan, --dry-run, --bundle or --help)" >&2; exit 2 ;;
   esac
 done
+
+if [ "$mode" = bundle ]; then  # no GPU needed: builds (unless every target is there) and packs
+  export GPU_ARCH=${GPU_BUNDLE_ARCHS:-80;90}
+  if target_files | while read -r f; do [ -x "$f" ] || exit 1; done && [ -f "$DATA_DIR/manifest.json" ]; then
+    echo "gpu_check: --bundle: packing the targets already built in $BUILD_DIR"
+  else
+    GPU_CHECK_FROM_SOURCE=1 bash "$SELF" --internal-step build
+  fi
+  exec bash "$SELF" --internal-step pack
+fi
 
 total=0
 for s in "${STEPS[@]}"; do total=$((total + BUDGET[$s])); done
@@ -166,7 +234,7 @@ else echo "gpu_check: $gpu_name (compute capability $gpu_cap, sm_$GPU_ARCH)"; fi
 # ---- step descriptions (what --dry-run prints) and their figure parsers ----------------------
 describe() {
   case "$1" in
-    build) echo "bash launch/setup.sh; cmake -S . -B $BUILD_DIR -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=${GPU_ARCH:-<compute_cap>}; cmake --build $BUILD_DIR -j $(nproc) --target ${TARGETS[*]}; launch/corpus.sh + kvmtrain prepare into $DATA_DIR" ;;
+    build) echo "unpack $BUNDLE where it is there and built from these sources; else bash launch/setup.sh; cmake -S . -B $BUILD_DIR -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=${GPU_ARCH:-<compute_cap>}; cmake --build $BUILD_DIR -j $(nproc) --target ${TARGETS[*]}; launch/corpus.sh + kvmtrain prepare into $DATA_DIR" ;;
     ctest) echo "cd $BUILD_DIR && ctest -L gpu --output-on-failure" ;;
     gpt2) echo "$BUILD_DIR/kvmtrain train $GPT2_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.steps=$GPT2_STEPS ... (log.dir $BUILD_DIR/runs/gpt2)" ;;
     kvm120m) echo "$BUILD_DIR/kvmtrain train $KVM_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.batch_size=1 --set train.grad_accum=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS ... (log.dir $BUILD_DIR/runs/kvm120m)" ;;
@@ -213,6 +281,18 @@ figures() {  # $1 step, $2 log file
   esac
 }
 
+# An unpacked bundle's binaries load its libraries, and CUDA's from wherever this machine keeps
+# them: the toolkit, or the NVIDIA wheels beside PyTorch (cuDNN, NCCL).
+use_bundle_libraries() {
+  local dirs=$PWD/$BUILD_DIR/bundle-lib d site
+  site=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib $(for s in $site; do echo "$s"/nvidia/*/lib; done); do
+    if [ -d "$d" ] && ls "$d"/lib{cudart,cublasLt,cudnn,nccl}.so* >/dev/null 2>&1; then dirs+=:$d; fi
+  done
+  export LD_LIBRARY_PATH=$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "gpu_check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+}
+
 # ---- the step runner: a failing step never stops the script ----------------------------------
 steps_json="" sep="" any_fail=0
 declare -A RES_STATUS RES_SECS RES_FIGS
@@ -240,6 +320,7 @@ for s in "${STEPS[@]}"; do
   fi
   if [ "$status" = fail ] || [ "$status" = timeout ]; then any_fail=1; fi
   RES_STATUS[$s]=$status RES_SECS[$s]=$secs RES_FIGS[$s]=$figs
+  if [ "$s" = build ] && [ "$status" = pass ] && [ -d "$BUILD_DIR/bundle-lib" ]; then use_bundle_libraries; fi
   logname=null; [ -f "$log" ] && [ "$mode" = run ] && logname=$(jstr "$s.log")
   steps_json+="$sep
     {\"name\": $(jstr "$s"), \"what\": $(jstr "${TITLE[$s]}"), \"budget_s\": $budget, \"status\": $(jstr "$status"), \"seconds\": $secs, \"command\": $(jstr "$cmd"), \"log\": $logname, \"figures\": $figs, \"note\": $(jstr "$note")}"

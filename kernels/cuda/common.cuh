@@ -38,7 +38,9 @@ class DeviceArray {
   DeviceArray() = default;
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { cudaFreeAsync(p_, 0); }  // unchecked: may run at exit, after the runtime's teardown
+  ~DeviceArray() {
+    if (p_) cudaFreeAsync(p_, 0);  // unchecked: may run at exit, after the runtime's teardown
+  }
   T* reserve(size_t n) {
     if (n > n_) {
       if (p_) cuda_check(cudaFreeAsync(p_, 0));

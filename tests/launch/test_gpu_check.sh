@@ -71,3 +71,54 @@ if [ $# -ge 1 ]; then
   done
   echo "ok: kvm_bench --device cuda without a GPU and bad flags -> exit 2, one line"
 fi
+
+# --bundle here, then its unpacking on "another machine": a copy of the sources at another path.
+# The built targets come from the build tree of KVM_BENCH (hard links, or copies); a CPU-only build
+# has no GPU tests to pack, so the part is skipped there.
+if [ $# -ge 1 ]; then
+  build=$(cd "$(dirname "$1")/.." && pwd)
+  targets=(kvmtrain bench/kvm_bench tests/test_backend_ops tests/test_cuda_check tests/test_cuda_kvm
+           tests/test_cuda_attention_cudnn tests/test_comm_nccl tests/test_data_parallel_cuda tests/test_model_cuda
+           tests/test_tensor_parallel_cuda)
+  if [ ! -x "$build/tests/test_cuda_check" ]; then
+    echo "ok (skipped): --bundle: $build is a CPU-only build"
+    exit 0
+  fi
+  here=$tmp/here
+  mkdir -p "$here/build-gpu/tests" "$here/build-gpu/bench"
+  (cd "$root" && cp -r launch CMakeLists.txt cmake common data kernels trainer tests bench "$here/")
+  for t in "${targets[@]}"; do cp -l "$build/$t" "$here/build-gpu/$t" 2>/dev/null || cp "$build/$t" "$here/build-gpu/$t"; done
+  printf 'In the beginning God created the heaven and the earth.\n%.0s' {1..200} > "$tmp/corpus.txt"
+  "$build/kvmtrain" prepare --input "$tmp/corpus.txt" --output "$here/build-gpu/kjv" --tokenizer byte --quiet
+  echo 'CMAKE_CUDA_ARCHITECTURES:STRING=80;90' > "$here/build-gpu/CMakeCache.txt"
+  echo "add_test(t \"$here/build-gpu/tests/test_cuda_check\")" > "$here/build-gpu/tests/CTestTestfile.cmake"
+  out=$(cd "$here" && GPU_BUNDLE_OUT=bundle bash launch/gpu_check.sh --bundle) || fail "--bundle exited $?"
+  grep -q "packing the targets already built" <<<"$out" || fail "--bundle rebuilt: $out"
+  libs=$(ls "$here/build-gpu/bundle-lib")
+  for want in libdnnl libhdf5 libyaml-cpp libmpi; do grep -q "^$want" <<<"$libs" || fail "--bundle lacks $want: $libs"; done
+  for not in libc.so libstdc++ libcudart libcublas libnccl libcudnn; do
+    if grep -q "^$not" <<<"$libs"; then fail "--bundle holds $not"; fi
+  done
+  echo "ok: --bundle: $(tail -1 <<<"$out")"
+
+  there=$tmp/there  # another root: the bundle's paths must follow
+  mv "$here" "$there"
+  rm -rf "$there/build-gpu"
+  out=$(cd "$there" && GPU_BUNDLE_OUT=bundle bash launch/gpu_check.sh --internal-step build) || fail "unpacking exited $?"
+  grep -q "^gpu_check: unpacked bundle/build-gpu.tar.xz (built for sm 80;90" <<<"$out" || fail "not unpacked: $out"
+  grep -q "\"$there/build-gpu/tests/test_cuda_check\"" "$there/build-gpu/tests/CTestTestfile.cmake" ||
+    fail "the ctest file's paths were not moved: $(cat "$there/build-gpu/tests/CTestTestfile.cmake")"
+  [ -f "$there/build-gpu/kjv/manifest.json" ] || fail "the bundle lacks the shards"
+  resolved=$(LD_LIBRARY_PATH="$there/build-gpu/bundle-lib" ldd "$there/build-gpu/kvmtrain")
+  grep -q "libdnnl[^ ]* => $there/build-gpu/bundle-lib/" <<<"$resolved" || fail "kvmtrain does not load the bundled oneDNN"
+  LD_LIBRARY_PATH="$there/build-gpu/bundle-lib" "$there/build-gpu/kvmtrain" --version >/dev/null || fail "the bundled kvmtrain does not start"
+  echo "ok: the bundle unpacks at another path and its kvmtrain starts on its libraries"
+
+  echo "// changed" >> "$there/kernels/kernels.h"  # other sources: the bundle must not be used
+  mkdir -p "$tmp/nocmake"  # the build from source it falls back to stops at once
+  printf '#!/bin/sh\necho "fake cmake"; exit 1\n' > "$tmp/nocmake/cmake"
+  chmod +x "$tmp/nocmake/cmake"
+  out=$(cd "$there" && GPU_BUNDLE_OUT=bundle PATH="$tmp/nocmake:$PATH" bash launch/gpu_check.sh --internal-step build 2>&1) || true
+  grep -q "was built from other sources" <<<"$out" || fail "a bundle of other sources was used: $out"
+  echo "ok: a bundle of other sources is not used"
+fi
