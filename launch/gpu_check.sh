@@ -22,10 +22,10 @@ set -euo pipefail
 
 # ---- steps and their time budgets (seconds); the total must stay <= 480 (8 minutes) ----------
 # kvmbench runs before the training steps: its bf16 GEMM peak is their MFU's yardstick.
-STEPS=(build ctest kvmbench gpt2 kvm120m)
+STEPS=(build ctest kvmbench gpt2 generate_eval kvm120m)
 # The basis of each budget, measured on the 2-core development machine (AMD EPYC, shared with
 # other jobs, nice 10; nothing on a GPU could be measured there):
-#  build    150: configure 7 s; TARGETS for one arch (sm_90) from an empty build-gpu/ took 277 s
+#  build    120: with a bundle (--bundle) an unpacking of seconds. From source: configure 7 s; TARGETS for one arch (sm_90) from an empty build-gpu/ took 277 s
 #           on 2 cores, 235 CPU-s (the CUDA library 66, the rest 169), which is 15 s per core on
 #           16. The Makefiles build a target only after those it links, so the floor is the
 #           longest chain of slowest files: common -> config -> data (prepare.cpp) -> train ->
@@ -42,17 +42,22 @@ STEPS=(build ctest kvmbench gpt2 kvm120m)
 #           on 16 threads) and the overrun of the last layer started.
 #  gpt2      80: 10 steps of 4x1024 tokens after the start-up (CUDA, cuBLASLt plans, the GEMM peak
 #           0.3 s, the KJV's unigram entropy); not measured on a GPU.
+#  generate_eval 30: two start-ups (CUDA, the 124M checkpoint read, 0.5 GB), 64 tokens through
+#           the decode caches and 2 batches of 4x1024 tokens; not measured on a GPU.
 #  kvm120m  100: 6 steps of 1x8192 tokens (grad_accum 1, not the config's 8) through 12 KVM layers
 #           (fp32 KVM kernels, recompute: block); not measured on a GPU.
-declare -A BUDGET=([build]=150 [ctest]=90 [kvmbench]=60 [gpt2]=80 [kvm120m]=100)
+declare -A BUDGET=([build]=120 [ctest]=90 [kvmbench]=60 [gpt2]=80 [generate_eval]=30 [kvm120m]=100)
 declare -A TITLE=(
-  [build]="setup + configure build-gpu/ for this GPU + build targets + KJV corpus"
+  [build]="unpack gpu_bundle/, or setup + configure build-gpu/ for this GPU + build targets + KJV corpus"
   [ctest]="ctest -L gpu (kernel table cuda vs cpu, model cuda, cuDNN attention, NCCL)"
   [kvmbench]="KVM prefill/backward/decode vs cuDNN and native attention (B 8, H 32, D 128), bf16 GEMM peak"
-  [gpt2]="GPT-2 124M bf16 training on cuda, a few steps"
+  [gpt2]="GPT-2 124M bf16 training on cuda, a few steps, and its checkpoint"
+  [generate_eval]="generate and eval --device cuda on the gpt2 step's checkpoint (decode caches, loss)"
   [kvm120m]="120M paper KVM model (sqrt16 budget) bf16 on cuda, a few steps"
 )
 TOTAL_BUDGET=480
+# a step that reads what another made runs only after that one passed (every step needs the build)
+declare -A NEEDS=([generate_eval]=gpt2)
 
 # ---- what the steps run ----------------------------------------------------------------------
 BUILD_DIR=${GPU_CHECK_BUILD_DIR:-build-gpu}
@@ -148,8 +153,11 @@ if [ "${1:-}" = "--internal-step" ]; then
       rm -rf "$BUILD_DIR/runs/gpt2"
       "./$BUILD_DIR/kvmtrain" train "$GPT2_CONFIG" --set train.device=cuda --set train.precision=bf16 \
         --set train.steps=$GPT2_STEPS --set train.warmup_steps=2 --set train.eval_every=0 --set train.eval_steps=1 \
-        --set train.sample_tokens=0 --set checkpoint.every=0 --set "data.train=$DATA_DIR/train" \
+        --set train.sample_tokens=0 --set checkpoint.every=$GPT2_STEPS --set "data.train=$DATA_DIR/train" \
         --set "data.val=$DATA_DIR/val" --set "log.dir=$BUILD_DIR/runs/gpt2" ;;
+    generate_eval)
+      "./$BUILD_DIR/kvmtrain" generate "$BUILD_DIR/runs/gpt2" --device cuda --n 64 --prompt "In the beginning"
+      "./$BUILD_DIR/kvmtrain" eval "$BUILD_DIR/runs/gpt2" --device cuda --batches 2 --out "$BUILD_DIR/runs/gpt2/eval" ;;
     kvm120m)
       rm -rf "$BUILD_DIR/runs/kvm120m"
       "./$BUILD_DIR/kvmtrain" train "$KVM_CONFIG" --set train.device=cuda --set train.precision=bf16 \
@@ -187,9 +195,9 @@ total=0
 for s in "${STEPS[@]}"; do total=$((total + BUDGET[$s])); done
 
 if [ "$mode" = plan ]; then
-  printf '%-10s %8s  %s\n' step budget_s what
-  for s in "${STEPS[@]}"; do printf '%-10s %8d  %s\n' "$s" "${BUDGET[$s]}" "${TITLE[$s]}"; done
-  printf '%-10s %8d  (limit %d)\n' total "$total" "$TOTAL_BUDGET"
+  printf '%-14s %8s  %s\n' step budget_s what
+  for s in "${STEPS[@]}"; do printf '%-14s %8d  %s\n' "$s" "${BUDGET[$s]}" "${TITLE[$s]}"; done
+  printf '%-14s %8d  (limit %d)\n' total "$total" "$TOTAL_BUDGET"
   exit 0
 fi
 
@@ -236,7 +244,8 @@ describe() {
   case "$1" in
     build) echo "unpack $BUNDLE where it is there and built from these sources; else bash launch/setup.sh; cmake -S . -B $BUILD_DIR -DKVMTRAIN_CUDA=ON -DKVMTRAIN_BUILD_TESTS=ON -DCMAKE_CUDA_ARCHITECTURES=${GPU_ARCH:-<compute_cap>}; cmake --build $BUILD_DIR -j $(nproc) --target ${TARGETS[*]}; launch/corpus.sh + kvmtrain prepare into $DATA_DIR" ;;
     ctest) echo "cd $BUILD_DIR && ctest -L gpu --output-on-failure" ;;
-    gpt2) echo "$BUILD_DIR/kvmtrain train $GPT2_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.steps=$GPT2_STEPS ... (log.dir $BUILD_DIR/runs/gpt2)" ;;
+    gpt2) echo "$BUILD_DIR/kvmtrain train $GPT2_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.steps=$GPT2_STEPS --set checkpoint.every=$GPT2_STEPS ... (log.dir $BUILD_DIR/runs/gpt2)" ;;
+    generate_eval) echo "$BUILD_DIR/kvmtrain generate $BUILD_DIR/runs/gpt2 --device cuda --n 64 ...; $BUILD_DIR/kvmtrain eval $BUILD_DIR/runs/gpt2 --device cuda --batches 2" ;;
     kvm120m) echo "$BUILD_DIR/kvmtrain train $KVM_CONFIG --set train.device=cuda --set train.precision=bf16 --set train.batch_size=1 --set train.grad_accum=1 --set train.seq_len=8192 --set train.steps=$KVM_STEPS ... (log.dir $BUILD_DIR/runs/kvm120m)" ;;
     kvmbench) echo "$BUILD_DIR/bench/kvm_bench --device cuda --T $KVMBENCH_T --budget-s $KVMBENCH_RUN_S (writes $KVMBENCH_JSON)" ;;
   esac
@@ -276,6 +285,11 @@ figures() {  # $1 step, $2 log file
     kvmbench)  # kvm_bench's JSON (rows of T, layer, forward/backward/decode ms; skipped; the GEMM peak), on one line
       if [ -f "$KVMBENCH_JSON" ]; then tr '\n' ' ' < "$KVMBENCH_JSON" | tr -s ' '; else printf '{}'; fi ;;
     gpt2) log_figures "$BUILD_DIR/runs/gpt2/log.jsonl" ;;
+    generate_eval)  # generate's "N tokens in S s, R tokens/s" and eval's loss.json
+      local tps loss=""
+      tps=$(sed -n 's/^.*generate: [0-9]* tokens in [0-9.]* s, \([0-9.]*\) tokens\/s.*$/\1/p' "$2" | tail -1)
+      [ -f "$BUILD_DIR/runs/gpt2/eval/loss.json" ] && loss=$(json_field loss "$BUILD_DIR/runs/gpt2/eval/loss.json")
+      printf '{"generate_tokens_per_s": %s, "eval_loss": %s}' "$(jnum "$tps")" "$(jnum "$loss")" ;;
     kvm120m) log_figures "$BUILD_DIR/runs/kvm120m/log.jsonl" ;;
     *) printf '{}' ;;
   esac
@@ -305,6 +319,8 @@ for s in "${STEPS[@]}"; do
     status=skipped; note="skipped: ${elapsed}s elapsed leaves less than its ${budget}s budget of ${TOTAL_BUDGET}s"
   elif [ "$s" != build ] && [ "${RES_STATUS[build]:-}" != pass ]; then
     status=skipped; note="skipped: the build step did not pass"
+  elif [ -n "${NEEDS[$s]:-}" ] && [ "${RES_STATUS[${NEEDS[$s]}]:-}" != pass ]; then
+    status=skipped; note="skipped: the ${NEEDS[$s]} step did not pass"
   else
     echo "[$s] budget ${budget}s: $cmd"
     t0=$(date +%s)
@@ -332,9 +348,9 @@ if [ "$mode" = dry_run ]; then overall=dry_run; elif [ $any_fail = 1 ]; then ove
 write_report "$overall" "$steps_json"
 
 echo
-printf '%-10s %-8s %7s %8s  %s\n' step status seconds budget figures
+printf '%-14s %-8s %7s %8s  %s\n' step status seconds budget figures
 for s in "${STEPS[@]}"; do
-  printf '%-10s %-8s %7s %8s  %s\n' "$s" "${RES_STATUS[$s]}" "${RES_SECS[$s]}" "${BUDGET[$s]}" "${RES_FIGS[$s]}"
+  printf '%-14s %-8s %7s %8s  %s\n' "$s" "${RES_STATUS[$s]}" "${RES_SECS[$s]}" "${BUDGET[$s]}" "${RES_FIGS[$s]}"
 done
 echo "gpu_check: $overall in $(( $(date +%s) - t_start ))s; report $REPORT"
 [ "$overall" = failed ] && exit 1

@@ -504,7 +504,11 @@ std::vector<Case> dense_cases() {
     matmul_gelu_forward(false, false),
     matmul_gelu_forward(true, true),
     matmul_gelu_forward(false, true),
-    // zero sizes: an empty product (the bias alone) and no rows
+    // zero sizes: no elements, an empty product (the bias alone) and no rows
+    unary_forward("gelu_forward_N0", &Backend::gelu_forward, {}, gelu, 1e-5),
+    unary_backward("gelu_backward_N0", &Backend::gelu_backward, {}, gelu, false, 1e-5, 7),
+    unary_forward("relu2_forward_N0", &Backend::relu2_forward, {}, relu2, 0.0),
+    unary_backward("elu_gate_backward_N0", &Backend::elu_gate_backward, {}, elu_gate, true, 1e-5, 161),
     matmul_forward(true, 0, 0),
     matmul_forward(false, 0, 0),
     matmul_gelu_forward(true, false, 0),

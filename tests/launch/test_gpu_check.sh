@@ -29,7 +29,7 @@ for variant in failing empty; do
   echo "ok: $variant nvidia-smi -> exit 3 in ${ms} ms"
 done
 
-steps=(build ctest kvmbench gpt2 kvm120m)
+steps=(build ctest kvmbench gpt2 generate_eval kvm120m)
 plan=$(bash "$root/launch/gpu_check.sh" --plan) || fail "--plan exited $?"
 for s in "${steps[@]}"; do grep -Eq "^$s +[0-9]+ " <<<"$plan" || fail "--plan lacks step $s"; done
 sum=$(awk '$1 != "step" && $1 != "total" && $2 ~ /^[0-9]+$/ {s += $2} END {print s}' <<<"$plan")
