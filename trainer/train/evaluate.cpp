@@ -1,5 +1,6 @@
 #include "trainer/train/evaluate.h"
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +42,9 @@ bool plot(const std::vector<std::string>& args) {
   std::fflush(stdout);
   pid_t pid = fork();
   if (pid == 0) {
+    sigset_t none;  // a training run blocks its stop signals (install_stop_signals): not the plotter's
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     std::vector<char*> argv{const_cast<char*>(python.c_str()), const_cast<char*>(path.c_str())};
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
