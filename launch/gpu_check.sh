@@ -298,10 +298,12 @@ figures() {  # $1 step, $2 log file
 # An unpacked bundle's binaries load its libraries, and CUDA's from wherever this machine keeps
 # them: the toolkit, or the NVIDIA wheels beside PyTorch (cuDNN, NCCL).
 use_bundle_libraries() {
-  local dirs=$PWD/$BUILD_DIR/bundle-lib d site
+  local dirs=$PWD/$BUILD_DIR/bundle-lib d lib site
   site=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
   for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib $(for s in $site; do echo "$s"/nvidia/*/lib; done); do
-    if [ -d "$d" ] && ls "$d"/lib{cudart,cublasLt,cudnn,nccl}.so* >/dev/null 2>&1; then dirs+=:$d; fi
+    for lib in cudart cublasLt cudnn nccl; do
+      if compgen -G "$d/lib$lib.so*" >/dev/null; then dirs+=:$d; break; fi
+    done
   done
   export LD_LIBRARY_PATH=$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   echo "gpu_check: LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
