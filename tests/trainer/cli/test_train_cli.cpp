@@ -121,7 +121,9 @@ TEST_F(TrainCli, MfuNeverExceedsOneWithASlowStartUpPeak) {
     EXPECT_LE(row.at("mfu").number(), 1.0) << line;
     EXPECT_GE(row.at("peak_flops").number(), peak) << "the yardstick never falls";
     peak = row.at("peak_flops").number();
-    if (rows == 0) EXPECT_EQ(row.at("mfu").number(), 1.0) << "the first step outran the slow measurement";
+    if (rows == 0) {
+      EXPECT_EQ(row.at("mfu").number(), 1.0) << "the first step outran the slow measurement";
+    }
   }
   EXPECT_EQ(rows, 8);
   EXPECT_EQ(r.out.find("mfu 1000"), std::string::npos) << r.out;
