@@ -92,7 +92,7 @@ if [ $# -ge 1 ]; then
   "$build/kvmtrain" prepare --input "$tmp/corpus.txt" --output "$here/build-gpu/kjv" --tokenizer byte --quiet
   echo 'CMAKE_CUDA_ARCHITECTURES:STRING=80;90' > "$here/build-gpu/CMakeCache.txt"
   echo "add_test(t \"$here/build-gpu/tests/test_cuda_check\")" > "$here/build-gpu/tests/CTestTestfile.cmake"
-  out=$(cd "$here" && GPU_BUNDLE_OUT=bundle bash launch/gpu_check.sh --bundle) || fail "--bundle exited $?"
+  out=$(cd "$here" && GPU_BUNDLE_OUT=bundle GPU_BUNDLE_PACK_ONLY=1 bash launch/gpu_check.sh --bundle) || fail "--bundle exited $?"
   grep -q "packing the targets already built" <<<"$out" || fail "--bundle rebuilt: $out"
   libs=$(ls "$here/build-gpu/bundle-lib")
   for want in libdnnl libhdf5 libyaml-cpp libmpi; do grep -q "^$want" <<<"$libs" || fail "--bundle lacks $want: $libs"; done
