@@ -333,9 +333,9 @@ void Trainer::measure() {
 // not to weigh (its rate would read far below the GPU's, and MFU high).
 void Trainer::measure_peak(double seconds) {
   const auto& tc = cfg_.train;
-  const int M = backend_->host ? std::max(256, std::min(tc.batch_size * tc.seq_len, 1024)) : 8192;
-  double measured = backend_->host ? measure_gemm_peak(*backend_, model_->bf16(), M, 3072, 768, seconds)
-                                   : measure_gemm_peak(*backend_, model_->bf16(), M, M, M, seconds);
+  const bool cpu = backend_->host;
+  const int M = cpu ? std::max(256, std::min(tc.batch_size * tc.seq_len, 1024)) : 8192;
+  double measured = measure_gemm_peak(*backend_, model_->bf16(), M, cpu ? 3072 : M, cpu ? 768 : M, seconds);
   // test hook: the start-up measurement taken in a very slow moment
   if (peak_ == 0 && std::getenv("KVMTRAIN_TEST_SLOW_PEAK")) measured /= 1e6;
   peak_ = std::max(peak_, measured);
